@@ -1,0 +1,48 @@
+"""Weighted kNN monitor (Wu et al. 2018): how linearly-free the frozen features already are.
+
+Train-split features are the memory bank, held-out images vote with weights exp(cos / T) over their
+k nearest neighbours. Runs on the training device, in chunks, without gradients.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, batches, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised float32 features and labels of every image the batches yield."""
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for images, y in batches:
+        with autocast_ctx():
+            h = encoder(images)
+        feats.append(nn.functional.normalize(h.float(), dim=1))
+        labels.append(y)
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                k: int, temperature: float, chunk: int = 1024) -> torch.Tensor:
+    """Predicted class of each query: argmax over classes of sum_{top-k} exp(cos / T)."""
+    k = min(k, bank.shape[0])
+    predictions = []
+    for start in range(0, queries.shape[0], chunk):
+        sim = queries[start:start + chunk] @ bank.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, device=bank.device)
+        votes.scatter_add_(1, bank_labels[top_idx], weights)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+def knn_top1(encoder: nn.Module, train_batches, test_batches, num_classes: int, k: int,
+             temperature: float, autocast_ctx) -> float:
+    bank, bank_labels = extract_features(encoder, train_batches, autocast_ctx)
+    queries, labels = extract_features(encoder, test_batches, autocast_ctx)
+    predicted = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)
+    return float((predicted == labels).float().mean())

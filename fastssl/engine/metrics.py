@@ -1,0 +1,65 @@
+"""metrics.jsonl (one JSON object per logged event) and the live progress line."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends records to RUN/metrics.jsonl, flushed per line so a killed run keeps what it logged.
+
+    `lines` counts the records written; a checkpoint stores it and a resume truncates the file back to
+    it, so records logged after the checkpoint by the killed run are not duplicated.
+    """
+
+    def __init__(self, path: Path, keep_lines: int | None = None):
+        self.path = path
+        records = read_metrics(path) if path.exists() else []
+        if keep_lines is not None:
+            records = records[:keep_lines]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+            os.replace(tmp, path)
+        self.lines = len(records)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.lines += 1
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One status line: redrawn in place on a terminal, printed per update when piped to a log."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, stream=sys.stderr):
+        self.total, self.start_step, self.stream = total_steps, start_step, stream
+        self.t0 = time.perf_counter()
+        self.tty = stream.isatty()
+
+    def update(self, step: int, epoch: int, epochs: int, loss: float, lr: float, images_per_s: float) -> None:
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total - step) if done else float("inf")
+        line = (f"epoch {epoch + 1}/{epochs} step {step}/{self.total} [{100 * step / self.total:3.0f}%] "
+                f"loss {loss:.4f} lr {lr:.4g} {images_per_s:,.0f} img/s ETA {_clock(eta)}")
+        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        self.stream.write(("\n" if self.tty else "") + text + "\n")
+        self.stream.flush()

@@ -1,0 +1,37 @@
+"""Device and mixed-precision choices: bf16 where the GPU has it, fp16 + loss scaling otherwise, fp32 on CPU."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from fastssl.config import ConfigError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda': no CUDA GPU is available on this machine")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling only for fp16, whose range underflows small gradients; bf16 has fp32's range."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

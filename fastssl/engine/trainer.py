@@ -1,0 +1,177 @@
+"""The training run: data -> views -> encoder -> projector -> head -> step, with checkpoints and kNN.
+
+Nothing in the step synchronises with the host except the loss read every `log_every` steps. Resume
+is exact: every random choice is a function of (seed, epoch, batch), and the checkpoint holds the
+model, optimizer, scheduler, scaler, RNG and loader state plus the running loss sum of the interval.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fastssl import config as config_mod
+from fastssl import envinfo
+from fastssl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from fastssl.engine.knn import knn_top1
+from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
+from fastssl.engine.plots import plot_curves
+from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
+from fastssl.heads import build_head
+from fastssl.loaders.datasets import build_dataset
+from fastssl.loaders.factory import build_eval_batches, build_train_loader
+from fastssl.models import build_model
+from fastssl.optim import build_optimizer
+from fastssl.optim.schedule import build_scheduler
+
+CHECKPOINT = "last.pt"
+REQUIRED_STATE = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "loader", "knn_start",
+                  "loss_sum", "loss_count", "metrics_lines")
+
+
+@dataclass
+class RunResult:
+    knn_top1: float
+    knn_start: float
+    steps: int
+    out_dir: Path
+
+
+class Trainer:
+    """Owns one run directory; `fit()` trains from scratch or from its last checkpoint."""
+
+    def __init__(self, cfg: config_mod.Config, out_dir: Path, resume: bool = False):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        torch.manual_seed(cfg.train.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.deterministic
+
+        train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+        self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
+        self.loader = build_train_loader(cfg, train_set, self.device)
+        self.knn_train = build_eval_batches(cfg, train_set, self.device)
+        self.knn_test = build_eval_batches(cfg, test_set, self.device)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+
+        self.model = build_model(cfg.model).to(self.device)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.head = build_head(cfg.method)
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps)
+        self.scaler = grad_scaler(self.precision, self.device)
+
+        self.step, self.knn_start = 0, float("nan")
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_count = 0
+        if resume:
+            self._restore()
+        else:
+            self._start_run_dir()
+
+    # -- run directory and checkpoints -------------------------------------------------------------
+
+    def _start_run_dir(self) -> None:
+        if (self.out_dir / CHECKPOINT).exists():
+            raise FileExistsError(f"run directory {str(self.out_dir)!r} already holds {CHECKPOINT}: continue "
+                                  f"it with --resume {self.out_dir}, or choose another --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(config_mod.dump_yaml(self.cfg))
+        (self.out_dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=2) + "\n")
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", keep_lines=0)
+
+    def _state(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": capture_rng(), "loader": self.loader.state_dict(), "knn_start": self.knn_start,
+                "loss_sum": self.loss_sum.detach().cpu(), "loss_count": self.loss_count,
+                "metrics_lines": self.metrics.lines, "config": config_mod.to_dict(self.cfg)}
+
+    def save(self) -> None:
+        save_checkpoint(self.out_dir / CHECKPOINT, self._state())
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.out_dir / CHECKPOINT, REQUIRED_STATE)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        restore_rng(state["rng"])
+        self.step, self.knn_start = state["step"], state["knn_start"]
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_count = state["loss_count"]
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", keep_lines=state["metrics_lines"])
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def _evaluate(self, epoch: int) -> float:
+        top1 = knn_top1(self.model.encoder, self.knn_train, self.knn_test, self.num_classes,
+                        self.cfg.knn.k, self.cfg.knn.temperature, lambda: autocast(self.precision, self.device))
+        self.metrics.write({"step": self.step, "epoch": epoch, "knn_top1": top1})
+        return top1
+
+    def _train_step(self, views: list[torch.Tensor]) -> None:
+        images = torch.cat(views).contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
+            _, z = self.forward(images)
+            loss = self.head(z, len(views))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.loss_sum += loss.detach()
+        self.loss_count += 1
+        self.step += 1
+
+    def _log(self, epoch: int, progress: Progress, images: int, seconds: float) -> None:
+        loss = float(self.loss_sum) / self.loss_count  # the one host sync of the interval
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = {"step": self.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images / seconds}
+        self.metrics.write(record)
+        progress.update(self.step, epoch, self.cfg.train.epochs, loss, lr, record["images_per_s"])
+        self.loss_sum.zero_()
+        self.loss_count = 0
+
+    def fit(self) -> RunResult:
+        cfg = self.cfg.train
+        progress = Progress(self.total_steps, self.step)
+        if self.step == 0 and self.metrics.lines == 0:
+            self.knn_start = self._evaluate(epoch=0)
+            progress.message(f"knn_top1 at random init: {self.knn_start:.4f}")
+        per_batch = self.cfg.loader.batch_size
+        epoch = self.step // self.steps_per_epoch
+        positioned = self.step > 0  # a restored loader already stands at its batch within `epoch`
+        while self.step < self.total_steps:
+            if not positioned:
+                self.loader.set_epoch(epoch)
+            positioned = False
+            tick, images = time.perf_counter(), 0
+            for batch in self.loader:
+                self._train_step(batch.views)
+                images += per_batch
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log(epoch, progress, images, time.perf_counter() - tick)
+                    tick, images = time.perf_counter(), 0
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save()
+                if self.step >= self.total_steps:
+                    break
+            epoch += 1
+            every = self.cfg.knn.every_epochs
+            if every and epoch % every == 0 and self.step < self.total_steps:
+                progress.message(f"knn_top1 after epoch {epoch}: {self._evaluate(epoch):.4f}")
+        final = self._evaluate(epoch)
+        self.save()
+        plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
+        return RunResult(knn_top1=final, knn_start=self.knn_start, steps=self.step, out_dir=self.out_dir)

@@ -1,0 +1,56 @@
+"""Versions of everything a bug report or a benchmark row needs, and the git commit of the code."""
+from __future__ import annotations
+
+import importlib
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import fastssl
+
+NOT_INSTALLED = "not installed"
+
+
+def _module_version(name: str) -> str:
+    try:
+        return getattr(importlib.import_module(name), "__version__", "unknown")
+    except Exception:  # a broken optional install is reported, never fatal
+        return NOT_INSTALLED
+
+
+def git_commit() -> str:
+    """HEAD of the checkout fastssl runs from, '+dirty' when it has uncommitted changes."""
+    root = Path(fastssl.__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def gpu_names() -> str:
+    if not torch.cuda.is_available():
+        return "none"
+    return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+
+
+def collect() -> dict[str, str]:
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "fastssl": fastssl.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _module_version("triton"),
+        "cuda": torch.version.cuda or "none",
+        "cudnn": str(cudnn) if cudnn else "none",
+        "gpu": gpu_names(),
+        "dali": _module_version("nvidia.dali"),
+        "ffcv": _module_version("ffcv"),
+        "numpy": _module_version("numpy"),
+        "git_commit": git_commit(),
+    }

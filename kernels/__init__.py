@@ -1,0 +1,7 @@
+"""Fused kernels and their pure-torch references (installed as fastssl.kernels).
+
+This package imports nothing else of fastssl: kernels are leaves of the dependency graph.
+"""
+from .sim_xent import nt_xent, sim_xent
+
+__all__ = ["nt_xent", "sim_xent"]

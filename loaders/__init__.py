@@ -1,0 +1,1 @@
+"""Data backends, augmentation recipes and dataset readers (installed as fastssl.loaders)."""

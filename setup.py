@@ -1,0 +1,36 @@
+"""fastssl: self-supervised representation learning at maximum GPU throughput."""
+from setuptools import setup
+
+setup(
+    name="fastssl",
+    version="0.1.0",
+    description="Fast trainer for contrastive and meta-learning self-supervised image representations",
+    python_requires=">=3.10",
+    # kernels/, loaders/ and bench/ stay top-level folders but install inside the fastssl
+    # namespace: a PyPI package called `kernels` exists, so they must not be top-level names.
+    packages=[
+        "fastssl", "fastssl.models", "fastssl.heads", "fastssl.engine", "fastssl.optim",
+        "fastssl.kernels", "fastssl.loaders", "fastssl.loaders.datasets", "fastssl.bench",
+    ],
+    package_dir={
+        "fastssl": "fastssl",
+        "fastssl.kernels": "kernels",
+        "fastssl.loaders": "loaders",
+        "fastssl.loaders.datasets": "loaders/datasets",
+        "fastssl.bench": "bench",
+    },
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "pillow>=9",
+        "matplotlib>=3.6",
+    ],
+    extras_require={
+        "dev": ["pytest>=7"],
+        "ffcv": ["ffcv>=1.0.2", "numba", "opencv-python-headless"],
+        "dali": ["nvidia-dali-cuda130"],
+    },
+    entry_points={"console_scripts": ["fastssl=fastssl.cli:main"]},
+)

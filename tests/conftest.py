@@ -1,0 +1,42 @@
+"""Shared test set-up: Triton's interpreter on CPU, the `gpu` marker, and the real-data location."""
+import os
+
+# Must happen before any Triton kernel is imported: kernels then run on CPU tensors (DESIGN.md section 4).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (bf16, large shapes, throughput)")
+    config.addinivalue_line("markers", "slow: trains a model for minutes on the CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_root(tmp_path_factory) -> Path:
+    """The real CIFAR-10 JPEG images of ../shared/data, extracted once as an ImageFolder tree."""
+    archives = [SHARED_DATA / "cifar10-jpg-train20k.tar.gz", SHARED_DATA / "cifar10-jpg-test.tar.gz"]
+    missing = [str(a) for a in archives if not a.is_file()]
+    if missing:
+        pytest.skip(f"real CIFAR-10 JPEG data not present ({', '.join(missing)}): ../shared is absent")
+    root = tmp_path_factory.mktemp("cifar10_jpeg")
+    for archive in archives:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    return root
