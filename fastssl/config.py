@@ -152,9 +152,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{key}={value!r}: must be an integer")
         return value
     if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str) and value.strip().lower() in ("nan", ".nan", "inf", "-inf"):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
                 return float(value.strip().lstrip("."))
+            except ValueError:
+                raise ConfigError(f"{key}={value!r}: must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r}: must be a number")
         return float(value)
     if typ is str:

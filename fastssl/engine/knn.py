@@ -34,7 +34,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
         sim = queries[start:start + chunk] @ bank.T
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, device=bank.device)
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=bank.device)
         votes.scatter_add_(1, bank_labels[top_idx], weights)
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)

@@ -79,22 +79,33 @@ def _textures(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return amp * np.sin(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)
 
 
-def draw_shapes(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (N, size, size, 3) images of the shapes named by `labels` (indices into SHAPES)."""
+def shape_masks(labels: np.ndarray, size: int, scale: np.ndarray, angle: np.ndarray,
+                centre: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1], (N, size, size), of each shape placed by scale/angle/centre.
+
+    scale, angle: (N,); centre: (N, 2) in [-1, 1] image coordinates (x, y).
+    """
     n, hi = len(labels), size * SUPERSAMPLE
     grid = (np.arange(hi) + 0.5) / hi * 2 - 1  # pixel centres in [-1, 1]
     gy, gx = np.meshgrid(grid, grid, indexing="ij")
-    scale = rng.uniform(0.55, 0.9, n)[:, None, None]
-    angle = rng.uniform(0, 2 * np.pi, n)[:, None, None]
-    centre = rng.uniform(-1, 1, (n, 2, 1, 1)) * (1 - scale[:, None])
-    dx, dy = gx - centre[:, 0], gy - centre[:, 1]
+    scale, angle = scale[:, None, None], angle[:, None, None]
+    dx, dy = gx - centre[:, 0, None, None], gy - centre[:, 1, None, None]
     u = (np.cos(angle) * dx + np.sin(angle) * dy) / scale
     v = (-np.sin(angle) * dx + np.cos(angle) * dy) / scale
     mask = np.zeros((n, hi, hi), dtype=np.float32)
     for label, shape in enumerate(SHAPES.values()):
         rows = labels == label
         mask[rows] = shape(u[rows], v[rows])
-    mask = mask.reshape(n, size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(2, 4))[..., None]
+    return mask.reshape(n, size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(2, 4))
+
+
+def draw_shapes(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (N, size, size, 3) images of the shapes named by `labels` (indices into SHAPES)."""
+    n = len(labels)
+    scale = rng.uniform(0.55, 0.9, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    centre = rng.uniform(-1, 1, (n, 2)) * (1 - scale[:, None])
+    mask = shape_masks(labels, size, scale, angle, centre)[..., None]
     fg, bg = _random_colours(rng, n)
     background = np.clip(bg[:, None, None, :] + _textures(rng, n, size)[..., None], 0, 1)
     image = mask * fg[:, None, None, :] + (1 - mask) * background

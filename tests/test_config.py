@@ -1,0 +1,73 @@
+"""Config validation: one case per rule, each asserting the message names key, value and rule."""
+import pytest
+
+from fastssl.cli import main
+from fastssl.config import Config, ConfigError, dump_yaml, load_config, validate
+
+CASES = [
+    # (overrides, world size, expected message)
+    (["method.temperature=0"], 1, "method.temperature=0.0: must be a finite number > 0"),
+    (["method.temperature=-0.5"], 1, "method.temperature=-0.5: must be a finite number > 0"),
+    (["method.temperature=.nan"], 1, "method.temperature=nan: must be a finite number > 0"),
+    (["optim.lr=0"], 1, "optim.lr=0.0: must be a finite number > 0"),
+    (["optim.lr=-1e-3"], 1, "optim.lr=-0.001: must be a finite number > 0"),
+    (["loader.batch_size=1"], 1, "loader.batch_size=1: must be >= 2"),
+    (["loader.batch_size=250"], 4, "loader.batch_size=250: must be divisible by the world size (4)"),
+    (["loader.views=1"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
+    (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision"),
+    (["model.arch=resnet19"], 1, "model.arch='resnet19': must be one of resnet18, resnet34, resnet50"),
+    (["method.head=moco"], 1, "method.head='moco': must be one of contrastive"),
+    (["data.dataset=imagefolder"], 1, "data.path=None: is required for data.dataset=imagefolder"),
+    (["data.dataset=imagefolder", "data.path=/no/such/dir"], 1,
+     "data.path='/no/such/dir': must be an existing directory"),
+    (["data.dataset=cifar10", "data.path=/no/such/dir"], 1,
+     "data.path='/no/such/dir': must be an existing directory (or set data.download=true)"),
+    (["data.dataset=fashion_mnist", "data.path=/no/such/dir"], 1,
+     "data.path='/no/such/dir': must be an existing directory"),
+    (["train.precision=fp8"], 1, "train.precision='fp8': must be one of auto, fp32, bf16, fp16"),
+    (["augment.flip_p=1.5"], 1, "augment.flip_p=1.5: must be a probability in [0, 1]"),
+    (["model.archh=resnet18"], 1, "unknown key 'model.archh'"),
+    (["optim.lr=fast"], 1, "optim.lr='fast': must be a number"),
+    (["loader.batch_size=12.5"], 1, "loader.batch_size=12.5: must be an integer"),
+    (["model.cifar_stem=yes please"], 1, "model.cifar_stem='yes please': must be true or false"),
+    (["optim"], 1, "--set 'optim': must look like key.sub=value"),
+]
+
+
+@pytest.mark.parametrize("overrides,world,message", CASES, ids=[c[2][:40] for c in CASES])
+def test_each_rule_fails_with_its_message(overrides, world, message, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert message in str(info.value)
+
+
+def test_valid_overrides_take_effect_and_defaults_validate():
+    cfg = load_config(None, ["optim.lr=0.5", "loader.views=3", "model.cifar_stem=false", "data.path=/tmp"])
+    assert (cfg.optim.lr, cfg.loader.views, cfg.model.cifar_stem, cfg.data.path) == (0.5, 3, False, "/tmp")
+    validate(Config(), world=1)
+
+
+def test_yaml_file_round_trips_and_unknown_yaml_key_fails(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.25", "method.temperature=0.3"])
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path) == cfg
+    path.write_text("model:\n  depth: 18\n")
+    with pytest.raises(ConfigError, match="unknown key 'model.depth'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_quickstart_yaml_equals_the_builtin_defaults():
+    """`fastssl train` with no config and `-c configs/quickstart.yaml` must be the same run."""
+    from pathlib import Path
+
+    assert load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml") == Config()
+
+
+def test_cli_reports_config_errors_before_any_work(capsys):
+    assert main(["train", "--set", "method.temperature=0"]) == 2
+    err = capsys.readouterr().err
+    assert "fastssl train: error: method.temperature=0.0: must be a finite number > 0" in err
