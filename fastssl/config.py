@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from fastssl.loaders.datasets.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_DEFAULT
+
 BACKENDS = ("tensor", "torchvision")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 HEADS = ("contrastive",)
@@ -24,7 +26,6 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
-FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 
 
 class ConfigError(ValueError):

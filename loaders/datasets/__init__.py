@@ -1,0 +1,40 @@
+"""Dataset readers behind one contract (`ImageDataset`), chosen by `data.dataset`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import ArrayDataset, DataError, ImageDataset
+from .cifar import load_cifar
+from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT, load_fashion_mnist
+from .imagefolder import ImageFolderDataset
+from .synthetic import make_shapes
+
+__all__ = ["ArrayDataset", "DataError", "ImageDataset", "ImageFolderDataset", "build_dataset",
+           "load_cifar", "load_fashion_mnist"]
+
+SPLITS = ("train", "test")
+
+
+def build_dataset(data_cfg, split: str) -> ImageDataset:
+    """The `split` ("train" | "test") of the dataset a DataConfig names.
+
+    With `on_error="skip"` an ImageFolder is checked (every file decoded once) here, so bad files are
+    dropped before any backend reads an index: afterwards the index -> label mapping never changes.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
+    name = data_cfg.dataset
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(data_cfg.path, name, split, download=data_cfg.download)
+    if name == "imagefolder":
+        sub = data_cfg.train_split if split == "train" else data_cfg.test_split
+        dataset = ImageFolderDataset(Path(data_cfg.path) / sub, on_error=data_cfg.on_error)
+        if data_cfg.on_error == "skip":
+            dataset.check()
+        return dataset
+    if name == "fashion_mnist":
+        return load_fashion_mnist(data_cfg.path or FASHION_MNIST_ROOT, split)
+    if name == "shapes":
+        return make_shapes(data_cfg, split)
+    raise ValueError(f"data.dataset={name!r}: must be one of cifar10, cifar100, imagefolder, fashion_mnist, "
+                     f"shapes")
