@@ -17,12 +17,13 @@ from typing import Any
 import yaml
 
 from fastssl.loaders.datasets.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_DEFAULT
+from fastssl.models.resnet import ARCH_SPECS
+from fastssl.optim import OPTIMIZERS
 
 BACKENDS = ("tensor", "torchvision")
-ARCHS = ("resnet18", "resnet34", "resnet50")
+ARCHS = tuple(ARCH_SPECS)
 HEADS = ("contrastive",)
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist")
-OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
