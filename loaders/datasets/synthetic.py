@@ -11,6 +11,9 @@ import numpy as np
 from .base import ArrayDataset
 
 SUPERSAMPLE = 2  # draw at 2x and average down: anti-aliased edges
+# Small tilts only: SimCLR's augmentations teach invariance to position, scale, mirroring and colour,
+# not to rotation, so fully rotated shapes would leave orientation as the features' main content.
+MAX_TILT = np.deg2rad(20)
 
 
 def _disk(u, v):
@@ -60,22 +63,30 @@ SHAPES = {"disk": _disk, "ring": _ring, "square": _square, "frame": _frame, "tri
           "star": _star, "plus": _plus, "crescent": _crescent, "ell": _ell, "bars": _bars}
 
 
+PALETTE = np.array([[0.90, 0.10, 0.10], [0.10, 0.60, 0.15], [0.15, 0.25, 0.90], [0.95, 0.85, 0.10],
+                    [0.60, 0.15, 0.75], [0.05, 0.75, 0.80], [0.95, 0.50, 0.05], [0.92, 0.92, 0.92],
+                    [0.12, 0.12, 0.12], [0.55, 0.35, 0.20]])
+
+
 def _random_colours(rng: np.random.Generator, n: int):
-    """Foreground and background colours whose luminances differ, so the shape is always visible."""
-    fg, bg = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
-    luma = np.array([0.299, 0.587, 0.114])
-    too_close = np.abs((fg - bg) @ luma) < 0.25
-    bg[too_close] = 1.0 - fg[too_close]
-    return fg, bg
+    """Distinct foreground and background colours from a small palette, with a little brightness noise.
+
+    Few colours on purpose: per-image random colours would let contrastive learning tell images apart
+    by colour alone (colour jitter does not erase them), and it would never need the shape.
+    """
+    fg_idx = rng.integers(0, len(PALETTE), n)
+    bg_idx = (fg_idx + rng.integers(1, len(PALETTE), n)) % len(PALETTE)
+    shade = rng.uniform(0.85, 1.15, (n, 2, 1))
+    return np.clip(PALETTE[fg_idx] * shade[:, 0], 0, 1), np.clip(PALETTE[bg_idx] * shade[:, 1], 0, 1)
 
 
 def _textures(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """Low-frequency random stripes: a background nuisance the encoder must learn to ignore."""
+    """Faint low-frequency stripes: background nuisance, faint so they cannot replace the shape as cue."""
     y, x = np.mgrid[0:size, 0:size] / size
     freq = rng.uniform(1, 4, (n, 1, 1))
     theta = rng.uniform(0, np.pi, (n, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
-    amp = rng.uniform(0.0, 0.25, (n, 1, 1))
+    amp = rng.uniform(0.0, 0.08, (n, 1, 1))
     return amp * np.sin(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)
 
 
@@ -103,7 +114,7 @@ def draw_shapes(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     """uint8 (N, size, size, 3) images of the shapes named by `labels` (indices into SHAPES)."""
     n = len(labels)
     scale = rng.uniform(0.55, 0.9, n)
-    angle = rng.uniform(0, 2 * np.pi, n)
+    angle = rng.uniform(-MAX_TILT, MAX_TILT, n)
     centre = rng.uniform(-1, 1, (n, 2)) * (1 - scale[:, None])
     mask = shape_masks(labels, size, scale, angle, centre)[..., None]
     fg, bg = _random_colours(rng, n)

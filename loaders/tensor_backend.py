@@ -1,0 +1,69 @@
+"""The `tensor` backend: the whole split as uint8 on the device, batches gathered and augmented there.
+
+No worker processes and no host-to-device image traffic after start-up: per batch, the host only
+draws the permutation slice and the augmentation parameters (a few numbers per image).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from fastssl.config import AugmentConfig, LoaderConfig
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_params
+from .batch import Batch
+from .datasets.base import ImageDataset
+from .sampler import EpochCursor, ShardedSampler, cpu_generator
+
+
+class TensorLoader:
+    """Loader over an ImageDataset kept on `device` as one uint8 (N, S, S, 3) tensor.
+
+    View v of global batch b in epoch e is augmented with parameters drawn for the whole global
+    batch from a generator seeded by (seed, e, b, v); each rank applies its slice. So an image's
+    augmentation is the same whatever the world size or resume point.
+    """
+
+    def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
+                 image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.sampler = ShardedSampler(len(dataset), loader_cfg.batch_size, seed, rank, world)
+        self.cursor = EpochCursor(self.sampler)
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(dataset.to_array(image_size)).to(self.device)
+        self.labels = torch.as_tensor(dataset.labels, dtype=torch.int64).to(self.device)
+        self.views, self.image_size = loader_cfg.views, image_size
+        self.augment_cfg, self.mean, self.std = augment_cfg, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.cursor.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.cursor.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor.load_state_dict(state)
+
+    def batch(self, epoch: int, batch: int) -> Batch:
+        """Batch `batch` of epoch `epoch` for this rank: a pure function of its arguments and the seed."""
+        index = self.sampler.indices(epoch, batch).to(self.device, non_blocking=True)
+        images = self.images[index]
+        rows = self.sampler.rank_slice()
+        views = []
+        for view in range(self.views):
+            generator = cpu_generator("tensor-view", self.sampler.seed, epoch, batch, view)
+            params = sample_params(self.sampler.global_batch, self.image_size, self.image_size,
+                                   self.augment_cfg, generator)[rows]
+            views.append(apply_params(images, params, self.image_size, self.mean, self.std))
+        return Batch(views, self.labels[index], index)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self.cursor.epoch, self.cursor.batch
+        for b in range(start, len(self)):
+            out = self.batch(epoch, b)
+            self.cursor.advance()
+            yield out

@@ -1,0 +1,140 @@
+"""The `torchvision` backend: DataLoader workers, PIL images, torchvision.transforms.v2 per image.
+
+The baseline most SSL code uses, and the CPU fallback. torchvision transforms draw from the global
+torch RNG, so each (epoch, image, view) reseeds it from a derived seed inside a forked RNG state:
+the result depends neither on the worker count nor on the resume point, and the caller's own RNG
+stream is left untouched when workers=0.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from fastssl.config import AugmentConfig, LoaderConfig
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .batch import Batch
+from .datasets.base import ImageDataset
+from .sampler import EpochCursor, ShardedSampler, derive_seed
+
+
+def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """SimCLR's per-image recipe on a PIL image -> float32 (3, size, size) normalised."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(cfg.crop_scale_min, cfg.crop_scale_max), antialias=True),
+        v2.RandomHorizontalFlip(cfg.flip_p),
+        v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
+        v2.RandomGrayscale(cfg.grayscale_p),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Resize a PIL image to size x size and normalise, no randomness."""
+    return v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+class _Views(Dataset):
+    """Item (seed, epoch, i) -> (V views (V,3,S,S), label, i), each view from its own derived seed.
+
+    Seed and epoch travel with the index (the batch sampler emits triples), so persistent workers
+    hold no state that set_epoch or load_state_dict would have to reach.
+    """
+
+    def __init__(self, dataset: ImageDataset, transform: v2.Compose, views: int):
+        self.dataset, self.transform, self.views = dataset, transform, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
+        seed, epoch, index = key
+        image = self.dataset.load_pil(index)
+        views = []
+        with torch.random.fork_rng(devices=[]):
+            for view in range(self.views):
+                # Seed only the CPU generator: torch.manual_seed would also reseed CUDA's.
+                torch.default_generator.manual_seed(derive_seed("torchvision-view", seed, epoch, index, view))
+                views.append(self.transform(image))
+        return torch.stack(views), int(self.dataset.labels[index]), index
+
+
+class _EpochBatches:
+    """Batch sampler: this rank's (seed, epoch, i) keys from the cursor's position to the epoch's end.
+
+    The position is read at each iter(DataLoader), so it follows set_epoch/load_state_dict.
+    """
+
+    def __init__(self, sampler: ShardedSampler, cursor: EpochCursor):
+        self.sampler, self.cursor = sampler, cursor
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches - self.cursor.batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        return self._keys(self.sampler.seed, self.cursor.epoch, self.cursor.batch)
+
+    def _keys(self, seed: int, epoch: int, start: int) -> Iterator[list[tuple[int, int, int]]]:
+        for b in range(start, self.sampler.num_batches):
+            yield [(seed, epoch, i) for i in self.sampler.indices(epoch, b).tolist()]
+
+
+def _collate_views(items: list[tuple[torch.Tensor, int, int]]
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Stack per-image view stacks into V channels_last batches (laid out in the worker, so the
+    device copy needs no conversion)."""
+    stacked = torch.stack([views for views, _, _ in items])                 # (B, V, 3, S, S)
+    views = [stacked[:, v].contiguous(memory_format=torch.channels_last) for v in range(stacked.shape[1])]
+    labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
+    index = torch.tensor([i for _, _, i in items], dtype=torch.int64)
+    return views, labels, index
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Asynchronous copy (from pinned memory) to `device`, channels_last for images."""
+    layout = torch.channels_last if tensor.ndim == 4 else torch.preserve_format
+    return tensor.to(device, non_blocking=True, memory_format=layout)
+
+
+class TorchvisionLoader:
+    """Loader: DataLoader + PIL + torchvision transforms, sharded and resumable like every backend."""
+
+    def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
+                 image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.sampler = ShardedSampler(len(dataset), loader_cfg.batch_size, seed, rank, world)
+        self.cursor = EpochCursor(self.sampler)
+        self.device = torch.device(device)
+        views = _Views(dataset, train_transform(augment_cfg, image_size, mean, std), loader_cfg.views)
+        self._loader = DataLoader(
+            views, batch_sampler=_EpochBatches(self.sampler, self.cursor),
+            num_workers=loader_cfg.workers, collate_fn=_collate_views,
+            pin_memory=loader_cfg.pin_memory and self.device.type == "cuda",
+            persistent_workers=loader_cfg.workers > 0,
+            # Its own generator for the workers' base seed: DataLoader would draw it from the global
+            # RNG, moving the training process's stream (the views reseed per image anyway).
+            generator=torch.Generator())
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.cursor.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.cursor.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for views, labels, index in self._loader:
+            self.cursor.advance()
+            yield Batch([to_device(v, self.device) for v in views], to_device(labels, self.device),
+                        to_device(index, self.device))
