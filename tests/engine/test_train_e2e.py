@@ -1,0 +1,112 @@
+"""End to end: the trainer learns on the embedded data and on real CIFAR-10, and resumes exactly."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastssl.checkpoint import load_checkpoint
+from fastssl.cli import main
+from fastssl.config import load_config
+from fastssl.engine.metrics import read_metrics
+from fastssl.engine.trainer import Trainer
+
+# A run small enough for seconds on 2 cores, deterministic, with checkpoints mid-epoch.
+RESUME_RUN = ["data.num_train=512", "data.num_test=128", "loader.batch_size=32", "train.epochs=3",
+              "train.log_every=1", "train.ckpt_every=5", "train.deterministic=true", "train.precision=fp32",
+              "train.device=cpu", "knn.k=20", "knn.every_epochs=1", "model.width=0.0625",
+              "model.projector_hidden=32", "model.projector_out=16"]
+
+
+def _fastssl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastssl", *args]
+
+
+def _sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.mark.slow
+def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
+    """A shortened `fastssl train`: kNN top-1 must clear its random-init value by a margin."""
+    overrides = ["train.epochs=6", "knn.every_epochs=0"]
+    assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    final, start = (float(x) for x in last.replace("knn_top1=", "").replace("(random init: ", "")
+                    .rstrip(")").split())
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+    assert (knn[0], knn[-1]) == (pytest.approx(start, abs=1e-4), pytest.approx(final, abs=1e-4))
+    assert final >= start + 0.08, f"kNN top-1 {final:.3f} not 8 points above random init {start:.3f}"
+    steps = [r for r in records if "loss" in r]
+    assert steps[-1]["step"] == 6 * (6000 // 128) and steps[-1]["loss"] < steps[0]["loss"]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 6
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tmp_path):
+    """Uninterrupted run == run killed by SIGKILL after a checkpoint and resumed: weights and losses."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_fastssl("train", "--out", str(straight), *_sets(RESUME_RUN)), check=True, env=env,
+                   capture_output=True)
+
+    proc = subprocess.Popen(_fastssl("train", "--out", str(killed), *_sets(RESUME_RUN)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed mid-way"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(killed / "last.pt")["step"]
+    total = read_metrics(straight / "metrics.jsonl")[-2]["step"]
+    assert 0 < killed_at < total
+
+    subprocess.run(_fastssl("train", "--resume", str(killed)), check=True, env=env, capture_output=True)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["step"] == b["step"] == total
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+    def without_timing(path):
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(path)]
+
+    after = [r for r in without_timing(killed / "metrics.jsonl") if r["step"] > killed_at]
+    assert after == [r for r in without_timing(straight / "metrics.jsonl") if r["step"] > killed_at]
+    assert without_timing(killed / "metrics.jsonl") == without_timing(straight / "metrics.jsonl")
+
+
+def test_resume_refuses_a_truncated_checkpoint_and_keeps_it(tmp_path):
+    cfg = load_config(None, RESUME_RUN + ["train.max_steps=2"])
+    Trainer(cfg, tmp_path).fit()
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[:1000])
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert (tmp_path / "last.pt").read_bytes() == data[:1000]
+
+
+def test_fresh_run_refuses_to_overwrite_a_run_directory(tmp_path, capsys):
+    cfg = load_config(None, RESUME_RUN + ["train.max_steps=1"])
+    Trainer(cfg, tmp_path).fit()
+    before = (tmp_path / "last.pt").read_bytes()
+    assert main(["train", "--out", str(tmp_path), *_sets(RESUME_RUN)]) == 2
+    assert "already holds last.pt" in capsys.readouterr().err
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path, capsys):
+    """Real data: a width-1/8 ResNet-18 trained for a few CPU minutes on the CIFAR-10 train JPEGs."""
+    overrides = ["data.dataset=imagefolder", f"data.path={cifar10_jpeg_root}", "train.epochs=3",
+                 "knn.every_epochs=0", "augment.crop_scale_min=0.2", "method.temperature=0.2"]
+    assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    final, start = (float(x) for x in last.replace("knn_top1=", "").replace("(random init: ", "")
+                    .rstrip(")").split())
+    assert final >= start + 0.05, f"kNN top-1 {final:.3f} not 5 points above random init {start:.3f}"
