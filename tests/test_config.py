@@ -25,6 +25,7 @@ CASES = [
     (["data.dataset=fashion_mnist", "data.path=/no/such/dir"], 1,
      "data.path='/no/such/dir': must be an existing directory"),
     (["train.precision=fp8"], 1, "train.precision='fp8': must be one of auto, fp32, bf16, fp16"),
+    (["model.width=0.0625"], 1, "model.width=0.0625: must be >= 0.125"),
     (["augment.flip_p=1.5"], 1, "augment.flip_p=1.5: must be a probability in [0, 1]"),
     (["model.archh=resnet18"], 1, "unknown key 'model.archh'"),
     (["optim.lr=fast"], 1, "optim.lr='fast': must be a number"),

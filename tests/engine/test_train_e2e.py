@@ -1,5 +1,6 @@
 """End to end: the trainer learns on the embedded data and on real CIFAR-10, and resumes exactly."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,20 @@ from fastssl.engine.trainer import Trainer
 # A run small enough for seconds on 2 cores, deterministic, with checkpoints mid-epoch.
 RESUME_RUN = ["data.num_train=512", "data.num_test=128", "loader.batch_size=32", "train.epochs=3",
               "train.log_every=1", "train.ckpt_every=5", "train.deterministic=true", "train.precision=fp32",
-              "train.device=cpu", "knn.k=20", "knn.every_epochs=1", "model.width=0.0625",
+              "train.device=cpu", "knn.k=20", "knn.every_epochs=1", "model.width=0.125",
               "model.projector_hidden=32", "model.projector_out=16"]
 
 
 def _fastssl(*args: str) -> list[str]:
     return [sys.executable, "-m", "fastssl", *args]
+
+
+def _final_line(capsys) -> tuple[float, float]:
+    """(final, random-init) kNN top-1 from the line `fastssl train` ends with."""
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"knn_top1=([0-9.]+) \(random init: ([0-9.]+)\)", last)
+    assert match, f"unexpected last line: {last!r}"
+    return float(match[1]), float(match[2])
 
 
 def _sets(overrides):
@@ -35,9 +44,7 @@ def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
     """A shortened `fastssl train`: kNN top-1 must clear its random-init value by a margin."""
     overrides = ["train.epochs=6", "knn.every_epochs=0"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    final, start = (float(x) for x in last.replace("knn_top1=", "").replace("(random init: ", "")
-                    .rstrip(")").split())
+    final, start = _final_line(capsys)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     knn = [r["knn_top1"] for r in records if "knn_top1" in r]
     assert (knn[0], knn[-1]) == (pytest.approx(start, abs=1e-4), pytest.approx(final, abs=1e-4))
@@ -102,11 +109,11 @@ def test_fresh_run_refuses_to_overwrite_a_run_directory(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path, capsys):
-    """Real data: a width-1/8 ResNet-18 trained for a few CPU minutes on the CIFAR-10 train JPEGs."""
-    overrides = ["data.dataset=imagefolder", f"data.path={cifar10_jpeg_root}", "train.epochs=3",
-                 "knn.every_epochs=0", "augment.crop_scale_min=0.2", "method.temperature=0.2"]
-    assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    final, start = (float(x) for x in last.replace("knn_top1=", "").replace("(random init: ", "")
-                    .rstrip(")").split())
+    """Real data: configs/cifar10_jpeg.yaml at width 1/8, a few CPU minutes on the CIFAR-10 train JPEGs."""
+    overrides = [f"data.path={cifar10_jpeg_root}", "model.width=0.125", "model.projector_hidden=256",
+                 "model.projector_out=64", "loader.batch_size=128", "optim.warmup_epochs=0.5",
+                 "train.epochs=3", "knn.every_epochs=0"]
+    config = Path(__file__).parents[2] / "configs" / "cifar10_jpeg.yaml"
+    assert main(["train", "-c", str(config), "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
+    final, start = _final_line(capsys)
     assert final >= start + 0.05, f"kNN top-1 {final:.3f} not 5 points above random init {start:.3f}"
