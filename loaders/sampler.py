@@ -121,3 +121,23 @@ class EpochCursor:
                              f"0 <= batch < {self.sampler.num_batches} (batches per epoch)")
         self.sampler.seed = int(state["seed"])
         self.epoch, self.batch = epoch, batch
+
+
+class ShardedEpochs:
+    """The position bookkeeping every backend shares: the Loader protocol minus iteration."""
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int, rank: int, world: int):
+        self.sampler = ShardedSampler(num_samples, global_batch, seed, rank, world)
+        self.cursor = EpochCursor(self.sampler)
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.cursor.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.cursor.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor.load_state_dict(state)

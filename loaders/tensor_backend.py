@@ -14,10 +14,10 @@ from fastssl.config import AugmentConfig, LoaderConfig
 from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_params
 from .batch import Batch
 from .datasets.base import ImageDataset
-from .sampler import EpochCursor, ShardedSampler, cpu_generator
+from .sampler import ShardedEpochs, cpu_generator
 
 
-class TensorLoader:
+class TensorLoader(ShardedEpochs):
     """Loader over an ImageDataset kept on `device` as one uint8 (N, S, S, 3) tensor.
 
     View v of global batch b in epoch e is augmented with parameters drawn for the whole global
@@ -28,25 +28,12 @@ class TensorLoader:
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
                  image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.sampler = ShardedSampler(len(dataset), loader_cfg.batch_size, seed, rank, world)
-        self.cursor = EpochCursor(self.sampler)
+        super().__init__(len(dataset), loader_cfg.batch_size, seed, rank, world)
         self.device = torch.device(device)
         self.images = torch.from_numpy(dataset.to_array(image_size)).to(self.device)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.int64).to(self.device)
         self.views, self.image_size = loader_cfg.views, image_size
         self.augment_cfg, self.mean, self.std = augment_cfg, tuple(mean), tuple(std)
-
-    def __len__(self) -> int:
-        return self.sampler.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.cursor.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        return self.cursor.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.cursor.load_state_dict(state)
 
     def batch(self, epoch: int, batch: int) -> Batch:
         """Batch `batch` of epoch `epoch` for this rank: a pure function of its arguments and the seed."""

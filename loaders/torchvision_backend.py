@@ -18,7 +18,7 @@ from fastssl.config import AugmentConfig, LoaderConfig
 from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .batch import Batch
 from .datasets.base import ImageDataset
-from .sampler import EpochCursor, ShardedSampler, derive_seed
+from .sampler import EpochCursor, ShardedEpochs, ShardedSampler, derive_seed
 
 
 def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
@@ -102,14 +102,13 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True, memory_format=layout)
 
 
-class TorchvisionLoader:
+class TorchvisionLoader(ShardedEpochs):
     """Loader: DataLoader + PIL + torchvision transforms, sharded and resumable like every backend."""
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
                  image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.sampler = ShardedSampler(len(dataset), loader_cfg.batch_size, seed, rank, world)
-        self.cursor = EpochCursor(self.sampler)
+        super().__init__(len(dataset), loader_cfg.batch_size, seed, rank, world)
         self.device = torch.device(device)
         views = _Views(dataset, train_transform(augment_cfg, image_size, mean, std), loader_cfg.views)
         self._loader = DataLoader(
@@ -120,18 +119,6 @@ class TorchvisionLoader:
             # Its own generator for the workers' base seed: DataLoader would draw it from the global
             # RNG, moving the training process's stream (the views reseed per image anyway).
             generator=torch.Generator())
-
-    def __len__(self) -> int:
-        return self.sampler.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.cursor.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        return self.cursor.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.cursor.load_state_dict(state)
 
     def __iter__(self) -> Iterator[Batch]:
         for views, labels, index in self._loader:

@@ -150,12 +150,10 @@ class Trainer:
             self.knn_start = self._evaluate(epoch=0)
             progress.message(f"knn_top1 at random init: {self.knn_start:.4f}")
         per_batch = self.cfg.loader.batch_size
+        every = self.cfg.knn.every_epochs
         epoch = self.step // self.steps_per_epoch
-        positioned = self.step > 0  # a restored loader already stands at its batch within `epoch`
         while self.step < self.total_steps:
-            if not positioned:
-                self.loader.set_epoch(epoch)
-            positioned = False
+            self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
             tick, images = time.perf_counter(), 0
             for batch in self.loader:
                 self._train_step(batch.views)
@@ -163,14 +161,16 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(epoch, progress, images, time.perf_counter() - tick)
                     tick, images = time.perf_counter(), 0
+                if self.step % self.steps_per_epoch == 0:
+                    # Epoch-end work comes before this step's checkpoint: a run resumed from it starts
+                    # the next epoch and must not have skipped the evaluation.
+                    epoch += 1
+                    if every and epoch % every == 0 and self.step < self.total_steps:
+                        progress.message(f"knn_top1 after epoch {epoch}: {self._evaluate(epoch):.4f}")
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save()
                 if self.step >= self.total_steps:
                     break
-            epoch += 1
-            every = self.cfg.knn.every_epochs
-            if every and epoch % every == 0 and self.step < self.total_steps:
-                progress.message(f"knn_top1 after epoch {epoch}: {self._evaluate(epoch):.4f}")
         final = self._evaluate(epoch)
         self.save()
         plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")

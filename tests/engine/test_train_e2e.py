@@ -18,7 +18,7 @@ from fastssl.engine.trainer import Trainer
 
 # A run small enough for seconds on 2 cores, deterministic, with checkpoints mid-epoch.
 RESUME_RUN = ["data.num_train=512", "data.num_test=128", "loader.batch_size=32", "train.epochs=3",
-              "train.log_every=1", "train.ckpt_every=5", "train.deterministic=true", "train.precision=fp32",
+              "train.log_every=1", "train.deterministic=true", "train.precision=fp32",
               "train.device=cpu", "knn.k=20", "knn.every_epochs=1", "model.width=0.125",
               "model.projector_hidden=32", "model.projector_out=16"]
 
@@ -56,14 +56,19 @@ def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path):
-    """Uninterrupted run == run killed by SIGKILL after a checkpoint and resumed: weights and losses."""
+@pytest.mark.parametrize("ckpt_every", [5, 16], ids=["mid-epoch", "epoch-end"])
+def test_resume_after_sigkill_is_exact(tmp_path, ckpt_every):
+    """Uninterrupted run == run killed by SIGKILL after a checkpoint and resumed: weights and losses.
+
+    16 steps per epoch: checkpoints every 5 steps land mid-epoch, every 16 on the step that ends an
+    epoch, right where the end-of-epoch kNN evaluation happens.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_fastssl("train", "--out", str(straight), *_sets(RESUME_RUN)), check=True, env=env,
-                   capture_output=True)
+    run = _sets(RESUME_RUN + [f"train.ckpt_every={ckpt_every}"])
+    subprocess.run(_fastssl("train", "--out", str(straight), *run), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(_fastssl("train", "--out", str(killed), *_sets(RESUME_RUN)), env=env,
+    proc = subprocess.Popen(_fastssl("train", "--out", str(killed), *run), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (killed / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
