@@ -45,6 +45,11 @@ class Trainer:
 
     def __init__(self, cfg: config_mod.Config, out_dir: Path, resume: bool = False):
         self.cfg, self.out_dir = cfg, Path(out_dir)
+        # Both checks come before any data is read: a wrong --out or a torn checkpoint fails at once.
+        restored = load_checkpoint(self.out_dir / CHECKPOINT, REQUIRED_STATE) if resume else None
+        if not resume and (self.out_dir / CHECKPOINT).exists():
+            raise FileExistsError(f"run directory {str(self.out_dir)!r} already holds {CHECKPOINT}: continue "
+                                  f"it with --resume {self.out_dir}, or choose another --out")
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
@@ -73,17 +78,14 @@ class Trainer:
         self.step, self.knn_start = 0, float("nan")
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
-        if resume:
-            self._restore()
+        if restored is not None:
+            self._restore(restored)
         else:
             self._start_run_dir()
 
     # -- run directory and checkpoints -------------------------------------------------------------
 
     def _start_run_dir(self) -> None:
-        if (self.out_dir / CHECKPOINT).exists():
-            raise FileExistsError(f"run directory {str(self.out_dir)!r} already holds {CHECKPOINT}: continue "
-                                  f"it with --resume {self.out_dir}, or choose another --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(config_mod.dump_yaml(self.cfg))
         (self.out_dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=2) + "\n")
@@ -99,8 +101,7 @@ class Trainer:
     def save(self) -> None:
         save_checkpoint(self.out_dir / CHECKPOINT, self._state())
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.out_dir / CHECKPOINT, REQUIRED_STATE)
+    def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -1,4 +1,5 @@
 """End to end: the trainer learns on the embedded data and on real CIFAR-10, and resumes exactly."""
+import json
 import os
 import re
 import signal
@@ -53,6 +54,8 @@ def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
     assert steps[-1]["step"] == 6 * (6000 // 128) and steps[-1]["loss"] < steps[0]["loss"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
     assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 6
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["git_commit"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,34 @@
+"""The CLI surface: the verbs it lists, and the environment report checked against direct imports."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from fastssl.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_exactly_the_working_verbs():
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    assert sorted(verbs) == ["env", "train"]
+    out = subprocess.run([sys.executable, "-m", "fastssl", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "train" in out and "env" in out and "bench" not in out
+
+
+def test_env_reports_the_installed_versions(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["torch"] == torch.__version__
+    assert info["cuda"] == (torch.version.cuda or "none")
+    assert info["gpu"] == ("none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
+    for name, module in [("dali", "nvidia.dali"), ("ffcv", "ffcv")]:
+        installed = importlib.util.find_spec(module) is not None
+        assert (info[name] != "not installed") == installed
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if head:
+        assert info["git_commit"].removesuffix("+dirty") == head
