@@ -125,3 +125,16 @@ def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path
     assert main(["train", "-c", str(config), "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
     assert final >= start + 0.05, f"kNN top-1 {final:.3f} not 5 points above random init {start:.3f}"
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager(tmp_path):
+    """train.compile=true (inductor on CPU) logs the same losses as eager, to float reordering."""
+    run = RESUME_RUN + ["train.max_steps=4", "knn.every_epochs=0"]
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        Trainer(load_config(None, run + [f"train.compile={str(compiled).lower()}"]), out).fit()
+        losses[compiled] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=2e-4)
