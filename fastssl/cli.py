@@ -33,6 +33,27 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_bench_train(args) -> int:
+    cfg = config_mod.load_config(args.config, args.set)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in config_mod.BACKENDS]
+    if unknown or "torchvision" not in backends:
+        raise config_mod.ConfigError(f"--backends {args.backends!r}: must list backends of "
+                                     f"{', '.join(config_mod.BACKENDS)}, including the torchvision baseline")
+    for name in ("steps", "windows"):
+        if getattr(args, name) < 1:
+            raise config_mod.ConfigError(f"--{name}={getattr(args, name)}: must be >= 1")
+    # bench imports everything and nothing imports bench, except this dispatch, on use.
+    from fastssl.bench import train_throughput
+
+    rows = train_throughput.measure(cfg, backends, args.steps, args.windows, args.warmup,
+                                    progress=lambda line: print(line, file=sys.stderr))
+    paths = train_throughput.write_all(rows, Path(args.out))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
 def _cmd_env(args) -> int:
     from fastssl import envinfo
 
@@ -58,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<date-time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     train.set_defaults(func=_cmd_train)
+    bench = verbs.add_parser("bench", help="benchmarks, each side by side with its baseline in one process",
+                             description="Benchmarks: results as CSV, Markdown and PNG.")
+    suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    train_bench = suites.add_parser("train", help="training images/s per data backend vs the torchvision "
+                                    "baseline", description="End-to-end training throughput per backend.")
+    train_bench.add_argument("-c", "--config", help="YAML run config (default: the quickstart)")
+    train_bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train_bench.add_argument("--backends", default="torchvision,tensor", help="comma-separated (default: %(default)s)")
+    train_bench.add_argument("--steps", type=int, default=10, help="training steps per timing window")
+    train_bench.add_argument("--windows", type=int, default=7, help="timing windows per backend (median, p20, p80)")
+    train_bench.add_argument("--warmup", type=int, default=3, help="untimed steps per backend first")
+    train_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
+    train_bench.set_defaults(func=_cmd_bench_train)
     env = verbs.add_parser("env", help="versions of torch, triton, CUDA, cuDNN, GPU, DALI, FFCV (for bug "
                            "reports)", description="Print the software and hardware environment.")
     env.add_argument("--json", action="store_true", help="print as JSON")

@@ -121,7 +121,7 @@ class Trainer:
         self.metrics.write({"step": self.step, "epoch": epoch, "knn_top1": top1})
         return top1
 
-    def _train_step(self, views: list[torch.Tensor]) -> None:
+    def train_step(self, views: list[torch.Tensor]) -> None:
         images = torch.cat(views).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
             _, z = self.forward(images)
@@ -157,7 +157,7 @@ class Trainer:
             self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
             tick, images = time.perf_counter(), 0
             for batch in self.loader:
-                self._train_step(batch.views)
+                self.train_step(batch.views)
                 images += per_batch
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(epoch, progress, images, time.perf_counter() - tick)

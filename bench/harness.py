@@ -1,0 +1,102 @@
+"""What every benchmark shares: timing summaries, the result row, and its CSV/Markdown/PNG outputs.
+
+Rows carry the device, versions, git commit and date, so a committed number can always be traced
+to what produced it (DESIGN.md section 8).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import platform
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastssl import envinfo
+
+
+@dataclass
+class Row:
+    benchmark: str
+    provider: str
+    shape: str
+    dtype: str
+    mode: str
+    metric: str
+    median: float
+    p20: float
+    p80: float
+    unit: str
+    device: str
+    torch: str
+    triton: str
+    cuda: str
+    commit: str
+    date: str
+
+
+def summarize(samples: list[float]) -> tuple[float, float, float]:
+    """(median, p20, p80) of repeated measurements."""
+    values = np.asarray(samples, dtype=np.float64)
+    return float(np.median(values)), float(np.percentile(values, 20)), float(np.percentile(values, 80))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def context(device: torch.device) -> dict[str, str]:
+    """The Row fields that describe where and when it was measured."""
+    info = envinfo.collect()
+    return {"device": device_name(device), "torch": info["torch"], "triton": info["triton"],
+            "cuda": info["cuda"], "commit": info["git_commit"],
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_markdown(rows: list[Row], path: Path, title: str, baseline: str) -> None:
+    """A table with each provider's median, spread and ratio to the baseline of the same shape."""
+    base = {r.shape: r.median for r in rows if r.provider == baseline}
+    first = rows[0]
+    lines = [f"# {title}", "",
+             f"{first.device}; torch {first.torch}, triton {first.triton}, CUDA {first.cuda}; "
+             f"commit {first.commit}; {first.date}", "",
+             f"| provider | shape | {first.metric} median | p20 | p80 | vs {baseline} |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.provider} | {r.shape} | {r.median:,.1f} {r.unit} | {r.p20:,.1f} | {r.p80:,.1f} | "
+                     f"{r.median / base[r.shape]:.2f}x |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_bars(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [f"{r.provider}\n{r.shape}" for r in rows]
+    medians = np.array([r.median for r in rows])
+    spread = np.array([[r.median - r.p20 for r in rows], [r.p80 - r.median for r in rows]])
+    ax.bar(labels, medians, yerr=spread, capsize=6, color="#4c72b0")
+    ax.set(title=title, ylabel=f"{rows[0].metric} ({rows[0].unit})")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,47 @@
+"""The benchmark harness (summaries, rows, outputs) and a tiny `fastssl bench train` end to end."""
+import pytest
+
+from fastssl.bench.harness import Row, read_csv, summarize, write_csv, write_markdown
+from fastssl.cli import main
+
+
+def test_summary_is_median_and_interpolated_percentiles():
+    # Hand-computed: sorted 1..5, p20 at position 0.8 -> 1.8, p80 at position 3.2 -> 4.2.
+    assert summarize([5.0, 1.0, 4.0, 2.0, 3.0]) == pytest.approx((3.0, 1.8, 4.2))
+
+
+def _row(provider, median):
+    return Row("b", provider, "s", "fp32", "m", "images/s", median, median - 1, median + 1, "img/s",
+               "CPU", "2.x", "3.x", "none", "abc", "2026-01-01T00:00:00Z")
+
+
+def test_csv_round_trip_and_markdown_ratio_to_baseline(tmp_path):
+    rows = [_row("torchvision", 400.0), _row("tensor", 1000.0)]
+    write_csv(rows, tmp_path / "r.csv")
+    back = read_csv(tmp_path / "r.csv")
+    assert [r["provider"] for r in back] == ["torchvision", "tensor"] and float(back[1]["median"]) == 1000.0
+    write_markdown(rows, tmp_path / "r.md", "t", "torchvision")
+    table = (tmp_path / "r.md").read_text()
+    assert "| torchvision | s | 400.0 img/s | 399.0 | 401.0 | 1.00x |" in table
+    assert "| tensor | s | 1,000.0 img/s | 999.0 | 1,001.0 | 2.50x |" in table
+
+
+@pytest.mark.slow
+def test_bench_train_writes_rows_for_each_backend(tmp_path, capsys):
+    sets = ["data.num_train=512", "data.num_test=64", "loader.batch_size=64", "loader.workers=0",
+            "knn.k=10", "model.projector_hidden=32", "model.projector_out=16"]
+    args = ["bench", "train", "--steps", "2", "--windows", "3", "--warmup", "1", "--out", str(tmp_path)]
+    assert main(args + [arg for s in sets for arg in ("--set", s)]) == 0
+    rows = read_csv(tmp_path / "train_throughput_cpu.csv")
+    assert [r["provider"] for r in rows] == ["torchvision", "tensor"]
+    for r in rows:
+        assert float(r["p20"]) <= float(r["median"]) <= float(r["p80"]) and float(r["median"]) > 0
+        assert r["device"].startswith("CPU") and r["commit"] and r["shape"].startswith("2x64x32px")
+    ratio = float(rows[1]["median"]) / float(rows[0]["median"])
+    assert f"{ratio:.2f}x |" in (tmp_path / "train_throughput_cpu.md").read_text()
+    assert (tmp_path / "train_throughput_cpu.png").stat().st_size > 5_000
+
+
+def test_bench_train_rejects_unknown_backends(capsys):
+    assert main(["bench", "train", "--backends", "tensor,ffcv2"]) == 2
+    assert "including the torchvision baseline" in capsys.readouterr().err
