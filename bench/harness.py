@@ -95,7 +95,7 @@ def plot_bars(rows: list[Row], path: Path, title: str) -> None:
     medians = np.array([r.median for r in rows])
     spread = np.array([[r.median - r.p20 for r in rows], [r.p80 - r.median for r in rows]])
     ax.bar(labels, medians, yerr=spread, capsize=6, color="#4c72b0")
-    ax.set(title=title, ylabel=f"{rows[0].metric} ({rows[0].unit})")
+    ax.set(title=title, ylabel=rows[0].unit)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
