@@ -64,11 +64,6 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer.writerows(asdict(r) for r in rows)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_markdown(rows: list[Row], path: Path, title: str, baseline: str) -> None:
     """A table with each provider's median, spread and ratio to the baseline of the same shape."""
     base = {r.shape: r.median for r in rows if r.provider == baseline}

@@ -40,9 +40,9 @@ def _cmd_bench_train(args) -> int:
     if unknown or "torchvision" not in backends:
         raise config_mod.ConfigError(f"--backends {args.backends!r}: must list backends of "
                                      f"{', '.join(config_mod.BACKENDS)}, including the torchvision baseline")
-    for name in ("steps", "windows"):
-        if getattr(args, name) < 1:
-            raise config_mod.ConfigError(f"--{name}={getattr(args, name)}: must be >= 1")
+    for name, minimum in (("steps", 1), ("windows", 1), ("warmup", 0)):
+        if getattr(args, name) < minimum:
+            raise config_mod.ConfigError(f"--{name}={getattr(args, name)}: must be >= {minimum}")
     # bench imports everything and nothing imports bench, except this dispatch, on use.
     from fastssl.bench import train_throughput
 

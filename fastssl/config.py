@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from fastssl.loaders.datasets.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_DEFAULT
 from fastssl.models.resnet import ARCH_SPECS
 from fastssl.optim import OPTIMIZERS
 
@@ -27,6 +26,7 @@ DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
+FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
 
 
 class ConfigError(ValueError):
@@ -226,13 +226,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def from_dict(values: dict) -> Config:
-    cfg = Config()
-    _apply(cfg, values)
-    validate(cfg)
-    return cfg
 
 
 def world_size() -> int:

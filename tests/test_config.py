@@ -72,3 +72,13 @@ def test_cli_reports_config_errors_before_any_work(capsys):
     assert main(["train", "--set", "method.temperature=0"]) == 2
     err = capsys.readouterr().err
     assert "fastssl train: error: method.temperature=0.0: must be a finite number > 0" in err
+
+
+def test_config_does_not_import_loaders():
+    """loaders imports the config schema, so the config importing loaders would be a cycle."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastssl.config; print(sorted(m for m in sys.modules if m.startswith('fastssl.loaders')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from .base import ArrayDataset, DataError, ImageDataset
 from .cifar import load_cifar
-from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT, load_fashion_mnist
+from fastssl.config import FASHION_MNIST_DEFAULT
+
+from .fashion_mnist import load_fashion_mnist
 from .imagefolder import ImageFolderDataset
 from .synthetic import make_shapes
 
@@ -33,7 +35,7 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
             dataset.check()
         return dataset
     if name == "fashion_mnist":
-        return load_fashion_mnist(data_cfg.path or FASHION_MNIST_ROOT, split)
+        return load_fashion_mnist(data_cfg.path or FASHION_MNIST_DEFAULT, split)
     if name == "shapes":
         return make_shapes(data_cfg, split)
     raise ValueError(f"data.dataset={name!r}: must be one of cifar10, cifar100, imagefolder, fashion_mnist, "

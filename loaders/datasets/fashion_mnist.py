@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastssl.config import FASHION_MNIST_DEFAULT
+
 from .base import ArrayDataset, DataError
 
-DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 PREFIX = {"train": "train", "test": "t10k"}
@@ -51,7 +52,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_fashion_mnist(root: str | os.PathLike = DEFAULT_ROOT, split: str = "train") -> ArrayDataset:
+def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DEFAULT, split: str = "train") -> ArrayDataset:
     """A Fashion-MNIST split as uint8 (N, 28, 28, 3) with the 10 class names."""
     if split not in PREFIX:
         raise ValueError(f"split={split!r}: must be one of {', '.join(PREFIX)}")

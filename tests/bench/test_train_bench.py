@@ -1,8 +1,15 @@
 """The benchmark harness (summaries, rows, outputs) and a tiny `fastssl bench train` end to end."""
+import csv
+
 import pytest
 
-from fastssl.bench.harness import Row, read_csv, summarize, write_csv, write_markdown
+from fastssl.bench.harness import Row, summarize, write_csv, write_markdown
 from fastssl.cli import main
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_summary_is_median_and_interpolated_percentiles():
@@ -42,6 +49,12 @@ def test_bench_train_writes_rows_for_each_backend(tmp_path, capsys):
     assert (tmp_path / "train_throughput_cpu.png").stat().st_size > 5_000
 
 
-def test_bench_train_rejects_unknown_backends(capsys):
-    assert main(["bench", "train", "--backends", "tensor,ffcv2"]) == 2
-    assert "including the torchvision baseline" in capsys.readouterr().err
+@pytest.mark.parametrize("args,message", [
+    (["--backends", "tensor,ffcv2"], "including the torchvision baseline"),
+    (["--steps", "0"], "--steps=0: must be >= 1"),
+    (["--windows", "0"], "--windows=0: must be >= 1"),
+    (["--warmup", "-1"], "--warmup=-1: must be >= 0"),
+])
+def test_bench_train_rejects_bad_arguments_before_any_work(args, message, capsys):
+    assert main(["bench", "train", *args]) == 2
+    assert message in capsys.readouterr().err

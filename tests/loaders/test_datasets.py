@@ -20,7 +20,8 @@ from PIL import Image
 from fastssl.config import DataConfig
 from fastssl.loaders.datasets import DataError, ImageFolderDataset, build_dataset, load_cifar
 from fastssl.loaders.datasets import cifar
-from fastssl.loaders.datasets.fashion_mnist import CLASSES as FASHION_CLASSES, DEFAULT_ROOT, load_fashion_mnist
+from fastssl.config import FASHION_MNIST_DEFAULT as DEFAULT_ROOT
+from fastssl.loaders.datasets.fashion_mnist import CLASSES as FASHION_CLASSES, load_fashion_mnist
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIDE = 6
