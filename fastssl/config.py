@@ -21,7 +21,10 @@ from fastssl.optim import OPTIMIZERS
 
 BACKENDS = ("tensor", "torchvision")
 ARCHS = tuple(ARCH_SPECS)
-HEADS = ("contrastive",)
+HEADS = ("contrastive", "protonet")
+# Equal to kernels.runtime.IMPLS (a test checks). Not imported from there: importing the kernels fixes
+# TRITON_INTERPRET, and the CLI must be able to set it after reading the config.
+LOSS_IMPLS = ("auto", "triton", "reference")
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -91,6 +94,8 @@ class ModelConfig:
 class MethodConfig:
     head: str = "contrastive"
     temperature: float = 0.2
+    n_supp: int = 1          # protonet: views per image averaged into its prototype; the rest are queries
+    loss_impl: str = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
 
 
 @dataclass
@@ -289,6 +294,10 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _require(m.projector_out >= 1, "model.projector_out", m.projector_out, "must be >= 1")
     _one_of("method.head", cfg.method.head, HEADS)
     _finite_positive("method.temperature", cfg.method.temperature)
+    _one_of("method.loss_impl", cfg.method.loss_impl, LOSS_IMPLS)
+    if cfg.method.head == "protonet":
+        _require(1 <= cfg.method.n_supp < ld.views, "method.n_supp", cfg.method.n_supp,
+                 f"must be in [1, loader.views - 1] = [1, {ld.views - 1}] (protonet needs a query view)")
     o = cfg.optim
     _one_of("optim.name", o.name, OPTIMIZERS)
     _finite_positive("optim.lr", o.lr)

@@ -2,6 +2,6 @@
 
 This package imports nothing else of fastssl: kernels are leaves of the dependency graph.
 """
-from .sim_xent import nt_xent, sim_xent
+from .sim_xent import nt_xent, sim_xent, unit_rows
 
-__all__ = ["nt_xent", "sim_xent"]
+__all__ = ["nt_xent", "sim_xent", "unit_rows"]

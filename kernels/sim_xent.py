@@ -291,15 +291,16 @@ def sim_xent(q: torch.Tensor, k: torch.Tensor, *, scale: float, col_bias: torch.
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
-def nt_xent(z, n_views: int, temperature: float, impl: str = "auto"):
-    """SimCLR's NT-Xent for any number of views >= 2; z is (V*B, D), view-major (row r is image r mod B).
+def unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows in float32 (float64 kept), so a head's loss runs at full precision under autocast."""
+    return torch.nn.functional.normalize(z if z.dtype == torch.float64 else z.float(), dim=1)
 
-    Rows are L2-normalised in float32 (float64 kept), so the loss is computed at full precision under
-    autocast.
-    """
+
+def nt_xent(z, n_views: int, temperature: float, impl: str = "auto"):
+    """SimCLR's NT-Xent for any number of views >= 2; z is (V*B, D), view-major (row r is image r mod B)."""
     if n_views < 2 or z.shape[0] % n_views:
         raise ValueError(f"nt_xent: {z.shape[0]} rows with n_views={n_views}: need n_views >= 2 "
                          "dividing the row count")
-    z = torch.nn.functional.normalize(z if z.dtype == torch.float64 else z.float(), dim=1)
+    z = unit_rows(z)
     ids = torch.arange(z.shape[0] // n_views, device=z.device).repeat(n_views)
     return sim_xent(z, z, scale=1.0 / temperature, instance_ids=ids, self_mask=True, impl=impl)

@@ -9,6 +9,9 @@ CASES = [
     (["method.temperature=0"], 1, "method.temperature=0.0: must be a finite number > 0"),
     (["method.temperature=-0.5"], 1, "method.temperature=-0.5: must be a finite number > 0"),
     (["method.temperature=.nan"], 1, "method.temperature=nan: must be a finite number > 0"),
+    (["method.loss_impl=fast"], 1, "method.loss_impl='fast': must be one of auto, triton, reference"),
+    (["method.head=protonet", "method.n_supp=2"], 1, "method.n_supp=2: must be in [1, loader.views - 1] = [1, 1]"),
+    (["method.head=protonet", "method.n_supp=0", "loader.views=3"], 1, "method.n_supp=0: must be in [1, loader.views - 1] = [1, 2]"),
     (["optim.lr=0"], 1, "optim.lr=0.0: must be a finite number > 0"),
     (["optim.lr=-1e-3"], 1, "optim.lr=-0.001: must be a finite number > 0"),
     (["loader.batch_size=1"], 1, "loader.batch_size=1: must be >= 2"),
@@ -74,11 +77,19 @@ def test_cli_reports_config_errors_before_any_work(capsys):
     assert "fastssl train: error: method.temperature=0.0: must be a finite number > 0" in err
 
 
-def test_config_does_not_import_loaders():
-    """loaders imports the config schema, so the config importing loaders would be a cycle."""
+@pytest.mark.parametrize("package", ["fastssl.loaders", "fastssl.kernels"])
+def test_config_does_not_import(package):
+    """loaders imports the config schema (a cycle); importing kernels would fix TRITON_INTERPRET too early."""
     import subprocess
     import sys
 
-    code = "import sys, fastssl.config; print(sorted(m for m in sys.modules if m.startswith('fastssl.loaders')))"
+    code = f"import sys, fastssl.config; print(sorted(m for m in sys.modules if m.startswith('{package}')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_loss_impl_choices_are_the_kernel_dispatch_choices():
+    from fastssl.config import LOSS_IMPLS
+    from fastssl.kernels.runtime import IMPLS
+
+    assert LOSS_IMPLS == IMPLS

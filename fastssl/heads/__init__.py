@@ -2,9 +2,12 @@
 from fastssl.config import HEADS, MethodConfig
 
 from .contrastive import ContrastiveHead
+from .protonet import ProtoNetHead
 
 
 def build_head(method: MethodConfig):
     if method.head == "contrastive":
-        return ContrastiveHead(method.temperature)
+        return ContrastiveHead(method.temperature, impl=method.loss_impl)
+    if method.head == "protonet":
+        return ProtoNetHead(method.temperature, method.n_supp, impl=method.loss_impl)
     raise ValueError(f"method.head={method.head!r}: must be one of {', '.join(HEADS)}")
