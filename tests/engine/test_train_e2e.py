@@ -43,7 +43,8 @@ def _sets(overrides):
 @pytest.mark.slow
 def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
     """A shortened `fastssl train`: kNN top-1 must clear its random-init value by a margin."""
-    overrides = ["train.epochs=6", "knn.every_epochs=0"]
+    # The reference loss, as a CPU user gets it; the interpreted kernel is checked step by step below.
+    overrides = ["train.epochs=6", "knn.every_epochs=0", "method.loss_impl=reference"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -120,7 +121,7 @@ def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path
     """Real data: configs/cifar10_jpeg.yaml at width 1/8, a few CPU minutes on the CIFAR-10 train JPEGs."""
     overrides = [f"data.path={cifar10_jpeg_root}", "model.width=0.125", "model.projector_hidden=256",
                  "model.projector_out=64", "loader.batch_size=128", "optim.warmup_epochs=0.5",
-                 "train.epochs=3", "knn.every_epochs=0"]
+                 "train.epochs=3", "knn.every_epochs=0", "method.loss_impl=reference"]
     config = Path(__file__).parents[2] / "configs" / "cifar10_jpeg.yaml"
     assert main(["train", "-c", str(config), "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
@@ -138,3 +139,16 @@ def test_compiled_model_trains_like_eager(tmp_path):
         losses[compiled] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=2e-4)
+
+
+@pytest.mark.parametrize("head", ["contrastive", "protonet"])
+def test_fused_loss_kernel_trains_like_the_reference(tmp_path, head):
+    """The Triton sim_xent (interpreter) in the full training step logs the reference's losses."""
+    run = RESUME_RUN + ["train.max_steps=3", "knn.every_epochs=0", f"method.head={head}"]
+    losses = {}
+    for impl in ("reference", "triton"):
+        out = tmp_path / impl
+        Trainer(load_config(None, run + [f"method.loss_impl={impl}"]), out).fit()
+        losses[impl] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert len(losses["triton"]) == 3
+    assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-5)
