@@ -49,6 +49,11 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()} x{torch.get_num_threads()} threads"
 
 
+def device_slug(device: str) -> str:
+    """The file-name form of a Row's device: "cpu" for any CPU, else the GPU name in snake case."""
+    return "cpu" if device.startswith("CPU") else device.lower().replace(" ", "_")
+
+
 def context(device: torch.device) -> dict[str, str]:
     """The Row fields that describe where and when it was measured."""
     info = envinfo.collect()

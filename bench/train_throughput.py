@@ -17,7 +17,7 @@ import torch
 from fastssl.config import Config
 from fastssl.engine.trainer import Trainer
 
-from .harness import Row, context, plot_bars, summarize, write_csv, write_markdown
+from .harness import Row, context, device_slug, plot_bars, summarize, write_csv, write_markdown
 
 BASELINE = "torchvision"
 
@@ -72,8 +72,7 @@ def measure(cfg: Config, backends: list[str], steps: int, windows: int, warmup: 
 def write_all(rows: list[Row], out_dir: Path) -> list[Path]:
     """CSV, Markdown and PNG named after the device, so CPU and GPU results sit side by side."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "cpu" if rows[0].device.startswith("CPU") else rows[0].device.lower().replace(" ", "_")
-    stem = out_dir / f"train_throughput_{slug}"
+    stem = out_dir / f"train_throughput_{device_slug(rows[0].device)}"
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
     write_csv(rows, paths[0])
     title = "Training throughput by data backend"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,56 @@ def _cmd_bench_train(args) -> int:
     return 0
 
 
+# --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
+KERNEL_BENCHES = {"sim_xent": "sim_xent_bench"}
+
+
+def _listed(flag: str, value: str, allowed) -> list[str]:
+    """A comma-separated flag value, every item one of `allowed`."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items or any(v not in allowed for v in items):
+        raise config_mod.ConfigError(f"--{flag} {value!r}: must be a comma-separated list of {', '.join(allowed)}")
+    return items
+
+
+def _cmd_bench_kernels(args) -> int:
+    if args.kernel not in KERNEL_BENCHES:
+        raise config_mod.ConfigError(f"--kernel {args.kernel!r}: must be one of {', '.join(KERNEL_BENCHES)}")
+    for name, minimum in (("reps", 1), ("warmup", 0)):
+        if getattr(args, name) is not None and getattr(args, name) < minimum:
+            raise config_mod.ConfigError(f"--{name}={getattr(args, name)}: must be >= {minimum}")
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before fastssl.kernels is first imported: Triton on CPU
+    bench = importlib.import_module(f"fastssl.bench.{KERNEL_BENCHES[args.kernel]}")
+    from fastssl.kernels import runtime
+
+    shapes = bench.parse_sizes(args.sizes or ("full" if cuda else "small"))
+    dtypes = _listed("dtypes", args.dtypes or ("fp32,bf16" if cuda else "fp32"), bench.DTYPES)
+    if not cuda and "bf16" in dtypes:
+        raise config_mod.ConfigError(f"--dtypes {args.dtypes!r}: bf16 needs a CUDA GPU (Triton's interpreter "
+                                     "computes bf16 as fp32)")
+    modes = _listed("modes", args.modes, bench.MODES)
+    providers = _listed("providers", args.providers, bench.PROVIDERS)
+    if "triton" in providers and not cuda and not (runtime.HAVE_TRITON and runtime.INTERPRET):
+        print("note: skipping the triton provider: without a GPU it needs triton and TRITON_INTERPRET=1 set "
+              "before fastssl.kernels was first imported", file=sys.stderr)
+        providers.remove("triton")
+    if not providers:
+        raise config_mod.ConfigError(f"--providers {args.providers!r}: nothing left to run on this machine")
+    reps = args.reps or (30 if cuda else 10)
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    rows = bench.measure(shapes, dtypes, modes, providers, reps=reps, warmup=warmup,
+                         device=torch.device("cuda" if cuda else "cpu"),
+                         progress=lambda line: print(line, file=sys.stderr))
+    paths = bench.write_all(rows, Path(args.out), reps, warmup)
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
 def _cmd_env(args) -> int:
     from fastssl import envinfo
 
@@ -92,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--warmup", type=int, default=3, help="untimed steps per backend first")
     train_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     train_bench.set_defaults(func=_cmd_bench_train)
+    kernels = suites.add_parser("kernels", help="one kernel vs its eager reference and torch.compile of it: "
+                                "time, memory, TFLOP/s, error", description="Kernel microbenchmark: the Triton "
+                                "kernel, its eager reference and torch.compile of the reference, in one process.")
+    kernels.add_argument("--kernel", required=True, help=f"one of {', '.join(KERNEL_BENCHES)}")
+    kernels.add_argument("--sizes", help="small, full, or 2NxD[,2NxD...] (default: full on CUDA, small otherwise)")
+    kernels.add_argument("--dtypes", help="comma-separated fp32,bf16 (default: both on CUDA, fp32 otherwise)")
+    kernels.add_argument("--modes", default="forward,backward,forward+backward", help="default: %(default)s")
+    kernels.add_argument("--providers", default="triton,eager,compile", help="default: %(default)s")
+    kernels.add_argument("--reps", type=int, help="timed repetitions for median, p20, p80 (default: 30 on CUDA, "
+                         "10 otherwise)")
+    kernels.add_argument("--warmup", type=int, help="untimed repetitions per mode first (default: 3 on CUDA, "
+                         "1 otherwise)")
+    kernels.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
+    kernels.set_defaults(func=_cmd_bench_kernels)
     env = verbs.add_parser("env", help="versions of torch, triton, CUDA, cuDNN, GPU, DALI, FFCV (for bug "
                            "reports)", description="Print the software and hardware environment.")
     env.add_argument("--json", action="store_true", help="print as JSON")

@@ -67,7 +67,7 @@ if HAVE_TRITON:
             pos = (col_id[None, :] == row_id[:, None]) & (cols[None, :] != rows[:, None] + row_offset)
         return pos & row_ok[:, None] & col_ok[None, :]
 
-    @triton.autotune(configs=_configs(), key=["D"])
+    @triton.autotune(configs=_configs(), key=["M", "P", "D"])
     @triton.jit
     def _forward_kernel(q_ptr, k_ptr, bias_ptr, tgt_ptr, ids_ptr, loss_ptr, lse_ptr, npos_ptr,
                         M, P, D, sqm, sqd, skm, skd, scale, row_offset,
@@ -103,7 +103,7 @@ if HAVE_TRITON:
         d = tl.exp(s - lse[:, None]) - tl.where(pos, inv_npos[:, None], 0.0)
         return tl.where(row_ok[:, None], d, 0.0)
 
-    @triton.autotune(configs=_configs(), key=["D"])
+    @triton.autotune(configs=_configs(), key=["M", "P", "D"])
     @triton.jit
     def _grad_rows_kernel(q_ptr, k_ptr, bias_ptr, tgt_ptr, ids_ptr, lse_ptr, npos_ptr, g_ptr, dq_ptr,
                           M, P, D, sqm, sqd, skm, skd, sdm, sdd, scale, row_offset,
@@ -132,7 +132,7 @@ if HAVE_TRITON:
         tl.store(dq_ptr + rows[:, None] * sdm + douts[None, :] * sdd, dq.to(dq_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & (douts < D)[None, :])
 
-    @triton.autotune(configs=_configs(), key=["D"])
+    @triton.autotune(configs=_configs(), key=["M", "P", "D"])
     @triton.jit
     def _grad_cols_kernel(q_ptr, k_ptr, bias_ptr, tgt_ptr, ids_ptr, lse_ptr, npos_ptr, g_ptr, gmax_ptr,
                           dk_ptr, dbias_ptr, M, P, D, sqm, sqd, skm, skd, sdm, sdd, scale, row_offset,
