@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: train test
+.PHONY: train test gpu-check
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,14 @@ train: $(VENV)/.installed
 # The whole test suite (GPU tests skip themselves without a GPU).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
+
+# Every GPU check of the project in one run (../shared/GPU.md), on a GPU machine's own Python (no
+# network there: torch comes with the machine). Environment first, then the `gpu` tests, then the
+# kernel benchmarks; results land in $(GPU_OUT) and each benchmark prints its table last.
+GPU_OUT ?= gpu-results
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	mkdir -p $(GPU_OUT)
+	$(PYTHON) -m fastssl env | tee $(GPU_OUT)/env.txt
+	$(PYTHON) -m pytest -m gpu -p no:cacheprovider --junitxml=$(GPU_OUT)/gpu-tests.xml $(ARGS)
+	$(PYTHON) -m fastssl bench kernels --kernel sim_xent --out $(GPU_OUT) $(BENCH_ARGS)

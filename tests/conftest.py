@@ -1,14 +1,15 @@
 """Shared test set-up: Triton's interpreter on CPU, the `gpu` marker, and the real-data location."""
 import os
-
-# Must happen before any Triton kernel is imported: kernels then run on CPU tensors (DESIGN.md section 4).
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU, Triton's interpreter runs the kernels on CPU tensors (DESIGN.md section 4). It must be
+# set before any kernel is imported; with a GPU the real kernels run and the `gpu` tests check them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
