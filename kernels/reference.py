@@ -50,3 +50,31 @@ def sim_xent_reference(q: torch.Tensor, k: torch.Tensor, *, scale: float,
         return per_row
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
+
+RIDGE_FORMS = ("auto", "primal", "dual")
+
+
+def ridge_is_dual(x: torch.Tensor, form: str) -> bool:
+    """Whether to solve the n x n dual system: asked for, or "auto" and it is the smaller (n < D)."""
+    if form not in RIDGE_FORMS:
+        raise ValueError(f"ridge: form={form!r}: must be one of {', '.join(RIDGE_FORMS)}")
+    return form == "dual" or (form == "auto" and x.shape[1] < x.shape[2])
+
+
+def ridge_reference(x: torch.Tensor, y: torch.Tensor, lam, *, form: str = "auto") -> torch.Tensor:
+    """Ridge regression weights W (T, D, C) from x (T, n, D) to y (T, n, C), one system per task.
+
+    dual:   W = x^T (x x^T + lam I)^-1 y   (an n x n system)
+    primal: W = (x^T x + lam I)^-1 x^T y   (a D x D system); both are the same W.
+    "auto" solves the smaller system. lam > 0 is a number, a 0-d tensor or one value per task (T,).
+    Half-precision inputs are computed in float32; float64 stays float64.
+    """
+    dual = ridge_is_dual(x, form)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, y = x.to(dtype), y.to(dtype)
+    lam = torch.as_tensor(lam, dtype=dtype, device=x.device).reshape(-1, 1, 1)
+    gram = x @ x.mT if dual else x.mT @ x
+    system = gram + lam * torch.eye(gram.shape[-1], dtype=dtype, device=x.device)
+    if dual:
+        return x.mT @ torch.linalg.solve(system, y)
+    return torch.linalg.solve(system, x.mT @ y)
