@@ -11,6 +11,8 @@ it is the ground truth the tests compare against.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .reference import sim_xent_reference
@@ -176,6 +178,11 @@ def _block_d(d: int) -> int:
     return min(max(triton.next_power_of_2(d), 16), 128)
 
 
+def _inputs(q, k, col_bias, targets, instance_ids) -> tuple:
+    """The kernels' five input pointers; an absent optional input passes q, which its flag never reads."""
+    return (q, k, *(q if t is None else t for t in (col_bias, targets, instance_ids)))
+
+
 def _flags(col_bias, targets, self_mask, dtype) -> dict:
     return {"HAS_BIAS": col_bias is not None, "SELF_MASK": bool(self_mask), "TARGETS": targets is not None,
             "PRECISION": dot_precision(dtype)}
@@ -191,8 +198,7 @@ class _SimXentFunction(torch.autograd.Function):
         loss, lse, n_pos = (torch.empty(m, dtype=torch.float32, device=q.device) for _ in range(3))
         flags = _flags(col_bias, targets, self_mask, q.dtype)
         _forward_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)](
-            q, k, q if col_bias is None else col_bias, q if targets is None else targets,
-            q if instance_ids is None else instance_ids, loss, lse, n_pos, m, p, d, q.stride(0), q.stride(1),
+            *_inputs(q, k, col_bias, targets, instance_ids), loss, lse, n_pos, m, p, d, q.stride(0), q.stride(1),
             k.stride(0), k.stride(1), float(scale), int(row_offset), BLOCK_D=_block_d(d), **flags)
         ctx.save_for_backward(q, k, col_bias, targets, instance_ids, lse, n_pos)
         ctx.scale, ctx.self_mask, ctx.row_offset = float(scale), bool(self_mask), int(row_offset)
@@ -206,8 +212,7 @@ class _SimXentFunction(torch.autograd.Function):
         p = k.shape[0]
         g = grad_rows.float().contiguous()
         flags = _flags(col_bias, targets, ctx.self_mask, q.dtype)
-        common = (q, k, q if col_bias is None else col_bias, q if targets is None else targets,
-                  q if instance_ids is None else instance_ids, lse, n_pos, g)
+        common = (*_inputs(q, k, col_bias, targets, instance_ids), lse, n_pos, g)
         shape = (m, p, d, q.stride(0), q.stride(1), k.stride(0), k.stride(1))
         block_d = _block_d(d)
         dq = dk = dbias = None
@@ -223,13 +228,11 @@ class _SimXentFunction(torch.autograd.Function):
             _grad_cols_kernel[lambda meta: (triton.cdiv(p, meta["BLOCK_N"]), triton.cdiv(d, block_d))](
                 *common, gmax, dk, k if dbias is None else dbias, *shape, dk.stride(0), dk.stride(1), ctx.scale,
                 ctx.row_offset, BLOCK_D=block_d, **flags)
-            if dbias is not None:
-                dbias = dbias.to(col_bias.dtype)
         return (dq, dk if ctx.needs_input_grad[1] else None, dbias if ctx.needs_input_grad[2] else None,
                 None, None, None, None, None)
 
 
-def _validate(q, k, col_bias, targets, instance_ids, self_mask, row_offset, reduction) -> None:
+def _validate(q, k, scale, col_bias, targets, instance_ids, self_mask, row_offset, reduction) -> None:
     """Shape and argument rules, checked on every path without reading device memory."""
     if q.dim() != 2 or k.dim() != 2 or q.shape[1] != k.shape[1]:
         raise ValueError(f"sim_xent: q {tuple(q.shape)} and k {tuple(k.shape)} must be (M, D) and (P, D)")
@@ -238,6 +241,9 @@ def _validate(q, k, col_bias, targets, instance_ids, self_mask, row_offset, redu
     m, p = q.shape[0], k.shape[0]
     if (targets is None) == (instance_ids is None):
         raise ValueError("sim_xent: give exactly one of targets or instance_ids")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"sim_xent: scale={scale!r}: must be a finite Python number (fold a learnable scale "
+                         "into q or k)")
     if reduction not in REDUCTIONS:
         raise ValueError(f"sim_xent: reduction={reduction!r}: must be one of {', '.join(REDUCTIONS)}")
     if targets is not None and (targets.shape != (m,) or targets.is_floating_point()):
@@ -269,7 +275,7 @@ def sim_xent(q: torch.Tensor, k: torch.Tensor, *, scale: float, col_bias: torch.
     Semantics are those of reference.sim_xent_reference; `impl` is auto | triton | reference.
     The loss is float32 for half inputs; gradients flow to q, k (summed when k is q) and col_bias.
     """
-    _validate(q, k, col_bias, targets, instance_ids, self_mask, row_offset, reduction)
+    _validate(q, k, scale, col_bias, targets, instance_ids, self_mask, row_offset, reduction)
     wide = torch.float64 in (q.dtype, k.dtype)
     if wide and impl == "triton":
         raise ValueError("sim_xent: impl='triton' takes fp32, fp16 or bf16; float64 runs on the reference")

@@ -151,12 +151,12 @@ def test_time_calls_times_only_the_thunk_on_successive_buffers():
 
     def prepare(buffer):
         seen.append(buffer)
-        time.sleep(0.05)  # untimed preparation, like the forward before a timed backward
+        time.sleep(0.2)  # untimed preparation, like the forward before a timed backward
         return lambda: time.sleep(0.005)
 
     samples = kernel_timing.time_calls(prepare, iter(range(10)), reps=3, warmup=2, device=torch.device("cpu"))
     assert seen == [0, 1, 2, 3, 4] and len(samples) == 3
-    assert all(0.005 <= s < 0.04 for s in samples)
+    assert all(0.005 <= s < 0.2 for s in samples)  # the thunk's 5 ms, never the 200 ms preparation
 
 
 @pytest.mark.parametrize("args,message", [

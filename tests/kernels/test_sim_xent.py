@@ -205,11 +205,12 @@ def test_triton_without_cuda_or_interpreter_is_refused(monkeypatch):
     (dict(targets=torch.zeros(6, dtype=torch.long), col_bias=torch.zeros(5)), "one value per column"),
     (dict(targets=torch.zeros(6, dtype=torch.long), reduction="max"), "reduction='max'"),
     (dict(targets=torch.zeros(6, dtype=torch.long), impl="fast"), "impl='fast'"),
+    (dict(targets=torch.zeros(6, dtype=torch.long), scale=float("nan")), "scale=nan: must be a finite"),
 ])
 def test_bad_arguments_name_the_rule(kwargs, message):
     z = torch.randn(6, 4)
     with pytest.raises(ValueError, match=message):
-        sim_xent(z, z, scale=1.0, **kwargs)
+        sim_xent(z, z, **{"scale": 1.0, **kwargs})
 
 
 def test_shape_mismatch_is_refused():
