@@ -8,8 +8,9 @@ On chip (system size m = min(n, D) <= MAX_ON_CHIP): one Triton program per task 
 matrix, its Cholesky factor L, and the forward and back substitutions, all in fp32 registers
 (half inputs are read as they are and widened in the kernel). The limit is the register budget: the
 program holds the padded s x s fp32 system (s = m rounded up to a power of two, at least 16 for
-tl.dot) plus same-sized temporaries of the column extractions; at s = 64 that is 16 KB a tile, about
-32 registers a thread per tile at 4 warps, while s = 128 would need 128 a tile and spill. The
+tl.dot), its factor and the column extractions' temporaries. Compiled for sm_90 (ptxas, CI test
+tests/kernels/test_compile_for_gpu.py), s = 64 at 4 warps reaches the 255-register cap and spills
+in fp32, so s = 64 runs 8 warps (no spills); s = 128 would need four times the registers. The
 Cholesky loop is also sequential in s, so beyond that size one program per task is slow next to
 cuSOLVER's batched factorisation. Larger systems therefore go to torch.linalg.cholesky_ex and
 torch.cholesky_solve (cuSOLVER on a GPU), which report failure in `info` instead of synchronising.
@@ -29,6 +30,16 @@ from .reference import ridge_is_dual, ridge_reference
 from .runtime import HAVE_TRITON, dot_precision, kernel_dtype, use_triton
 
 MAX_ON_CHIP = 64
+
+
+def tile_size(m: int) -> int:
+    """S, the padded system size of the on-chip kernel: a power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, 1 << (m - 1).bit_length())
+
+
+def warps_for(s: int) -> int:
+    """8 warps from S = 64: at 4, fp32 tiles of that size spill registers (sm_90 compile check)."""
+    return 8 if s >= 64 else 4
 
 if HAVE_TRITON:
     import triton
@@ -128,19 +139,30 @@ def _solve_on_chip(z, y, lam, dual):
     low = torch.empty(t, m, m, dtype=torch.float32, device=z.device)
     sol = torch.empty(t, m, c, dtype=torch.float32, device=z.device)
     w = torch.empty(t, k, c, dtype=torch.float32, device=z.device) if dual else sol
-    _ridge_kernel[(t,)](z, y, lam, low, sol, w, m, k, c, *z.stride(), *y.stride(), DUAL=dual,
-                        S=max(16, triton.next_power_of_2(m)), BLOCK_K=32,
-                        BLOCK_C=min(max(16, triton.next_power_of_2(c)), 32),
-                        PRECISION=dot_precision(torch.promote_types(z.dtype, y.dtype)), num_warps=4)
+    s = tile_size(m)
+    _ridge_kernel[(t,)](z, y, lam, low, sol, w, m, k, c, *z.stride(), *y.stride(), DUAL=dual, S=s, BLOCK_K=32,
+                        BLOCK_C=min(tile_size(c), 32),
+                        PRECISION=dot_precision(torch.promote_types(z.dtype, y.dtype)), num_warps=warps_for(s))
     return low, sol, w
 
 
 def _solve_with_torch(z, y, lam, dual):
-    """The same (L, sol, W) through cuSOLVER for systems too big for one program; no host sync."""
+    """The same (L, sol, W) through cuSOLVER for systems too big for one program; no host sync.
+
+    cuSOLVER cannot floor pivots as the kernel does: where rounding of the fp32 Gram matrix outweighs
+    lam (a rank-deficient support whose norm is large next to lam), the factorisation fails, and the
+    partial factor would give finite garbage. A failed task's W is NaN instead (on the GPU: loud, and
+    no sync); off the GPU it is a clear error.
+    """
     z, y = z.float(), y.float()
     a = z @ z.mT
     a.diagonal(dim1=-2, dim2=-1).add_(lam[:, None])
-    low, _ = torch.linalg.cholesky_ex(a)
+    low, info = torch.linalg.cholesky_ex(a)
+    if not z.is_cuda and bool((info > 0).any()):
+        raise ValueError(f"ridge: x x^T + lam I is not positive definite in fp32 for task(s) "
+                         f"{(info > 0).nonzero().flatten().tolist()}: lam is below the Gram matrix's rounding "
+                         "error; use a larger lam or float64 inputs")
+    low = torch.where(info[:, None, None] > 0, float("nan"), low)
     sol = torch.cholesky_solve(y if dual else z @ y, low)
     return low, sol, (z.mT @ sol if dual else sol)
 

@@ -1,51 +1,134 @@
-"""Compiles every Triton kernel of sim_xent to an sm_90 (H100) cubin with Triton's bundled ptxas.
+"""Compiles the Triton kernels of fastssl.kernels to sm_90 (H100) cubins with Triton's bundled ptxas.
 
 Run as a script, without TRITON_INTERPRET: no GPU is needed to compile, so CI catches what the
-interpreter forgives (dot shapes, dtype mismatches, shared memory). Prints one JSON line per kernel
-variant: name, dtype, tile config and the shared memory it needs.
+interpreter forgives (dot shapes, dtype mismatches, shared memory, register spills).
+
+    python compile_for_gpu.py [FAMILY ...]      # families: sim_xent, ridge (all when none is named)
+
+Prints one JSON line per kernel variant: family, kernel, dtype, tile config, the shared memory it
+needs, and its registers and spills per thread. Triton's own `n_regs` / `n_spills` are only filled
+in when a GPU loads the cubin, so they are read here with Triton's bundled cuobjdump; `spills` has
+Triton's meaning: the thread's local memory (where ptxas puts spilled registers) in 4-byte words.
 """
 import importlib
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from typing import Iterator, NamedTuple
 
+import torch
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-SCALAR_POINTERS = {"tgt_ptr": "*i64", "ids_ptr": "*i64"}  # the other non-operand pointers are fp32
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FLOAT_SCALARS = ("scale",)  # the other non-constexpr scalars are i32 sizes and strides
 
 
-def signature(fn, operand: str, constexprs: dict) -> dict:
-    """Triton types of the kernel's arguments: operands in `operand`, per-row buffers fp32, sizes i32."""
-    operands = ("q_ptr", "k_ptr", "dq_ptr", "dk_ptr")
+class Variant(NamedTuple):
+    kernel: object        # the @triton.jit function
+    pointers: dict        # pointer argument -> element type; pointers not named here are fp32
+    constexprs: dict
+    options: dict         # num_warps, num_stages
+    label: dict           # how the JSON line names the variant (dtype, config)
+
+
+def kernels_module(name: str):
+    return importlib.import_module(f"fastssl.kernels.{name}")
+
+
+def precision(*dtypes: str) -> str:
+    """The tl.dot input precision the runtime picks for these operand dtypes (kernels/runtime.py)."""
+    promoted = TORCH_DTYPES[dtypes[0]]
+    for dtype in dtypes[1:]:
+        promoted = torch.promote_types(promoted, TORCH_DTYPES[dtype])
+    return kernels_module("runtime").dot_precision(promoted)
+
+
+def sim_xent_variants() -> Iterator[Variant]:
+    """3 kernels x (every autotune config in bf16 + the first in fp16 and fp32)."""
+    sim_xent = kernels_module("sim_xent")
+    cases = [("bf16", config) for config in sim_xent._configs()]
+    cases += [(dtype, sim_xent._configs()[0]) for dtype in ("fp16", "fp32")]
+    for kernel in (sim_xent._forward_kernel, sim_xent._grad_rows_kernel, sim_xent._grad_cols_kernel):
+        for dtype, config in cases:
+            pointers = {**dict.fromkeys(("q_ptr", "k_ptr", "dq_ptr", "dk_ptr"), dtype),
+                        "tgt_ptr": "i64", "ids_ptr": "i64"}
+            flags = {"HAS_BIAS": True, "SELF_MASK": True, "TARGETS": dtype != "bf16",
+                     "BLOCK_D": 128, "PRECISION": precision(dtype), **config.kwargs}
+            yield Variant(kernel.fn, pointers, flags, {"num_warps": config.num_warps, "num_stages": config.num_stages},
+                          {"dtype": dtype, "config": str(config)})
+
+
+def ridge_variants() -> Iterator[Variant]:
+    """_ridge_kernel as _solve_on_chip launches it: every tile (S x BLOCK_C) and form in fp32 and bf16,
+    fp16 and a bf16 x with fp32 y (ridge_solve converts x and y separately) at the largest tile only:
+    the kernel widens every load to fp32, so these differ from the two full grids only in their loads
+    (and their dot precision, which the grids already cover), and register pressure peaks there."""
+    ridge = kernels_module("ridge")
+    sizes = [1 << b for b in range(4, triton.next_power_of_2(ridge.MAX_ON_CHIP).bit_length())]  # S: 16..64
+    tiles = [(s, block_c) for s in sizes for block_c in (16, 32)]  # BLOCK_C = min(max(16, next_pow2(C)), 32)
+    cases = [(z, z, tile) for z in ("fp32", "bf16") for tile in tiles]
+    cases += [(z, y, tiles[-1]) for z, y in (("fp16", "fp16"), ("bf16", "fp32"))]
+    for z, y, (s, block_c) in cases:
+        for dual in (True, False):
+            flags = {"DUAL": dual, "S": s, "BLOCK_K": 32, "BLOCK_C": block_c, "PRECISION": precision(z, y)}
+            yield Variant(ridge._ridge_kernel, {"z_ptr": z, "y_ptr": y}, flags, {"num_warps": ridge.warps_for(s)},
+                          {"dtype": z if z == y else f"{z}/{y}",
+                           "config": " ".join(f"{k}={v}" for k, v in flags.items() if k != "BLOCK_K")})
+
+
+FAMILIES = {"sim_xent": sim_xent_variants, "ridge": ridge_variants}
+
+
+def signature(fn, pointers: dict, constexprs: dict) -> dict:
+    """Triton types of the kernel's arguments: constexprs, typed pointers, fp32 or i32 scalars."""
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
             types[name] = "constexpr"
         elif name.endswith("_ptr"):
-            types[name] = f"*{operand}" if name in operands else SCALAR_POINTERS.get(name, "*fp32")
+            types[name] = "*" + pointers.get(name, "fp32")
         else:
-            types[name] = "fp32" if name == "scale" else "i32"
+            types[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     return types
 
 
-def main() -> None:
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and spills (local memory in 4-byte words) per thread, from cuobjdump -res-usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([knobs.nvidia.cuobjdump.path, "-res-usage", f.name],
+                             check=True, capture_output=True, text=True).stdout
+    usage = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out)}
+    return {"regs": usage["REG"], "spills": (usage["STACK"] + usage["LOCAL"]) // 4}
+
+
+def compile_variant(family: str, variant: Variant) -> dict:
+    fn = variant.kernel
+    source = ASTSource(fn, signature(fn, variant.pointers, variant.constexprs), variant.constexprs)
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=variant.options)
+    except Exception:
+        print(f"failed to compile {family} {fn.__name__} {variant.label}", file=sys.stderr)
+        raise
+    return {"family": family, "kernel": fn.__name__, **variant.label, "shared": compiled.metadata.shared,
+            **resource_usage(compiled.asm["cubin"]), "cubin": len(compiled.asm["cubin"])}
+
+
+def main(families: list) -> None:
     assert not os.environ.get("TRITON_INTERPRET"), "unset TRITON_INTERPRET: this compiles for the GPU"
-    sim_xent = importlib.import_module("fastssl.kernels.sim_xent")
-    target = GPUTarget("cuda", 90, 32)
-    cases = [("bf16", config) for config in sim_xent._configs()]
-    cases += [(dtype, sim_xent._configs()[0]) for dtype in ("fp16", "fp32")]
-    for kernel in (sim_xent._forward_kernel, sim_xent._grad_rows_kernel, sim_xent._grad_cols_kernel):
-        for dtype, config in cases:
-            flags = {"HAS_BIAS": True, "SELF_MASK": True, "TARGETS": dtype != "bf16",
-                     "BLOCK_D": 128, "PRECISION": "ieee" if dtype == "fp32" else "tf32", **config.kwargs}
-            compiled = triton.compile(ASTSource(kernel.fn, signature(kernel.fn, dtype, flags), flags), target=target,
-                                      options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-            print(json.dumps({"kernel": kernel.fn.__name__, "dtype": dtype, "config": str(config),
-                              "shared": compiled.metadata.shared, "cubin": len(compiled.asm["cubin"])}))
-            sys.stdout.flush()
+    unknown = set(families) - set(FAMILIES)
+    assert not unknown, f"unknown kernel families {sorted(unknown)}; known: {sorted(FAMILIES)}"
+    for family in families or FAMILIES:
+        for variant in FAMILIES[family]():
+            print(json.dumps(compile_variant(family, variant)), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -110,6 +110,18 @@ def test_singular_in_fp32_stays_finite_on_chip():
     assert torch.isfinite(ridge_solve(x, y, 1e-4, impl="triton")).all()
 
 
+def test_rank_deficient_large_system_is_refused_not_garbage():
+    """Beyond the on-chip size cuSOLVER's Cholesky cannot floor pivots: rank 20 of 100 rows at lam = 1e-4
+    fails in fp32, and the partial factor would give a finite W 3000x off. Off the GPU: an error naming
+    the rule (on the GPU the task's W is NaN; tests/kernels/test_ridge_gpu.py)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 100, 20, generator=gen) @ torch.randn(2, 20, 130, generator=gen)
+    y = torch.nn.functional.one_hot(torch.arange(100) % 5, 5).float().expand(2, 100, 5)
+    with pytest.raises(ValueError, match=r"not positive definite in fp32 for task\(s\) \[0, 1\]: lam is below"):
+        ridge_solve(x, y, 1e-4, impl="triton")
+    assert rel_err(ridge_solve(x, y, 1.0, impl="triton"), ridge_reference(x.double(), y.double(), 1.0)) < 3e-3
+
+
 @pytest.mark.parametrize("form", ["primal", "dual"])
 def test_reference_gradcheck_float64(form):
     x, y, lam = problem(2, 6, 4, 3, seed=1, dtype=torch.float64)

@@ -42,6 +42,17 @@ def test_large_systems_take_the_cusolver_path(dtype, t, n, d, c):
     check(t, n, d, c, dtype)
 
 
+def test_a_failed_large_factorisation_is_nan_not_garbage():
+    """Rank 20 of 100 rows at lam = 1e-4 is not positive definite in fp32: that task's W is NaN, the other's exact."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 100, 20, device="cuda", generator=gen) @ torch.randn(2, 20, 130, device="cuda", generator=gen)
+    x[1] = torch.randn(100, 130, device="cuda", generator=gen)
+    y = torch.nn.functional.one_hot(torch.arange(100, device="cuda") % 5, 5).float().expand(2, 100, 5)
+    w = ridge_solve(x, y, 1e-4, impl="triton")
+    assert torch.isnan(w[0]).all()
+    assert rel_err(w[1], ridge_reference(x[1:].double(), y[1:].double(), 1e-4)[0]) < 1e-3
+
+
 @pytest.mark.parametrize("n,d", [(25, 128), (512, 128)])
 def test_forward_and_backward_never_synchronise_the_host(n, d):
     x = torch.randn(64, n, d, device="cuda", requires_grad=True)
