@@ -21,7 +21,8 @@ from fastssl.optim import OPTIMIZERS
 
 BACKENDS = ("tensor", "torchvision")
 ARCHS = tuple(ARCH_SPECS)
-HEADS = ("contrastive", "protonet")
+HEADS = ("contrastive", "protonet", "r2d2")
+SUPPORT_QUERY_HEADS = ("protonet", "r2d2")   # heads that split views into support and queries
 # Equal to kernels.runtime.IMPLS (a test checks). Not imported from there: importing the kernels fixes
 # TRITON_INTERPRET, and the CLI must be able to set it after reading the config.
 LOSS_IMPLS = ("auto", "triton", "reference")
@@ -94,7 +95,9 @@ class ModelConfig:
 class MethodConfig:
     head: str = "contrastive"
     temperature: float = 0.2
-    n_supp: int = 1          # protonet: views per image averaged into its prototype; the rest are queries
+    n_supp: int = 1          # protonet, r2d2: support views per image (the prototype / the regression's
+                             # inputs); the rest are queries
+    ridge_lambda: float = 1.0  # r2d2: starting value of the learnable ridge penalty (> 0)
     loss_impl: str = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
 
 
@@ -295,9 +298,10 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _one_of("method.head", cfg.method.head, HEADS)
     _finite_positive("method.temperature", cfg.method.temperature)
     _one_of("method.loss_impl", cfg.method.loss_impl, LOSS_IMPLS)
-    if cfg.method.head == "protonet":
+    if cfg.method.head in SUPPORT_QUERY_HEADS:
         _require(1 <= cfg.method.n_supp < ld.views, "method.n_supp", cfg.method.n_supp,
-                 f"must be in [1, loader.views - 1] = [1, {ld.views - 1}] (protonet needs a query view)")
+                 f"must be in [1, loader.views - 1] = [1, {ld.views - 1}] ({cfg.method.head} needs a query view)")
+    _finite_positive("method.ridge_lambda", cfg.method.ridge_lambda)
     o = cfg.optim
     _one_of("optim.name", o.name, OPTIMIZERS)
     _finite_positive("optim.lr", o.lr)

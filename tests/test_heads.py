@@ -1,9 +1,12 @@
-"""Heads against independent float64 computations: ProtoNet vs explicit class means and distances."""
+"""Heads against independent float64 computations: ProtoNet vs explicit class means and distances,
+R2D2 vs an explicit normal-equations solve per class."""
+import math
+
 import pytest
 import torch
 
 from fastssl.config import MethodConfig
-from fastssl.heads import ContrastiveHead, ProtoNetHead, build_head
+from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, build_head
 from fastssl.kernels import runtime
 
 
@@ -33,7 +36,7 @@ def test_protonet_equals_explicit_means_and_distances(n_views, n_supp, impl):
     z64 = z.detach().double().requires_grad_()
     expected = explicit_protonet(z64, n_views, n_supp, 0.3)
     (grad64,) = torch.autograd.grad(expected, z64)
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     assert float((grad.double() - grad64).norm() / grad64.norm()) < 1e-5
 
 
@@ -54,3 +57,71 @@ def test_build_head_passes_the_forced_implementation():
     assert isinstance(head, ProtoNetHead) and head.impl == "reference" and head.n_supp == 1
     head = build_head(MethodConfig(head="contrastive", loss_impl="triton"))
     assert isinstance(head, ContrastiveHead) and head.impl == "triton"
+    head = build_head(MethodConfig(head="r2d2", temperature=0.25, n_supp=2, ridge_lambda=0.5, loss_impl="triton"))
+    assert isinstance(head, R2D2Head) and (head.impl, head.n_supp) == ("triton", 2)
+    assert [float(p.detach()) for p in (head.scale, head.bias, head.log_lambda.exp())] == pytest.approx([4.0, 0.0, 0.5])
+
+
+def explicit_r2d2(z, n_views, n_supp, scale, bias, lam):
+    """Loops over the batch: X = support rows, one regression per class b with targets 1[image == b],
+    solved from the normal equations of whichever side is the smaller; CE over scale * q.w_b + bias."""
+    z = torch.nn.functional.normalize(z, dim=1)
+    batch = z.shape[0] // n_views
+    x = torch.stack([z[v * batch + i] for v in range(n_supp) for i in range(batch)])
+    image = [i for _ in range(n_supp) for i in range(batch)]
+    columns = []
+    for b in range(batch):
+        y = torch.tensor([1.0 if i == b else 0.0 for i in image], dtype=z.dtype)
+        if x.shape[0] < x.shape[1]:
+            alpha = torch.linalg.solve(x @ x.T + lam * torch.eye(x.shape[0], dtype=z.dtype), y)
+            columns.append(x.T @ alpha)
+        else:
+            columns.append(torch.linalg.solve(x.T @ x + lam * torch.eye(x.shape[1], dtype=z.dtype), x.T @ y))
+    w = torch.stack(columns, dim=1)
+    losses = [-torch.log_softmax(scale * z[v * batch + i] @ w + bias, 0)[i]
+              for v in range(n_supp, n_views) for i in range(batch)]
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("n_views,n_supp,dim", [(2, 1, 16), (3, 2, 8), (4, 1, 40)], ids=["primal", "primal-2supp", "dual"])
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_r2d2_equals_explicit_ridge_per_class_with_grads(n_views, n_supp, dim, impl):
+    """Loss and gradients for z, the scale and lambda against float64 loops (12 images per batch)."""
+    if impl == "triton" and not runtime.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=1 was not set before import")
+    torch.manual_seed(n_views + dim)
+    head = R2D2Head(0.3, n_supp, ridge_lambda=0.7, impl=impl)
+    z = torch.randn(n_views * 12, dim, requires_grad=True)
+    loss = head(z, n_views)
+    grads = torch.autograd.grad(loss, (z, head.scale, head.bias, head.log_lambda))
+    z64 = z.detach().double().requires_grad_()
+    scale64 = torch.tensor(1 / 0.3, dtype=torch.float64, requires_grad=True)
+    lam64 = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    expected = explicit_r2d2(z64, n_views, n_supp, scale64, 0.0, lam64)
+    gz, gscale, glam = torch.autograd.grad(expected, (z64, scale64, lam64))
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert float((grads[0].double() - gz).norm() / gz.norm()) < 1e-4
+    assert float(grads[1]) == pytest.approx(float(gscale), rel=1e-4)
+    assert float(grads[3]) == pytest.approx(float(glam) * 0.7, rel=1e-4, abs=1e-7)   # d/dlog(lam) = lam d/dlam
+    assert float(grads[2]) == pytest.approx(0.0, abs=1e-6)   # a shared bias cancels in the softmax
+
+
+def test_r2d2_gradient_in_float64_passes_gradcheck():
+    """Through z, the scale and log lambda at once (the reference path keeps float64)."""
+    head = R2D2Head(0.5, 1, ridge_lambda=0.3).double()
+
+    def loss(z, scale, log_lambda):
+        params = {"scale": scale, "bias": head.bias, "log_lambda": log_lambda}
+        return torch.func.functional_call(head, params, (z, 2))
+
+    z = torch.randn(2 * 5, 4, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    log_lambda = torch.tensor(math.log(0.3), dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(loss, (z, scale, log_lambda))
+    expected = explicit_r2d2(z.detach(), 2, 1, 1.7, 0.0, 0.3)
+    assert float(loss(z, scale, log_lambda).detach()) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_r2d2_needs_a_query_view():
+    with pytest.raises(ValueError, match="r2d2: 4 rows, 2 views, n_supp=2"):
+        R2D2Head(0.5, 2, ridge_lambda=1.0)(torch.randn(4, 3), 2)

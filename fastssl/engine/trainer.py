@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from fastssl import config as config_mod
 from fastssl import envinfo
@@ -28,7 +29,7 @@ from fastssl.optim import build_optimizer
 from fastssl.optim.schedule import build_scheduler
 
 CHECKPOINT = "last.pt"
-REQUIRED_STATE = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "loader", "knn_start",
+REQUIRED_STATE = ("step", "model", "head", "optimizer", "scheduler", "scaler", "rng", "loader", "knn_start",
                   "loss_sum", "loss_count", "metrics_lines")
 
 
@@ -69,8 +70,8 @@ class Trainer:
 
         self.model = build_model(cfg.model).to(self.device)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
-        self.head = build_head(cfg.method)
-        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.head = build_head(cfg.method).to(self.device)  # r2d2 learns a scale, a bias and lambda
+        self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.head]))
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps)
         self.scaler = grad_scaler(self.precision, self.device)
@@ -92,7 +93,8 @@ class Trainer:
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", keep_lines=0)
 
     def _state(self) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"step": self.step, "model": self.model.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "loader": self.loader.state_dict(), "knn_start": self.knn_start,
                 "loss_sum": self.loss_sum.detach().cpu(), "loss_count": self.loss_count,
@@ -103,6 +105,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -125,7 +128,9 @@ class Trainer:
         images = torch.cat(views).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
             _, z = self.forward(images)
-            loss = self.head(z, len(views))
+        # Outside autocast: the heads choose their own precision (fp32 rows; kernels accumulate in fp32),
+        # where autocast would run a reference head's matmuls and solves in half precision.
+        loss = self.head(z, len(views))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -3,6 +3,7 @@ from fastssl.config import HEADS, MethodConfig
 
 from .contrastive import ContrastiveHead
 from .protonet import ProtoNetHead
+from .r2d2 import R2D2Head
 
 
 def build_head(method: MethodConfig):
@@ -10,4 +11,6 @@ def build_head(method: MethodConfig):
         return ContrastiveHead(method.temperature, impl=method.loss_impl)
     if method.head == "protonet":
         return ProtoNetHead(method.temperature, method.n_supp, impl=method.loss_impl)
+    if method.head == "r2d2":
+        return R2D2Head(method.temperature, method.n_supp, method.ridge_lambda, impl=method.loss_impl)
     raise ValueError(f"method.head={method.head!r}: must be one of {', '.join(HEADS)}")

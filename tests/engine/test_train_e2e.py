@@ -60,6 +60,19 @@ def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_r2d2_head_learns_and_trains_its_scale_and_lambda(tmp_path, capsys):
+    """The ridge head end to end on the embedded data (4 epochs): kNN clears random init, and the
+    head's own parameters, which live in the optimizer and the checkpoint, have moved."""
+    overrides = ["method.head=r2d2", "method.ridge_lambda=1.0", "train.epochs=4", "knn.every_epochs=0",
+                 "method.loss_impl=reference"]
+    assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
+    final, start = _final_line(capsys)
+    assert final >= start + 0.04, f"kNN top-1 {final:.3f} not 4 points above random init {start:.3f}"
+    head = load_checkpoint(tmp_path / "run" / "last.pt")["head"]
+    assert float(head["scale"]) > 1 / 0.2 * 1.5 and float(head["log_lambda"].exp()) < 0.8
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("ckpt_every", [5, 16], ids=["mid-epoch", "epoch-end"])
 def test_resume_after_sigkill_is_exact(tmp_path, ckpt_every):
     """Uninterrupted run == run killed by SIGKILL after a checkpoint and resumed: weights and losses.
@@ -87,8 +100,9 @@ def test_resume_after_sigkill_is_exact(tmp_path, ckpt_every):
     subprocess.run(_fastssl("train", "--resume", str(killed)), check=True, env=env, capture_output=True)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["step"] == b["step"] == total
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    for part in ("model", "head"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
 
     def without_timing(path):
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(path)]
@@ -141,9 +155,9 @@ def test_compiled_model_trains_like_eager(tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=2e-4)
 
 
-@pytest.mark.parametrize("head", ["contrastive", "protonet"])
+@pytest.mark.parametrize("head", ["contrastive", "protonet", "r2d2"])
 def test_fused_loss_kernel_trains_like_the_reference(tmp_path, head):
-    """The Triton sim_xent (interpreter) in the full training step logs the reference's losses."""
+    """The Triton kernels (interpreter) in the full training step log the reference's losses."""
     run = RESUME_RUN + ["train.max_steps=3", "knn.every_epochs=0", f"method.head={head}"]
     losses = {}
     for impl in ("reference", "triton"):

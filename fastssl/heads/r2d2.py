@@ -1,0 +1,41 @@
+"""R2D2 as an SSL head: a closed-form ridge regression from each image's support views to its one-hot
+label, then its queries classified by the regression's outputs (DESIGN.md section 3)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fastssl.kernels import ridge_solve, sim_xent
+
+from .support_query import split_views
+
+
+class R2D2Head(nn.Module):
+    """W = ridge(support rows -> one-hot image labels); query logits `scale * q W + bias`; cross-entropy.
+
+    The support of the whole batch is one task (B classes, n_supp * B rows of dimension D): ridge_solve
+    picks the smaller of the primal (D x D) and dual system. The logits go through sim_xent in targets
+    mode with k = (scale * W)^T, so the (queries x B) logits are never stored on the fused path.
+    Learnable, as in R2D2 and MetaOptNet: the scale (starting at 1 / temperature, so that "temperature"
+    means what it does for every head), the bias, and lambda (as log lambda, which keeps it > 0).
+    The bias is one number added to every logit; the softmax cancels it, so its gradient is exactly 0:
+    it is there so the parametrisation matches the papers', not because it can learn.
+    """
+
+    def __init__(self, temperature: float, n_supp: int, ridge_lambda: float, impl: str = "auto"):
+        super().__init__()
+        self.n_supp, self.impl = n_supp, impl
+        self.scale = nn.Parameter(torch.tensor(1.0 / temperature))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.log_lambda = nn.Parameter(torch.tensor(math.log(ridge_lambda)))
+
+    def forward(self, z: torch.Tensor, n_views: int) -> torch.Tensor:
+        task = split_views(z, n_views, self.n_supp, "r2d2")
+        batch, dim = task.classes, task.support.shape[2]
+        labels = torch.eye(batch, device=z.device).repeat(self.n_supp, 1)   # row v*B + i -> image i
+        weights = ridge_solve(task.support.reshape(1, -1, dim), labels[None], self.log_lambda.exp(),
+                              impl=self.impl)[0]                               # (D, B)
+        return sim_xent(task.queries, (self.scale * weights).mT, scale=1.0, col_bias=self.bias.expand(batch),
+                        targets=task.targets, impl=self.impl)
