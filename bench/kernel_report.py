@@ -1,4 +1,4 @@
-"""Markdown and PNG for a kernel microbenchmark's rows: one kernel ("the subject") against baselines.
+"""CSV, Markdown and PNG for a kernel microbenchmark's rows: one kernel ("the subject") against baselines.
 
 Rows follow one convention (bench/kernel_timing.py measures them): metric "time" in ms per mode,
 optional "peak extra memory" (B) and "TFLOP/s" per mode, and per-input metrics such as "saved for
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .harness import Row
+from .harness import Row, device_slug, write_csv
 
 PER_MODE = ("time", "peak extra memory", "TFLOP/s")
 MIB = 2 ** 20
@@ -48,6 +48,31 @@ def speedup(baseline: Row | None, subject: Row | None) -> str:
         return "—"
     ratio = baseline.median / subject.median
     return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
+def method_notes(rows: list[Row], reps: int, warmup: int) -> list[str]:
+    """How every time was taken, and on a CPU what its numbers cannot show."""
+    notes = [f"Each time: {reps} timed repetitions after {warmup} untimed warm-up ones, all after an untimed "
+             "first call (the correctness check, where compilation and autotuning happen); CUDA events on a GPU, "
+             "perf_counter on a CPU; inputs cycle through distinct buffers totalling more than twice the "
+             "last-level cache. backward = `torch.autograd.grad` alone, after an untimed forward of its own."]
+    if rows[0].device.startswith("CPU"):
+        notes += ["", "**CPU run: Triton runs in its interpreter (numpy) and the torch providers on CPU torch, so "
+                  "these times show only that every path runs; they mean nothing as absolute numbers or as "
+                  "speedups. Peak memory and TFLOP/s need CUDA; saved for backward is measured on every device.**"]
+    return notes
+
+
+def write_all(rows: list[Row], out_dir: Path, kernel: str, title: str, notes: list[str], subject: str,
+              floors: dict[str, float]) -> list[Path]:
+    """kernels_<kernel>_<device>.{csv,md,png}: named after the device, so CPU and GPU results sit side by side."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"kernels_{kernel}_{device_slug(rows[0].device)}"
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
+    write_csv(rows, paths[0])
+    write_markdown(rows, paths[1], title, notes, subject, floors)
+    plot(rows, paths[2], title, "forward+backward")
+    return paths
 
 
 def write_markdown(rows: list[Row], path: Path, title: str, notes: list[str], subject: str,

@@ -57,7 +57,7 @@ def _cmd_bench_train(args) -> int:
 
 
 # --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
-KERNEL_BENCHES = {"sim_xent": "sim_xent_bench"}
+KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "ridge": "ridge_bench"}
 
 
 def _listed(flag: str, value: str, allowed) -> list[str]:
@@ -83,18 +83,19 @@ def _cmd_bench_kernels(args) -> int:
     from fastssl.kernels import runtime
 
     shapes = bench.parse_sizes(args.sizes or ("full" if cuda else "small"))
-    dtypes = _listed("dtypes", args.dtypes or ("fp32,bf16" if cuda else "fp32"), bench.DTYPES)
+    dtypes = _listed("dtypes", args.dtypes or (",".join(bench.DTYPES) if cuda else "fp32"), bench.DTYPES)
     if not cuda and "bf16" in dtypes:
         raise config_mod.ConfigError(f"--dtypes {args.dtypes!r}: bf16 needs a CUDA GPU (Triton's interpreter "
                                      "computes bf16 as fp32)")
-    modes = _listed("modes", args.modes, bench.MODES)
-    providers = _listed("providers", args.providers, bench.PROVIDERS)
+    modes = _listed("modes", args.modes or ",".join(bench.MODES), bench.MODES)
+    asked = args.providers or ",".join(bench.PROVIDERS)
+    providers = _listed("providers", asked, bench.PROVIDERS)
     if "triton" in providers and not cuda and not (runtime.HAVE_TRITON and runtime.INTERPRET):
         print("note: skipping the triton provider: without a GPU it needs triton and TRITON_INTERPRET=1 set "
               "before fastssl.kernels was first imported", file=sys.stderr)
         providers.remove("triton")
     if not providers:
-        raise config_mod.ConfigError(f"--providers {args.providers!r}: nothing left to run on this machine")
+        raise config_mod.ConfigError(f"--providers {asked!r}: nothing left to run on this machine")
     reps = args.reps or (30 if cuda else 10)
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     rows = bench.measure(shapes, dtypes, modes, providers, reps=reps, warmup=warmup,
@@ -144,14 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--warmup", type=int, default=3, help="untimed steps per backend first")
     train_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     train_bench.set_defaults(func=_cmd_bench_train)
-    kernels = suites.add_parser("kernels", help="one kernel vs its eager reference and torch.compile of it: "
-                                "time, memory, TFLOP/s, error", description="Kernel microbenchmark: the Triton "
-                                "kernel, its eager reference and torch.compile of the reference, in one process.")
+    kernels = suites.add_parser("kernels", help="one Triton kernel vs its torch baselines: time, memory, error",
+                                description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
+                                "in one process, on the same inputs.")
     kernels.add_argument("--kernel", required=True, help=f"one of {', '.join(KERNEL_BENCHES)}")
-    kernels.add_argument("--sizes", help="small, full, or 2NxD[,2NxD...] (default: full on CUDA, small otherwise)")
+    kernels.add_argument("--sizes", help="small, full, or comma-separated shapes: 2NxD for sim_xent, TxnxD for "
+                         "ridge (default: full on CUDA, small otherwise)")
     kernels.add_argument("--dtypes", help="comma-separated fp32,bf16 (default: both on CUDA, fp32 otherwise)")
-    kernels.add_argument("--modes", default="forward,backward,forward+backward", help="default: %(default)s")
-    kernels.add_argument("--providers", default="triton,eager,compile", help="default: %(default)s")
+    kernels.add_argument("--modes", help="comma-separated, of forward,backward,forward+backward (default: all)")
+    kernels.add_argument("--providers", help="comma-separated (default: all of the kernel's: sim_xent "
+                         "triton,eager,compile; ridge triton,solve,cholesky)")
     kernels.add_argument("--reps", type=int, help="timed repetitions for median, p20, p80 (default: 30 on CUDA, "
                          "10 otherwise)")
     kernels.add_argument("--warmup", type=int, help="untimed repetitions per mode first (default: 3 on CUDA, "

@@ -160,7 +160,7 @@ def test_time_calls_times_only_the_thunk_on_successive_buffers():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--kernel", "ridge"], "--kernel 'ridge': must be one of sim_xent"),
+    (["--kernel", "svm"], "--kernel 'svm': must be one of sim_xent, ridge"),
     (["--kernel", "sim_xent", "--sizes", "63x32"], "--sizes '63x32': must be small, full, or comma-separated 2NxD"),
     (["--kernel", "sim_xent", "--sizes", "big"], "--sizes 'big': must be small, full"),
     (["--kernel", "sim_xent", "--dtypes", "fp16"], "--dtypes 'fp16': must be a comma-separated list of fp32, bf16"),
