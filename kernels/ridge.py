@@ -4,20 +4,24 @@ Both forms are one symmetric positive definite system `A sol = rhs` with A = Z Z
 with Z = x^T (primal: D x D system, rhs = x^T y, W = sol) or Z = x (dual: n x n system, rhs = y,
 W = x^T sol). The kernel takes Z as a strided view, so one code path serves both forms.
 
-On chip (system size m = min(n, D) <= MAX_ON_CHIP): one Triton program per task computes the Gram
-matrix, its Cholesky factor L, and the forward and back substitutions, all in fp32 registers
+On chip (system size m = min(n, D) <= MAX_ON_CHIP): one Triton program per task and block of up to 32
+target columns computes the Gram matrix, its Cholesky factor L, and the forward and back
+substitutions for its columns, all in fp32 registers
 (half inputs are read as they are and widened in the kernel). The limit is the register budget: the
 program holds the padded s x s fp32 system (s = m rounded up to a power of two, at least 16 for
 tl.dot), its factor and the column extractions' temporaries. Compiled for sm_90 (ptxas, CI test
 tests/kernels/test_compile_for_gpu.py), s = 64 at 4 warps reaches the 255-register cap and spills
-in fp32, so s = 64 runs 8 warps (no spills); s = 128 would need four times the registers. The
+in fp32, so s = 64 runs 8 warps (no spills; see tiles()); s = 128 would need four times the registers. The
 Cholesky loop is also sequential in s, so beyond that size one program per task is slow next to
 cuSOLVER's batched factorisation. Larger systems therefore go to torch.linalg.cholesky_ex and
 torch.cholesky_solve (cuSOLVER on a GPU), which report failure in `info` instead of synchronising.
 
 Backward (the adjoint solve): with d_rhs = A^-1 d_sol, solved with the factor L saved by the
 forward (no second factorisation), dA = -d_rhs sol^T, d lam = trace(dA) and dZ = (dA + dA^T) Z.
-This first version runs the backward in torch ops (batched matmuls and torch.cholesky_solve).
+On chip it is two launches: the adjoint solves per (task, column block) with the saved factor, then
+dZ per (task, block of Z's columns), summing over sol's column blocks so that no (s x s) matrix but
+the factor is ever held; for the large systems it is batched torch ops around torch.cholesky_solve.
+dy is computed only when y requires a gradient.
 
 Dispatch (kernels/runtime.py): CUDA tensors -> Triton, CPU tensors -> the reference in
 kernels/reference.py, TRITON_INTERPRET=1 -> Triton on the CPU. float64 always takes the reference.
@@ -37,9 +41,16 @@ def tile_size(m: int) -> int:
     return max(16, 1 << (m - 1).bit_length())
 
 
-def warps_for(s: int) -> int:
-    """8 warps from S = 64: at 4, fp32 tiles of that size spill registers (sm_90 compile check)."""
-    return 8 if s >= 64 else 4
+def tiles(kernel: str, m: int, c: int) -> dict:
+    """Tile sizes and warps of an on-chip kernel ("solve": forward and adjoint; "grad_z": dZ) for an
+    m x m system with c target columns. Chosen so that no fp32 variant spills registers on sm_90 at
+    S = 64 (tests/kernels/test_compile_for_gpu.py reads the spills from the compiled cubins): the
+    solves hold the S x S factor, so S = 64 runs 8 warps; dZ holds three dot results of S x BLOCK_K,
+    so it takes smaller blocks and always 8 warps."""
+    s = tile_size(m)
+    if kernel == "solve":
+        return {"S": s, "BLOCK_K": 32, "BLOCK_C": min(tile_size(c), 32), "num_warps": 8 if s >= 64 else 4}
+    return {"S": s, "BLOCK_K": 16, "BLOCK_C": min(tile_size(c), 16 if s >= 64 else 32), "num_warps": 8}
 
 if HAVE_TRITON:
     import triton
@@ -85,51 +96,129 @@ if HAVE_TRITON:
         return b
 
     @triton.jit
-    def _ridge_kernel(z_ptr, y_ptr, lam_ptr, l_ptr, sol_ptr, w_ptr, M, K, C,
-                      szt, szm, szk, syt, syr, syc,
-                      DUAL: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                      PRECISION: tl.constexpr):
-        """One task: A = Z Z^T + lam I, L = chol(A), sol = A^-1 rhs per column block, W from sol.
-
-        Z is (M x K); y's rows run over K (primal, rhs = Z y) or over M (dual, rhs = y).
-        Padding rows (M..S) get A = lam on the diagonal and a zero rhs, so they solve to zero.
-        """
-        t = tl.program_id(0)
-        rows = tl.arange(0, S)
-        cols = tl.arange(0, S)
-        z_base = z_ptr + t * szt
-        y_base = y_ptr + t * syt
+    def _factor(z_base, lam, rows, cols, M, K, szm, szk, S: tl.constexpr, BLOCK_K: tl.constexpr,
+                PRECISION: tl.constexpr):
+        """L = chol(Z Z^T + lam I); padding rows (M..S) get A = lam on the diagonal and solve to zero."""
         a = tl.zeros((S, S), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             zc = _load_z(z_base, rows, k0 + tl.arange(0, BLOCK_K), M, K, szm, szk)
             a = tl.dot(zc, tl.trans(zc), a, input_precision=PRECISION)
-        lam = tl.load(lam_ptr + t)
         a += tl.where(rows[:, None] == cols[None, :], lam, 0.0)
-        low = _cholesky(a, lam, rows, cols, S)
-        square = (rows < M)[:, None] & (cols < M)[None, :]
-        tl.store(l_ptr + t * M * M + rows[:, None] * M + cols[None, :], low, mask=square)
+        return _cholesky(a, lam, rows, cols, S)
+
+    @triton.jit
+    def _cholesky_solve(low, b, rows, cols, S: tl.constexpr):
+        """(L L^T)^-1 b: the forward then the back substitution."""
+        b = _triangular_solve(low, b, rows, cols, S, False)
+        return _triangular_solve(tl.trans(low), b, rows, cols, S, True)
+
+    @triton.jit
+    def _ridge_kernel(z_ptr, y_ptr, lam_ptr, l_ptr, sol_ptr, w_ptr, M, K, C,
+                      szt, szm, szk, syt, syr, syc,
+                      DUAL: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                      PRECISION: tl.constexpr):
+        """Task t, columns block cb: A = Z Z^T + lam I, L = chol(A), sol = A^-1 rhs, then W from sol.
+
+        Z is (M x K); y's rows run over K (primal, rhs = Z y) or over M (dual, rhs = y). Every column
+        block factors A itself: a few steps of redundant work per program buy parallelism over the
+        columns, which a single task with many classes (SSL: one task, B classes) needs.
+        """
+        t, cb = tl.program_id(0), tl.program_id(1)
+        rows = tl.arange(0, S)
+        cols = tl.arange(0, S)
+        z_base = z_ptr + t * szt
+        y_base = y_ptr + t * syt
+        low = _factor(z_base, tl.load(lam_ptr + t), rows, cols, M, K, szm, szk, S, BLOCK_K, PRECISION)
+        tl.store(l_ptr + t * M * M + rows[:, None] * M + cols[None, :], low,
+                 mask=(rows < M)[:, None] & (cols < M)[None, :] & (cb == 0))
+        cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+        if DUAL:
+            rhs = tl.load(y_base + rows[:, None] * syr + cs[None, :] * syc,
+                          mask=(rows < M)[:, None] & (cs < C)[None, :], other=0.0).to(tl.float32)
+        else:
+            rhs = tl.zeros((S, BLOCK_C), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                yc = tl.load(y_base + ks[:, None] * syr + cs[None, :] * syc,
+                             mask=(ks < K)[:, None] & (cs < C)[None, :], other=0.0).to(tl.float32)
+                rhs = tl.dot(_load_z(z_base, rows, ks, M, K, szm, szk), yc, rhs, input_precision=PRECISION)
+        sol = _cholesky_solve(low, rhs, rows, cols, S)
+        tl.store(sol_ptr + t * M * C + rows[:, None] * C + cs[None, :], sol,
+                 mask=(rows < M)[:, None] & (cs < C)[None, :])
+        if DUAL:  # W = Z^T sol, one (BLOCK_K x BLOCK_C) block at a time
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                wc = tl.dot(tl.trans(_load_z(z_base, rows, ks, M, K, szm, szk)), sol, input_precision=PRECISION)
+                tl.store(w_ptr + t * K * C + ks[:, None] * C + cs[None, :], wc,
+                         mask=(ks < K)[:, None] & (cs < C)[None, :])
+
+    @triton.jit
+    def _ridge_adjoint_kernel(z_ptr, gw_ptr, l_ptr, sol_ptr, drhs_ptr, dlam_ptr, M, K, C,
+                              szt, szm, szk, sgt, sgr, sgc,
+                              DUAL: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                              PRECISION: tl.constexpr):
+        """Task t, column block cb of the adjoint solve: d_rhs = A^-1 d_sol with the forward's factor
+        (d_sol = Z dW in the dual form, dW in the primal), and this block's share of d lam = -<d_rhs, sol>."""
+        t, cb = tl.program_id(0), tl.program_id(1)
+        rows = tl.arange(0, S)
+        cols = tl.arange(0, S)
+        low = tl.load(l_ptr + t * M * M + rows[:, None] * M + cols[None, :],
+                      mask=(rows < M)[:, None] & (cols < M)[None, :], other=0.0)
+        low = tl.where((rows[:, None] == cols[None, :]) & (rows >= M)[:, None], 1.0, low)  # padding solves to 0
+        cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+        block = (rows < M)[:, None] & (cs < C)[None, :]
+        if DUAL:
+            dsol = tl.zeros((S, BLOCK_C), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                gw = tl.load(gw_ptr + t * sgt + ks[:, None] * sgr + cs[None, :] * sgc,
+                             mask=(ks < K)[:, None] & (cs < C)[None, :], other=0.0)
+                dsol = tl.dot(_load_z(z_ptr + t * szt, rows, ks, M, K, szm, szk), gw, dsol, input_precision=PRECISION)
+        else:
+            dsol = tl.load(gw_ptr + t * sgt + rows[:, None] * sgr + cs[None, :] * sgc, mask=block, other=0.0)
+        drhs = _cholesky_solve(low, dsol, rows, cols, S)
+        tl.store(drhs_ptr + t * M * C + rows[:, None] * C + cs[None, :], drhs, mask=block)
+        sol = tl.load(sol_ptr + t * M * C + rows[:, None] * C + cs[None, :], mask=block, other=0.0)
+        tl.store(dlam_ptr + t * tl.num_programs(1) + cb, -tl.sum(tl.sum(drhs * sol, axis=1), axis=0))
+
+    @triton.jit
+    def _ridge_grad_z_kernel(z_ptr, y_ptr, gw_ptr, sol_ptr, drhs_ptr, dz_ptr, dy_ptr, M, K, C,
+                             szt, szm, szk, syt, syr, syc, sgt, sgr, sgc, sdt, sdm, sdk, sdyt, sdyr, sdyc,
+                             DUAL: tl.constexpr, NEED_DY: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr,
+                             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+        """Task t, Z columns block kb: dZ = -(d_rhs sol^T + sol d_rhs^T) Z + (dual: sol dW^T; primal:
+        d_rhs y^T), summed over the column blocks of sol without forming the (S x S) matrix; primal dy =
+        Z^T d_rhs. fp32 operands that come from the solves multiply in IEEE fp32."""
+        t, kb = tl.program_id(0), tl.program_id(1)
+        rows = tl.arange(0, S)
+        ks = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+        zc = _load_z(z_ptr + t * szt, rows, ks, M, K, szm, szk)
+        dz = tl.zeros((S, BLOCK_K), tl.float32)
         for c0 in range(0, C, BLOCK_C):
             cs = c0 + tl.arange(0, BLOCK_C)
+            block = (rows < M)[:, None] & (cs < C)[None, :]
+            kc = (ks < K)[:, None] & (cs < C)[None, :]
+            sol = tl.load(sol_ptr + t * M * C + rows[:, None] * C + cs[None, :], mask=block, other=0.0)
+            drhs = tl.load(drhs_ptr + t * M * C + rows[:, None] * C + cs[None, :], mask=block, other=0.0)
+            dz -= tl.dot(drhs, tl.dot(tl.trans(sol), zc, input_precision="ieee"), input_precision="ieee")
+            dz -= tl.dot(sol, tl.dot(tl.trans(drhs), zc, input_precision="ieee"), input_precision="ieee")
             if DUAL:
-                rhs = tl.load(y_base + rows[:, None] * syr + cs[None, :] * syc,
-                              mask=(rows < M)[:, None] & (cs < C)[None, :], other=0.0).to(tl.float32)
+                gw = tl.load(gw_ptr + t * sgt + ks[:, None] * sgr + cs[None, :] * sgc, mask=kc, other=0.0)
+                dz = tl.dot(sol, tl.trans(gw), dz, input_precision="ieee")
             else:
-                rhs = tl.zeros((S, BLOCK_C), tl.float32)
-                for k0 in range(0, K, BLOCK_K):
-                    ks = k0 + tl.arange(0, BLOCK_K)
-                    yc = tl.load(y_base + ks[:, None] * syr + cs[None, :] * syc,
-                                 mask=(ks < K)[:, None] & (cs < C)[None, :], other=0.0).to(tl.float32)
-                    rhs = tl.dot(_load_z(z_base, rows, ks, M, K, szm, szk), yc, rhs, input_precision=PRECISION)
-            sol = _triangular_solve(low, rhs, rows, cols, S, False)
-            sol = _triangular_solve(tl.trans(low), sol, rows, cols, S, True)
-            tl.store(sol_ptr + t * M * C + rows[:, None] * C + cs[None, :], sol,
-                     mask=(rows < M)[:, None] & (cs < C)[None, :])
-            if DUAL:  # W = Z^T sol, one (BLOCK_K x BLOCK_C) block at a time
-                for k0 in range(0, K, BLOCK_K):
-                    ks = k0 + tl.arange(0, BLOCK_K)
-                    wc = tl.dot(tl.trans(_load_z(z_base, rows, ks, M, K, szm, szk)), sol, input_precision=PRECISION)
-                    tl.store(w_ptr + t * K * C + ks[:, None] * C + cs[None, :], wc,
-                             mask=(ks < K)[:, None] & (cs < C)[None, :])
+                yc = tl.load(y_ptr + t * syt + ks[:, None] * syr + cs[None, :] * syc, mask=kc, other=0.0)
+                dz = tl.dot(drhs, tl.trans(yc.to(tl.float32)), dz, input_precision="ieee")
+                if NEED_DY:
+                    tl.store(dy_ptr + t * sdyt + ks[:, None] * sdyr + cs[None, :] * sdyc,
+                             tl.dot(tl.trans(zc), drhs, input_precision="ieee"), mask=kc)
+        tl.store(dz_ptr + t * sdt + rows[:, None] * sdm + ks[None, :] * sdk, dz,
+                 mask=(rows < M)[:, None] & (ks < K)[None, :])
+
+
+def _launch_constants(kernel: str, z, y) -> dict:
+    """tiles() for this system, and the dot precision of its operands."""
+    return {**tiles(kernel, z.shape[1], y.shape[2]),
+            "PRECISION": dot_precision(torch.promote_types(z.dtype, y.dtype))}
 
 
 def _solve_on_chip(z, y, lam, dual):
@@ -139,10 +228,9 @@ def _solve_on_chip(z, y, lam, dual):
     low = torch.empty(t, m, m, dtype=torch.float32, device=z.device)
     sol = torch.empty(t, m, c, dtype=torch.float32, device=z.device)
     w = torch.empty(t, k, c, dtype=torch.float32, device=z.device) if dual else sol
-    s = tile_size(m)
-    _ridge_kernel[(t,)](z, y, lam, low, sol, w, m, k, c, *z.stride(), *y.stride(), DUAL=dual, S=s, BLOCK_K=32,
-                        BLOCK_C=min(tile_size(c), 32),
-                        PRECISION=dot_precision(torch.promote_types(z.dtype, y.dtype)), num_warps=warps_for(s))
+    solve = _launch_constants("solve", z, y)
+    _ridge_kernel[(t, triton.cdiv(c, solve["BLOCK_C"]))](z, y, lam, low, sol, w, m, k, c, *z.stride(), *y.stride(),
+                                                          DUAL=dual, **solve)
     return low, sol, w
 
 
@@ -167,14 +255,49 @@ def _solve_with_torch(z, y, lam, dual):
     return low, sol, (z.mT @ sol if dual else sol)
 
 
+def _grad_on_chip(x, y, grad_w, low, sol, dual, need_dy):
+    """(dx, dy, dlam) of every task in two launches (adjoint solves, then dZ), from the forward's factor."""
+    z = x if dual else x.mT
+    t, m, k = z.shape
+    c = y.shape[2]
+    solve, grad_z = _launch_constants("solve", z, y), _launch_constants("grad_z", z, y)
+    column_blocks = triton.cdiv(c, solve["BLOCK_C"])
+    drhs = torch.empty(t, m, c, dtype=torch.float32, device=x.device)
+    dlam = torch.empty(t, column_blocks, dtype=torch.float32, device=x.device)
+    _ridge_adjoint_kernel[(t, column_blocks)](z, grad_w, low, sol, drhs, dlam, m, k, c, *z.stride(),
+                                             *grad_w.stride(), DUAL=dual, **solve)
+    dx = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    dz = dx if dual else dx.mT
+    dy = drhs if dual or not need_dy else torch.empty(y.shape, dtype=torch.float32, device=x.device)
+    _ridge_grad_z_kernel[(t, triton.cdiv(k, grad_z["BLOCK_K"]))](
+        z, y, grad_w, sol, drhs, dz, dy, m, k, c, *z.stride(), *y.stride(), *grad_w.stride(), *dz.stride(),
+        *dy.stride(), DUAL=dual, NEED_DY=need_dy, **grad_z)
+    return dx, (dy if need_dy else None), dlam.sum(dim=1)
+
+
+def _grad_with_torch(x, y, grad_w, low, sol, dual, need_dy):
+    """The same adjoint in batched torch ops (cuSOLVER's triangular solves) for the large systems."""
+    xf = x.float()
+    z = xf if dual else xf.mT
+    d_rhs = torch.cholesky_solve(xf @ grad_w if dual else grad_w, low)      # A^-1 d_sol
+    dz = -(d_rhs @ sol.mT + sol @ d_rhs.mT) @ z                              # (dA + dA^T) Z
+    if dual:
+        return dz + sol @ grad_w.mT, d_rhs, -(d_rhs * sol).sum(dim=(1, 2))
+    dy = xf @ d_rhs if need_dy else None
+    return dz.mT + y.float() @ d_rhs.mT, dy, -(d_rhs * sol).sum(dim=(1, 2))
+
+
+def _on_chip(x) -> bool:
+    return min(x.shape[1], x.shape[2]) <= MAX_ON_CHIP
+
+
 class _RidgeFunction(torch.autograd.Function):
     """W from (x, y, lam); saves the factor L and the solution so the backward is two triangular solves."""
 
     @staticmethod
     def forward(ctx, x, y, lam, dual):
         z = x if dual else x.mT
-        solve = _solve_on_chip if min(x.shape[1], x.shape[2]) <= MAX_ON_CHIP else _solve_with_torch
-        low, sol, w = solve(z, y, lam, dual)
+        low, sol, w = (_solve_on_chip if _on_chip(x) else _solve_with_torch)(z, y, lam, dual)
         ctx.save_for_backward(x, y, low, sol)
         ctx.dual = dual
         return w
@@ -182,16 +305,9 @@ class _RidgeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_w):
         x, y, low, sol = ctx.saved_tensors
-        xf, grad_w = x.float(), grad_w.float()
-        z = xf if ctx.dual else xf.mT
-        d_rhs = torch.cholesky_solve(xf @ grad_w if ctx.dual else grad_w, low)   # A^-1 d_sol
-        dz = -(d_rhs @ sol.mT + sol @ d_rhs.mT) @ z                                # (dA + dA^T) Z
-        if ctx.dual:
-            dx, dy = dz + sol @ grad_w.mT, d_rhs
-        else:
-            dx, dy = dz.mT + y.float() @ d_rhs.mT, xf @ d_rhs
-        dlam = -(d_rhs * sol).sum(dim=(1, 2)) if ctx.needs_input_grad[2] else None
-        return dx.to(x.dtype), dy.to(y.dtype), dlam, None
+        grad = _grad_on_chip if _on_chip(x) else _grad_with_torch
+        dx, dy, dlam = grad(x, y, grad_w.float(), low, sol, ctx.dual, ctx.needs_input_grad[1])
+        return dx.to(x.dtype), (None if dy is None else dy.to(y.dtype)), dlam, None
 
 
 def _validate(x, y, lam, form) -> None:

@@ -65,21 +65,28 @@ def sim_xent_variants() -> Iterator[Variant]:
 
 
 def ridge_variants() -> Iterator[Variant]:
-    """_ridge_kernel as _solve_on_chip launches it: every tile (S x BLOCK_C) and form in fp32 and bf16,
-    fp16 and a bf16 x with fp32 y (ridge_solve converts x and y separately) at the largest tile only:
-    the kernel widens every load to fp32, so these differ from the two full grids only in their loads
-    (and their dot precision, which the grids already cover), and register pressure peaks there."""
+    """The three ridge kernels (forward, adjoint solve, dZ) with the launch constants ridge.tiles()
+    gives every system size m = 16..64 and target count c (fp32 and bf16, both forms); fp16 and a bf16
+    x with fp32 y (ridge_solve converts x and y separately) at the largest tiles only: the kernels
+    widen every load to fp32, so these differ from the full grids only in their loads (and their dot
+    precision, which the grids already cover), and register pressure peaks there. dZ computes dy
+    (the costlier variant) in every case."""
     ridge = kernels_module("ridge")
-    sizes = [1 << b for b in range(4, triton.next_power_of_2(ridge.MAX_ON_CHIP).bit_length())]  # S: 16..64
-    tiles = [(s, block_c) for s in sizes for block_c in (16, 32)]  # BLOCK_C = min(max(16, next_pow2(C)), 32)
-    cases = [(z, z, tile) for z in ("fp32", "bf16") for tile in tiles]
-    cases += [(z, y, tiles[-1]) for z, y in (("fp16", "fp16"), ("bf16", "fp32"))]
-    for z, y, (s, block_c) in cases:
-        for dual in (True, False):
-            flags = {"DUAL": dual, "S": s, "BLOCK_K": 32, "BLOCK_C": block_c, "PRECISION": precision(z, y)}
-            yield Variant(ridge._ridge_kernel, {"z_ptr": z, "y_ptr": y}, flags, {"num_warps": ridge.warps_for(s)},
-                          {"dtype": z if z == y else f"{z}/{y}",
-                           "config": " ".join(f"{k}={v}" for k, v in flags.items() if k != "BLOCK_K")})
+    sizes = [1 << b for b in range(4, triton.next_power_of_2(ridge.MAX_ON_CHIP).bit_length())]  # m: 16..64
+    systems = [(m, c) for m in sizes for c in (16, 32)]
+    cases = [(z, z, system) for z in ("fp32", "bf16") for system in systems]
+    cases += [(z, y, systems[-1]) for z, y in (("fp16", "fp16"), ("bf16", "fp32"))]
+    kernels = (("solve", ridge._ridge_kernel, {}), ("solve", ridge._ridge_adjoint_kernel, {}),
+               ("grad_z", ridge._ridge_grad_z_kernel, {"NEED_DY": True}))
+    for role, kernel, extra in kernels:
+        for z, y, (m, c) in cases:
+            launch = ridge.tiles(role, m, c)
+            warps = launch.pop("num_warps")
+            for dual in (True, False):
+                flags = {"DUAL": dual, **extra, **launch, "PRECISION": precision(z, y)}
+                yield Variant(kernel, {"z_ptr": z, "y_ptr": y}, flags, {"num_warps": warps},
+                              {"dtype": z if z == y else f"{z}/{y}",
+                               "config": " ".join(f"{k}={v}" for k, v in flags.items() if k != "NEED_DY")})
 
 
 FAMILIES = {"sim_xent": sim_xent_variants, "ridge": ridge_variants}

@@ -142,6 +142,20 @@ def test_bf16_runs_as_fp32_in_the_interpreter_and_returns_bf16_grads():
     assert errors["w"] < 3e-5 and errors["x"] < 1e-2 and errors["lam"] < 3e-5, errors
 
 
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_labels_without_grad_skip_dy_and_keep_the_other_grads(form):
+    """One-hot labels (R2D2's y) need no gradient: the kernel leaves dy out, dx and dlam are unchanged."""
+    x, y, lam = problem(3, 25, 40, 5, seed=9)
+    grads = {}
+    for y_grad in (False, True):
+        xs, ls, ys = x.clone().requires_grad_(), lam.clone().requires_grad_(), y.clone().requires_grad_(y_grad)
+        w = ridge_solve(xs, ys, ls, form=form, impl="triton")
+        (w * torch.linspace(-1, 1, w.numel()).reshape(w.shape)).sum().backward()
+        assert (ys.grad is not None) == y_grad
+        grads[y_grad] = (xs.grad, ls.grad)
+    assert torch.equal(grads[False][0], grads[True][0]) and torch.equal(grads[False][1], grads[True][1])
+
+
 def test_non_contiguous_inputs_and_a_0d_lam_tensor():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(3, 40, 20, generator=gen).mT        # (3, 20, 40) with strides (800, 1, 20)
