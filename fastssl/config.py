@@ -98,6 +98,8 @@ class MethodConfig:
     n_supp: int = 1          # protonet, r2d2: support views per image (the prototype / the regression's
                              # inputs); the rest are queries
     ridge_lambda: float = 1.0  # r2d2: starting value of the learnable ridge penalty (> 0)
+    task_rotation_p: float = 0.0  # task augmentation: chance an image is rotated by 90/180/270 degrees
+                                  # in all its views, becoming a new class (0: off)
     loss_impl: str = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
 
 
@@ -302,6 +304,7 @@ def validate(cfg: Config, world: int | None = None) -> None:
         _require(1 <= cfg.method.n_supp < ld.views, "method.n_supp", cfg.method.n_supp,
                  f"must be in [1, loader.views - 1] = [1, {ld.views - 1}] ({cfg.method.head} needs a query view)")
     _finite_positive("method.ridge_lambda", cfg.method.ridge_lambda)
+    _probability("method.task_rotation_p", cfg.method.task_rotation_p)
     o = cfg.optim
     _one_of("optim.name", o.name, OPTIMIZERS)
     _finite_positive("optim.lr", o.lr)

@@ -24,6 +24,7 @@ from fastssl.engine.precision import autocast, grad_scaler, resolve_device, reso
 from fastssl.heads import build_head
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
+from fastssl.loaders.task_rotation import TaskRotation
 from fastssl.models import build_model
 from fastssl.optim import build_optimizer
 from fastssl.optim.schedule import build_scheduler
@@ -61,6 +62,8 @@ class Trainer:
         train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
         self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
         self.loader = build_train_loader(cfg, train_set, self.device)
+        p_rotate = cfg.method.task_rotation_p
+        self.task_rotation = TaskRotation(p_rotate, len(train_set), cfg.train.seed) if p_rotate > 0 else None
         self.knn_train = build_eval_batches(cfg, train_set, self.device)
         self.knn_test = build_eval_batches(cfg, test_set, self.device)
         self.steps_per_epoch = len(self.loader)
@@ -124,6 +127,12 @@ class Trainer:
         self.metrics.write({"step": self.step, "epoch": epoch, "knn_top1": top1})
         return top1
 
+    def _task_views(self, batch, epoch: int) -> list[torch.Tensor]:
+        """The batch's views, with task augmentation applied when it is on (the same for every backend)."""
+        if self.task_rotation is None:
+            return batch.views
+        return self.task_rotation.apply(batch.views, self.task_rotation.rotations(epoch, batch.index))
+
     def train_step(self, views: list[torch.Tensor]) -> None:
         images = torch.cat(views).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
@@ -162,7 +171,7 @@ class Trainer:
             self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
             tick, images = time.perf_counter(), 0
             for batch in self.loader:
-                self.train_step(batch.views)
+                self.train_step(self._task_views(batch, epoch))
                 images += per_batch
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(epoch, progress, images, time.perf_counter() - tick)
