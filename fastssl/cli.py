@@ -35,13 +35,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_bench_train(args) -> int:
-    cfg = config_mod.load_config(args.config, args.set)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+def _backends(value: str) -> list[str]:
+    """--backends: known backends, comma-separated, the torchvision baseline among them."""
+    backends = [b.strip() for b in value.split(",") if b.strip()]
     unknown = [b for b in backends if b not in config_mod.BACKENDS]
     if unknown or "torchvision" not in backends:
-        raise config_mod.ConfigError(f"--backends {args.backends!r}: must list backends of "
+        raise config_mod.ConfigError(f"--backends {value!r}: must list backends of "
                                      f"{', '.join(config_mod.BACKENDS)}, including the torchvision baseline")
+    return backends
+
+
+def _cmd_bench_train(args) -> int:
+    cfg = config_mod.load_config(args.config, args.set)
+    backends = _backends(args.backends)
     for name, minimum in (("steps", 1), ("windows", 1), ("warmup", 0)):
         if getattr(args, name) < minimum:
             raise config_mod.ConfigError(f"--{name}={getattr(args, name)}: must be >= {minimum}")
@@ -51,6 +57,28 @@ def _cmd_bench_train(args) -> int:
     rows = train_throughput.measure(cfg, backends, args.steps, args.windows, args.warmup,
                                     progress=lambda line: print(line, file=sys.stderr))
     paths = train_throughput.write_all(rows, Path(args.out))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
+def _cmd_bench_loader(args) -> int:
+    backends = _backends(args.backends)
+    if not args.seconds > 0 or args.windows < 1:
+        raise config_mod.ConfigError(f"--seconds={args.seconds} --windows={args.windows}: need seconds > 0 and "
+                                     "windows >= 1")
+    from fastssl.bench import loader_bench
+
+    data = loader_bench.parse_data(args.data)
+    overrides = [f"data.dataset={data['dataset']}"] + ([f"data.path={data['path']}"] if data["path"] else [])
+    for key, value in (("data.image_size", args.res), ("loader.views", args.views),
+                       ("loader.batch_size", args.batch), ("loader.workers", args.workers)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = config_mod.load_config(args.config, overrides + args.set)
+    rows = loader_bench.measure(cfg, backends, args.seconds, args.windows,
+                                progress=lambda line: print(line, file=sys.stderr))
+    paths = loader_bench.write_all(rows, Path(args.out), Path(args.json) if args.json else None)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     print(paths[1].read_text())
     return 0
@@ -145,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--warmup", type=int, default=3, help="untimed steps per backend first")
     train_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     train_bench.set_defaults(func=_cmd_bench_train)
+    loader_bench = suites.add_parser("loader", help="data backends' images/s and CPU use vs the torchvision "
+                                     "DataLoader", description="Input-pipeline throughput per backend: "
+                                     "steady-state images/s, CPU cores busy, start-up apart.")
+    loader_bench.add_argument("-c", "--config", help="YAML run config for the recipe (default: the quickstart)")
+    loader_bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    loader_bench.add_argument("--backends", default="tensor,torchvision", help="comma-separated, with "
+                              "torchvision (default: %(default)s)")
+    loader_bench.add_argument("--data", default="shapes", help="shapes, or imagefolder:PATH, cifar10:PATH, "
+                              "fashion_mnist:PATH (default: %(default)s)")
+    loader_bench.add_argument("--res", type=int, help="output side in pixels (data.image_size)")
+    loader_bench.add_argument("--views", type=int, help="views per image (loader.views)")
+    loader_bench.add_argument("--batch", type=int, help="images per batch (loader.batch_size)")
+    loader_bench.add_argument("--workers", type=int, help="worker processes (loader.workers)")
+    loader_bench.add_argument("--seconds", type=float, default=30.0, help="timed seconds per backend, split "
+                              "into the windows (default: %(default)s)")
+    loader_bench.add_argument("--windows", type=int, default=5, help="alternating windows (median, p20, p80)")
+    loader_bench.add_argument("--json", help="also write the rows as JSON to this file")
+    loader_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
+    loader_bench.set_defaults(func=_cmd_bench_loader)
     kernels = suites.add_parser("kernels", help="one Triton kernel vs its torch baselines: time, memory, error",
                                 description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
                                 "in one process, on the same inputs.")

@@ -1,0 +1,166 @@
+"""`fastssl bench loader`: steady-state images/s and CPU use of each data backend against the plain
+torchvision DataLoader, in one process, on the same data, recipe, views, batch and worker count.
+
+Per backend, start-up (building the loader: reading the split to the device, JIT compilation,
+pipeline build, plus its first batch) is timed once and reported apart from the steady state. Then
+timing windows alternate between backends, so drift in the machine's speed hits all of them alike;
+a window pulls batches for `seconds / windows` of wall time and ends with a device sync. CPU use is
+the CPU time of this process and all its descendants (workers, pipeline threads) per wall second of
+the window, read from /proc: how many cores the backend keeps busy to deliver that rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from fastssl.config import Config, ConfigError
+from fastssl.loaders.datasets import build_dataset
+from fastssl.loaders.factory import build_train_loader
+
+from .harness import Row, context, device_slug, plot_bars, summarize, write_csv
+
+BASELINE = "torchvision"
+DATA_KINDS = ("shapes", "imagefolder", "cifar10", "fashion_mnist")
+METRICS = ("images/s", "CPU cores", "start-up")
+
+
+def parse_data(spec: str) -> dict:
+    """`shapes`, or KIND:PATH with KIND one of imagefolder, cifar10, fashion_mnist -> DataConfig fields."""
+    kind, _, path = spec.partition(":")
+    if kind not in DATA_KINDS or (kind != "shapes") != bool(path):
+        raise ConfigError(f"--data {spec!r}: must be shapes or KIND:PATH with KIND one of "
+                          f"{', '.join(DATA_KINDS[1:])}")
+    return {"dataset": kind, "path": path or None}
+
+
+def process_tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU seconds of `root` (default: this process), its reaped children and every live
+    descendant, from /proc (Linux)."""
+    root = os.getpid() if root is None else root
+    parent, spent = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # the process ended while we looked
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # fields after the command name: state, ppid, ...
+        pid = int(entry)
+        parent[pid] = int(fields[1])
+        spent[pid] = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if pid == root else 0)
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == root:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return sum(ticks for pid, ticks in spent.items() if descends(pid)) / os.sysconf("SC_CLK_TCK")
+
+
+def _endless(loader) -> Iterator:
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _window(batches: Iterator, per_batch: int, seconds: float, device: torch.device) -> tuple[float, float]:
+    """(images/s, CPU cores) over batches pulled for `seconds` of wall time."""
+    _sync(device)
+    cpu, start = process_tree_cpu_seconds(), time.perf_counter()
+    images = 0
+    while time.perf_counter() - start < seconds:
+        batch = next(batches)
+        images += per_batch
+    _sync(device)
+    del batch
+    wall = time.perf_counter() - start
+    return images / wall, (process_tree_cpu_seconds() - cpu) / wall
+
+
+def measure(cfg: Config, backends: list[str], seconds: float, windows: int, progress=print) -> list[Row]:
+    """Rows per backend: images/s and CPU cores (median, p20, p80 over windows) and start-up seconds."""
+    from fastssl.engine.precision import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    dataset = build_dataset(cfg.data, "train")
+    streams, startup = {}, {}
+    for backend in backends:
+        run_cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, backend=backend))
+        start = time.perf_counter()
+        streams[backend] = _endless(build_train_loader(run_cfg, dataset, device))
+        next(streams[backend])
+        _sync(device)
+        startup[backend] = time.perf_counter() - start
+        progress(f"{backend}: start-up and first batch {startup[backend]:.2f} s")
+    rates = {b: [] for b in backends}
+    cores = {b: [] for b in backends}
+    for w in range(windows):
+        for backend in backends:
+            rate, busy = _window(streams[backend], cfg.loader.batch_size, seconds / windows, device)
+            rates[backend].append(rate)
+            cores[backend].append(busy)
+        progress(f"window {w + 1}/{windows}: " + ", ".join(f"{b} {r[-1]:,.0f} img/s" for b, r in rates.items()))
+    where = context(device)
+    shape = (f"{cfg.data.dataset} {cfg.loader.views}x{cfg.loader.batch_size}x{cfg.data.image_size}px "
+             f"{cfg.loader.workers} workers")
+    rows = []
+    for backend in backends:
+        rows.append(Row("loader", backend, shape, "uint8", "steady state", "images/s", *summarize(rates[backend]),
+                        unit="img/s", **where))
+        rows.append(Row("loader", backend, shape, "uint8", "steady state", "CPU cores", *summarize(cores[backend]),
+                        unit="cores", **where))
+        rows.append(Row("loader", backend, shape, "uint8", "once", "start-up", *([startup[backend]] * 3),
+                        unit="s", **where))
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    """One line per backend: rate with spread, ratio to the baseline, cores busy, images per core-second."""
+    at = {(r.provider, r.metric): r for r in rows}
+    first = rows[0]
+    base = at.get((BASELINE, "images/s"))
+    lines = [f"# Data loader throughput: {first.shape}", "",
+             f"{first.device}; torch {first.torch}; commit {first.commit}; {first.date}", "",
+             "Steady-state images/s (median, p20-p80 over alternating windows), the CPU cores the "
+             "process tree kept busy meanwhile, and start-up (build + first batch, JIT included) apart.", "",
+             f"| backend | images/s | p20-p80 | vs {BASELINE} | CPU cores | images/s per core | start-up s |",
+             "|---|---|---|---|---|---|---|"]
+    for backend in dict.fromkeys(r.provider for r in rows):
+        rate, busy, up = at[(backend, "images/s")], at[(backend, "CPU cores")], at[(backend, "start-up")]
+        ratio = f"{rate.median / base.median:.2f}x" if base else "n/a"
+        per_core = f"{rate.median / busy.median:,.0f}" if busy.median > 0 else "n/a"
+        lines.append(f"| {backend} | {rate.median:,.0f} | {rate.p20:,.0f}-{rate.p80:,.0f} | {ratio} | "
+                     f"{busy.median:.2f} | {per_core} | {up.median:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_all(rows: list[Row], out_dir: Path, json_path: Path | None = None) -> list[Path]:
+    """CSV, Markdown and PNG (images/s per backend) named after the device; JSON too when asked."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"loader_{device_slug(rows[0].device)}"
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
+    write_csv(rows, paths[0])
+    paths[1].write_text(markdown(rows))
+    plot_bars([r for r in rows if r.metric == "images/s"], paths[2], "Data loader throughput (images/s)")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
+        paths.append(json_path)
+    return paths
