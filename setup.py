@@ -29,7 +29,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7"],
-        "ffcv": ["ffcv>=1.0.2", "numba", "opencv-python-headless"],
+        # ffcv builds a C extension: apt pkg-config libturbojpeg0-dev libopencv-dev first. ==1.0.2: the
+        # backend reads its Reader metadata and calls its C routines. It brings opencv-python itself.
+        "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
         "dali": ["nvidia-dali-cuda130"],
     },
     entry_points={"console_scripts": ["fastssl=fastssl.cli:main"]},

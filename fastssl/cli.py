@@ -135,6 +135,40 @@ def _cmd_bench_kernels(args) -> int:
     return 0
 
 
+def _cmd_data_convert(args) -> int:
+    from fastssl.loaders import convert
+
+    try:
+        import ffcv  # noqa: F401
+    except ImportError as e:
+        raise config_mod.ConfigError(f"fastssl data convert needs ffcv: pip install -e '.[ffcv]' ({e})") from e
+    kind, path = convert.parse_source(args.src)
+    dataset = convert.load_source(kind, path, args.split, args.on_error)
+    quality = convert.DEFAULT_JPEG_QUALITY if args.jpeg_quality is None else args.jpeg_quality
+    result = convert.convert(dataset, args.dst, raw=args.raw, jpeg_quality=quality, max_res=args.max_res,
+                             workers=args.workers)
+    print(f"wrote {result.images} images to {result.path}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable files (first: {result.skipped[0][0]})")
+    return 0
+
+
+def _cmd_data_check(args) -> int:
+    from fastssl.loaders import check
+
+    start = time.monotonic()
+
+    def progress(done: int, total: int) -> None:   # a bar on a terminal; logs get the summary only
+        bar = "#" * (30 * done // total)
+        rate = done / max(time.monotonic() - start, 1e-9)
+        print(f"\r[{bar:<30}] {done}/{total} files, {rate:,.0f}/s", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+
+    report = check.check_folder(args.path, progress=progress if sys.stderr.isatty() else None)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def _cmd_env(args) -> int:
     from fastssl import envinfo
 
@@ -208,6 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
                          "1 otherwise)")
     kernels.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     kernels.set_defaults(func=_cmd_bench_kernels)
+    data = verbs.add_parser("data", help="dataset tools", description="Dataset tools.")
+    data_verbs = data.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    conv = data_verbs.add_parser("convert", help="write a dataset as an FFCV .beton for loader.backend=ffcv",
+                                 description="Write a dataset as an FFCV .beton (loader.backend=ffcv, "
+                                 "loader.beton=DST), bad files settled by --on-error.")
+    conv.add_argument("--src", required=True, help="imagefolder:PATH (PATH holds the class folders), "
+                      "cifar10:PATH, cifar100:PATH or fashion-mnist:PATH")
+    conv.add_argument("--dst", required=True, help="the .beton file to write")
+    conv.add_argument("--split", default="train", help="train or test, for cifar and fashion-mnist "
+                      "(default: %(default)s)")
+    conv.add_argument("--max-res", type=int, help="shrink images whose longer side exceeds this")
+    mode = conv.add_mutually_exclusive_group()
+    mode.add_argument("--jpeg-quality", type=int, help="store JPEG of this quality (default: 90)")
+    mode.add_argument("--raw", action="store_true", help="store uint8 RGB pixels: decoding is a copy "
+                      "(best for CIFAR-scale images)")
+    conv.add_argument("--on-error", default="raise", choices=config_mod.ON_ERROR, help="a file that "
+                      "cannot be decoded stops the conversion, or is skipped and counted (default: %(default)s)")
+    conv.add_argument("--workers", type=int, help="writer processes (default: all cores)")
+    conv.set_defaults(func=_cmd_data_convert)
+    chk = data_verbs.add_parser("check", help="decode every file of an ImageFolder, list the bad ones",
+                                description="Validate an ImageFolder (PATH/<class>/<images>): every image "
+                                "file must decode to RGB. Lists bad files with the reason, empty class folders "
+                                "and non-image files; exits 1 when a bad file or an empty class exists.")
+    chk.add_argument("path", help="the folder that holds the class folders")
+    chk.set_defaults(func=_cmd_data_check)
     env = verbs.add_parser("env", help="versions of torch, triton, CUDA, cuDNN, GPU, DALI, FFCV (for bug "
                            "reports)", description="Print the software and hardware environment.")
     env.add_argument("--json", action="store_true", help="print as JSON")

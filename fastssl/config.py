@@ -19,7 +19,7 @@ import yaml
 from fastssl.models.resnet import ARCH_SPECS
 from fastssl.optim import OPTIMIZERS
 
-BACKENDS = ("tensor", "torchvision")
+BACKENDS = ("tensor", "torchvision", "ffcv", "dali")
 ARCHS = tuple(ARCH_SPECS)
 HEADS = ("contrastive", "protonet", "r2d2")
 SUPPORT_QUERY_HEADS = ("protonet", "r2d2")   # heads that split views into support and queries
@@ -57,8 +57,11 @@ class LoaderConfig:
     backend: str = "tensor"
     batch_size: int = 128            # global batch (all ranks); 128: twice the steps of 256 per CPU minute
     views: int = 2
-    workers: int = 2                 # torchvision backend only
+    workers: int = 2                 # torchvision: worker processes; ffcv, dali: decode threads
     pin_memory: bool = True          # torchvision backend, CUDA only
+    beton: str | None = None         # ffcv backend: the file `fastssl data convert` wrote from the data
+    hw_decoder_load: float = 0.65    # dali on a GPU: share of JPEG decoding given to the hardware decoder
+    prefetch: int = 2                # dali: batches its pipeline prepares ahead
 
 
 @dataclass
@@ -276,11 +279,16 @@ def validate(cfg: Config, world: int | None = None) -> None:
         _require(exists, "data.path", path, "must be an existing directory"
                  + (" (or set data.download=true)" if d.dataset.startswith("cifar") else ""))
     _one_of("loader.backend", ld.backend, BACKENDS)
+    if ld.backend == "ffcv":
+        _require(ld.beton is not None and Path(ld.beton).is_file(), "loader.beton", ld.beton,
+                 "must be an existing .beton file for loader.backend=ffcv (fastssl data convert writes it)")
     _require(ld.batch_size >= 2, "loader.batch_size", ld.batch_size, "must be >= 2")
     _require(ld.batch_size % world == 0, "loader.batch_size", ld.batch_size,
              f"must be divisible by the world size ({world})")
     _require(ld.views >= 2, "loader.views", ld.views, "must be >= 2 (a positive pair needs two views)")
     _require(ld.workers >= 0, "loader.workers", ld.workers, "must be >= 0")
+    _require(0 <= ld.hw_decoder_load <= 1, "loader.hw_decoder_load", ld.hw_decoder_load, "must be in [0, 1]")
+    _require(ld.prefetch >= 1, "loader.prefetch", ld.prefetch, "must be >= 1")
     a = cfg.augment
     _require(0 < a.crop_scale_min <= a.crop_scale_max <= 1, "augment.crop_scale_min",
              (a.crop_scale_min, a.crop_scale_max), "must satisfy 0 < crop_scale_min <= crop_scale_max <= 1")

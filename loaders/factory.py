@@ -16,7 +16,21 @@ from .tensor_backend import TensorLoader
 from .torchvision_backend import TorchvisionLoader, to_device
 from .torchvision_backend import eval_transform as pil_eval_transform
 
-TRAIN_BACKENDS = {"tensor": TensorLoader, "torchvision": TorchvisionLoader}
+
+def _ffcv_loader(*args, **kwargs) -> Loader:
+    from .ffcv_backend import FfcvLoader  # imported on use: ffcv is an optional extra
+
+    return FfcvLoader(*args, **kwargs)
+
+
+def _dali_loader(*args, **kwargs) -> Loader:
+    from .dali_backend import DaliLoader  # imported on use: DALI is an optional extra
+
+    return DaliLoader(*args, **kwargs)
+
+
+TRAIN_BACKENDS = {"tensor": TensorLoader, "torchvision": TorchvisionLoader, "ffcv": _ffcv_loader,
+                  "dali": _dali_loader}
 
 
 def _backend(cfg: Config) -> str:

@@ -1,8 +1,10 @@
-"""Both training backends: sharding, determinism, exact resume, layout; and the eval batches.
+"""The training backends: sharding, determinism, exact resume, layout; and the eval batches.
 
 The data are images whose pixels encode their index (channel 0: index % 256, channel 1: index // 256;
 channel 2 a gradient so that crops differ), so a batch can be checked against its `index`.
 """
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ from fastssl.loaders.datasets.base import ArrayDataset, DataError
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
 
 N, SIZE, BATCH, CLASSES = 100, 16, 32, 7          # 3 full batches of 32, a remainder of 4
-BACKENDS = ["tensor", "torchvision"]
+# dali joins where it is installed (the optional extra); its own tests say why they skip.
+BACKENDS = ["tensor", "torchvision"] + (["dali"] if importlib.util.find_spec("nvidia.dali") else [])
 
 
 def encoded_dataset(n: int = N) -> ArrayDataset:

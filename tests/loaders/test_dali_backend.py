@@ -1,0 +1,221 @@
+"""The `dali` backend on DALI's CPU operators: the shared Loader contract, and bad data handled up front."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastssl.config import AugmentConfig, LoaderConfig
+from fastssl.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.loaders.datasets import ArrayDataset, DataError, ImageFolderDataset
+from fastssl.loaders.datasets.imagefolder import decode
+
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install -e '.[dali]')")
+from fastssl.loaders.dali_backend import DaliLoader  # noqa: E402
+
+N, SIDE, BATCH = 24, 12, 8
+PLAIN = AugmentConfig(crop_scale_min=1.0, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+
+
+def index_folder(root, n=N):
+    """Image i is flat colour (i, 255 - i, 7 * i mod 256) as a lossless PNG, of one of 12 sizes (crop
+    boxes are drawn per size); files sort in i order."""
+    for i in range(n):
+        folder = root / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = np.array([i, 255 - i, 7 * i % 256], np.uint8)
+        Image.fromarray(np.tile(colour, (SIDE + i % 4, SIDE + i % 3, 1))).save(folder / f"{i:03d}.png")
+    return ImageFolderDataset(root)
+
+
+def loader(dataset, augment=PLAIN, seed=0, rank=0, world=1, views=2, batch=BATCH, size=SIDE):
+    return DaliLoader(dataset, LoaderConfig(backend="dali", batch_size=batch, views=views, workers=1),
+                      augment, size, "cpu", seed, rank, world)
+
+
+def pixels(view: torch.Tensor) -> torch.Tensor:
+    """Normalised float views back to 0..255 pixel values (B, 3, S, S)."""
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (view * std + mean) * 255
+
+
+def batches(ld):
+    return [(b.views, b.labels, b.index) for b in ld]
+
+
+def test_index_round_trip_every_sample_once_across_two_shards(tmp_path):
+    ds = index_folder(tmp_path)
+    order = {i: ds.paths.index(tmp_path / f"class{i % 3}" / f"{i:03d}.png") for i in range(N)}
+    for epoch in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            ld = loader(ds, rank=rank, world=2)
+            ld.set_epoch(epoch)
+            for b in ld:
+                assert b.views[0].shape == (BATCH // 2, 3, SIDE, SIDE) and b.views[0].dtype == torch.float32
+                assert all(v.is_contiguous(memory_format=torch.channels_last) for v in b.views)
+                for view in b.views:
+                    colour = pixels(view).mean((2, 3)).round().long()      # (B, 3): flat images
+                    number = colour[:, 0]
+                    assert torch.equal(colour[:, 1], 255 - number)
+                    assert b.index.tolist() == [order[k] for k in number.tolist()]
+                assert torch.equal(b.labels, torch.as_tensor(ds.labels)[b.index])
+                seen += b.index.tolist()
+        assert sorted(seen) == list(range(N))                              # each exactly once, N % 8 == 0
+
+
+def test_two_views_differ_same_label_and_shards_match_one_process(tmp_path):
+    ds = ArrayDataset(np.random.default_rng(0).integers(0, 256, (N, SIDE, SIDE, 3), dtype=np.uint8),
+                      np.arange(N) % 4)
+    whole = next(iter(loader(ds, AugmentConfig(), views=3)))
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert (whole.views[a] - whole.views[b]).abs().amax((1, 2, 3)).min() > 0.1
+    assert torch.equal(whole.labels, torch.as_tensor(ds.labels)[whole.index])
+    halves = [next(iter(loader(ds, AugmentConfig(), views=3, rank=r, world=2))) for r in (0, 1)]
+    assert torch.equal(torch.cat([h.index for h in halves]), whole.index)
+    for v in range(3):   # an image's augmentation does not depend on the world size
+        torch.testing.assert_close(torch.cat([h.views[v] for h in halves]), whole.views[v])
+
+
+def test_same_seed_same_batches_other_seed_differs(tmp_path):
+    ds = index_folder(tmp_path)
+    first, again = batches(loader(ds, AugmentConfig(), seed=3)), batches(loader(ds, AugmentConfig(), seed=3))
+    other = batches(loader(ds, AugmentConfig(), seed=4))
+    assert len(first) == N // BATCH
+    for (v1, l1, i1), (v2, l2, i2) in zip(first, again):
+        assert torch.equal(i1, i2) and torch.equal(l1, l2) and all(map(torch.equal, v1, v2))
+    assert not all(torch.equal(a[2], b[2]) for a, b in zip(first, other))
+
+
+def test_state_dict_resumes_mid_epoch_exactly(tmp_path):
+    ds = index_folder(tmp_path)
+    ld = loader(ds, AugmentConfig(), seed=5)
+    ld.set_epoch(1)
+    reference = batches(ld)
+    assert ld.state_dict() == {"epoch": 2, "batch": 0, "seed": 5}
+
+    partial = loader(ds, AugmentConfig(), seed=99)
+    partial.set_epoch(1)
+    it = iter(partial)
+    next(it)
+    state = partial.state_dict()
+    assert state["batch"] == 1
+    resumed = loader(ds, AugmentConfig(), seed=0)
+    resumed.load_state_dict({**state, "seed": 5})
+    rest = batches(resumed)
+    assert len(rest) == len(reference) - 1
+    for (v1, _, i1), (v2, _, i2) in zip(reference[1:], rest):
+        assert torch.equal(i1, i2) and all(map(torch.equal, v1, v2))
+    partial.load_state_dict({"epoch": 1, "batch": 2, "seed": 5})   # the same loader, moved: rebuilt there
+    (v, _, i), = batches(partial)
+    assert torch.equal(i, reference[2][2]) and all(map(torch.equal, v, reference[2][0]))
+
+
+def test_odd_images_decode_to_the_rgb_pil_gives(bad_folder):
+    good = bad_folder["root"].parent / "good" / "x"   # just these, so identity crops show the decoded pixels
+    good.mkdir(parents=True)
+    for path in bad_folder["convertible"]:
+        (good / path.name).write_bytes(path.read_bytes())
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    rgb.save(good / "bmp.bmp")
+    rgb.save(good / "webp.webp", lossless=True)
+    rgb.convert("1").save(good / "bilevel.png")
+    rgb.convert("P").save(good / "palette.png")
+    Image.fromarray(np.asarray(rgb)[..., 0].astype(np.uint16) * 257).save(good / "gray16.png")
+    ds = ImageFolderDataset(good.parent)
+    b = next(iter(loader(ds, batch=len(ds), size=8)))
+    for view in b.views:
+        for row, i in enumerate(b.index.tolist()):
+            expected = torch.from_numpy(np.array(decode(ds.paths[i]))).permute(2, 0, 1).float()
+            diff = (pixels(view[row]) - expected).abs()
+            assert diff.mean() < 1.5 and diff.max() <= 12, ds.paths[i]   # JPEG decoders may round apart
+
+
+def test_bad_files_raise_naming_them_or_are_skipped_and_counted(bad_folder, caplog):
+    import shutil
+
+    shutil.rmtree(bad_folder["empty"])   # an empty class is refused by the ImageFolder reader itself
+    with pytest.raises(DataError, match="fastssl data check") as err:
+        loader(ImageFolderDataset(bad_folder["root"]), batch=2)
+    assert all(str(p) in str(err.value) for p in bad_folder["bad"])
+    ds = ImageFolderDataset(bad_folder["root"], on_error="skip")   # unchecked: the backend checks
+    ld = loader(ds, batch=2)
+    assert "skipped 3 file(s)" in caplog.text
+    seen = [i for b in ld for i in b.index.tolist()]
+    assert sorted(ds.paths[i] for i in seen) == sorted(set(ds.paths) - set(bad_folder["bad"]))
+
+
+def test_empty_class_folder_is_an_error(bad_folder):
+    with pytest.raises(DataError, match="holds no image files"):
+        ImageFolderDataset(bad_folder["root"], on_error="skip")
+
+
+def test_crops_and_flips_match_the_shared_augmentation():
+    """The boxes and flips the backend feeds DALI give the pixels augment.apply_params gives."""
+    from fastssl.loaders.augment import apply_params, sample_params
+    from fastssl.loaders.sampler import cpu_generator
+
+    height, width = 20, 30
+    y, x = np.mgrid[0:height, 0:width]
+    images = np.stack([np.stack([x * 8, y * 12, (x * y) % 256], -1).astype(np.uint8)] * BATCH)
+    cfg = AugmentConfig(crop_scale_min=0.3, flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
+    b = next(iter(loader(ArrayDataset(images, np.zeros(BATCH)), cfg, seed=1, size=16)))
+    for v, view in enumerate(b.views):
+        params = sample_params(BATCH, height, width, cfg, cpu_generator("dali-view", 1, 0, 0, v))
+        diff = (apply_params(torch.from_numpy(images), params, 16) - view).abs()
+        assert diff.mean() < 0.02 and diff.amax() < 0.6    # normalised units: 1 level is about 0.017
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_matches_cpu_operators(tmp_path):
+    """nvJPEG / the "mixed" decoder and GPU operators give the CPU operators' batches (PNG: lossless)."""
+    ds = index_folder(tmp_path)
+    cpu = batches(loader(ds, AugmentConfig(), seed=2))
+    gpu = DaliLoader(ds, LoaderConfig(backend="dali", batch_size=BATCH, workers=1), AugmentConfig(), SIDE,
+                     "cuda", 2)
+    for (v1, l1, i1), b in zip(cpu, gpu):
+        assert b.views[0].is_cuda and b.views[0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(i1, b.index.cpu()) and torch.equal(l1, b.labels.cpu())
+        for a, g in zip(v1, b.views):
+            assert (a - g.cpu()).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("key, value", [("loader.prefetch", 0), ("loader.hw_decoder_load", 1.5)])
+def test_dali_settings_are_validated(key, value):
+    from fastssl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, ["loader.backend=dali", f"{key}={value}"])
+
+
+def test_a_forked_child_never_runs_dalis_destructor():
+    """A pipeline left to the garbage collector, collected in a forked DataLoader worker, must not
+    hang it (DALI's destructor waits for threads that only exist in the parent)."""
+    import gc
+    import os
+    import signal
+    import time
+
+    ds = ArrayDataset(np.zeros((BATCH, SIDE, SIDE, 3), np.uint8), np.zeros(BATCH))
+    gc.disable()
+    try:
+        ld = loader(ds)
+        next(iter(ld))
+        ld.cycle = ld                 # cyclic garbage that holds a running pipeline
+        del ld
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            os._exit(0)
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung collecting a DALI pipeline")

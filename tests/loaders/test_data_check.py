@@ -1,0 +1,60 @@
+"""`fastssl data check` and loaders/check.py: every bad file named with its reason, exit code set."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastssl.cli import main
+from fastssl.loaders import check
+from fastssl.loaders.datasets.base import DataError
+
+
+def test_check_folder_reports_each_kind_of_bad_data(bad_folder):
+    calls = []
+    report = check.check_folder(bad_folder["root"], progress=lambda done, total: calls.append((done, total)))
+    assert not report.ok
+    assert sorted(p for p, _ in report.bad) == sorted(bad_folder["bad"])
+    assert all(why for _, why in report.bad)
+    assert report.empty_classes == [bad_folder["empty"]]
+    assert report.non_images == [bad_folder["non_image"]]
+    assert report.images == bad_folder["images"]
+    assert calls[-1] == (9, 9)
+
+
+def test_decode_all_gives_sizes_and_failures(tmp_path):
+    good = tmp_path / "g.png"
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(good)
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"")
+    decoded = check.decode_all([good, bad, good])
+    assert decoded.sizes.tolist() == [[5, 7], [0, 0], [5, 7]]
+    assert [i for i, _ in decoded.failures] == [1]
+
+
+def test_cli_data_check_exit_codes_and_paths(bad_folder, tmp_path, capsys):
+    assert main(["data", "check", str(bad_folder["root"])]) == 1
+    out = capsys.readouterr().out
+    for path in bad_folder["bad"] + [bad_folder["empty"], bad_folder["non_image"]]:
+        assert str(path) in out
+    assert "FAILED: 6 images decode, 3 bad, 1 empty class folders, 1 non-image files" in out
+
+    clean = tmp_path / "clean" / "a"
+    clean.mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(clean / "0.png")
+    assert main(["data", "check", str(clean.parent)]) == 0
+    assert ": ok: 1 images decode" in capsys.readouterr().out
+
+    assert main(["data", "check", str(tmp_path / "missing")]) == 2
+    assert "is not an existing directory" in capsys.readouterr().err
+
+
+def test_usable_raises_naming_files_or_skips_and_logs(bad_folder, caplog):
+    paths = sorted(Path(bad_folder["root"]).glob("[abc]/*.*g"))
+    with pytest.raises(DataError, match="fastssl data check") as err:
+        check.usable(paths, "raise", bad_folder["root"], "dali")
+    assert all(str(p) in str(err.value) for p in bad_folder["bad"])
+    keep, decoded = check.usable(paths, "skip", bad_folder["root"], "dali")
+    assert sorted(paths[i] for i in set(range(len(paths))) - set(keep.tolist())) == sorted(bad_folder["bad"])
+    assert (decoded.sizes[keep] == 8).all()
+    assert "skipped 3 file(s)" in caplog.text
