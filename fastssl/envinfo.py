@@ -1,7 +1,7 @@
 """Versions of everything a bug report or a benchmark row needs, and the git commit of the code."""
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
@@ -13,11 +13,20 @@ import fastssl
 NOT_INSTALLED = "not installed"
 
 
-def _module_version(name: str) -> str:
+def _module_version(distribution: str) -> str:
+    """The installed version from package metadata, without importing the package: importing ffcv
+    changes torch's thread count (loaders/ffcv_imports.py), and its __version__ is stale (0.0.3rc1)."""
     try:
-        return getattr(importlib.import_module(name), "__version__", "unknown")
-    except Exception:  # a broken optional install is reported, never fatal
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return NOT_INSTALLED
+
+
+def _dali_version() -> str:
+    """DALI's wheel is named after its CUDA build (nvidia-dali-cuda130, ...): whichever is installed."""
+    names = sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
+                   if (d.metadata["Name"] or "").startswith("nvidia-dali-cuda"))
+    return _module_version(names[0]) if names else NOT_INSTALLED
 
 
 def git_commit() -> str:
@@ -49,7 +58,7 @@ def collect() -> dict[str, str]:
         "cuda": torch.version.cuda or "none",
         "cudnn": str(cudnn) if cudnn else "none",
         "gpu": gpu_names(),
-        "dali": _module_version("nvidia.dali"),
+        "dali": _dali_version(),
         "ffcv": _module_version("ffcv"),
         "numpy": _module_version("numpy"),
         "git_commit": git_commit(),

@@ -80,8 +80,7 @@ def convert(dataset: ImageDataset, dst: str | os.PathLike, raw: bool = False,
             jpeg_quality: int = DEFAULT_JPEG_QUALITY, max_res: int | None = None,
             workers: int | None = None) -> ConvertResult:
     """Write `dataset` to `dst` in index order (sample i of the file is image i), with a progress bar."""
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    from .ffcv_imports import DatasetWriter, IntField, RGBImageField
 
     if not 1 <= jpeg_quality <= 100:
         raise DataError(f"--jpeg-quality {jpeg_quality}: must be in [1, 100]")
