@@ -28,8 +28,8 @@ test: $(VENV)/.installed
 
 # Every GPU check of the project in one run (../shared/GPU.md), on a GPU machine's own Python (no
 # network there: torch comes with the machine). Environment first, then the `gpu` tests, then the
-# kernel benchmarks (BENCH_ARGS for sim_xent, RIDGE_ARGS for ridge: their --sizes differ); results
-# land in $(GPU_OUT) and each benchmark prints its table last.
+# kernel benchmarks (BENCH_ARGS for sim_xent, RIDGE_ARGS for ridge, AUGMENT_ARGS for augment: their
+# --sizes differ); results land in $(GPU_OUT) and each benchmark prints its table last.
 GPU_OUT ?= gpu-results
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -38,3 +38,4 @@ gpu-check:
 	$(PYTHON) -m pytest -m gpu -p no:cacheprovider --junitxml=$(GPU_OUT)/gpu-tests.xml $(ARGS)
 	$(PYTHON) -m fastssl bench kernels --kernel sim_xent --out $(GPU_OUT) $(BENCH_ARGS)
 	$(PYTHON) -m fastssl bench kernels --kernel ridge --out $(GPU_OUT) $(RIDGE_ARGS)
+	$(PYTHON) -m fastssl bench kernels --kernel augment --out $(GPU_OUT) $(AUGMENT_ARGS)

@@ -42,7 +42,8 @@ def parse_shapes(spec: str, presets: dict[str, list[tuple[int, ...]]], form: str
 class Case:
     """One (shape, dtype): its buffers, cycled through by every provider and mode, and the float64
     (output, gradients) on buffers[0]. fixed: what all buffers share (labels, ...); flops: per mode,
-    the algorithmic FLOPs that TFLOP/s rows are computed from (none: no TFLOP/s rows)."""
+    the algorithmic FLOPs that TFLOP/s rows are computed from (none: no TFLOP/s rows); traffic: per
+    mode, the bytes a call must read and write at the least, for GB/s rows (memory-bound kernels)."""
     benchmark: str
     shape: str
     dtype: str
@@ -51,6 +52,7 @@ class Case:
     where: dict[str, str]
     fixed: Any = None
     flops: dict[str, float] | None = None
+    traffic: dict[str, float] | None = None
     cycle: Iterator[torch.Tensor] = field(init=False)
 
     def __post_init__(self):
@@ -98,7 +100,8 @@ def measure_provider(case: Case, provider: str, forward: Forward, backward: Back
                      errors: Sequence[tuple[str, str]], modes: Sequence[str], *, reps: int, warmup: int,
                      device: torch.device) -> list[Row]:
     """One provider on one case: errors (its first call, where compilation and autotuning happen),
-    saved bytes, then per mode the time and, on CUDA, TFLOP/s and peak extra memory. Any may be an OOM row.
+    saved bytes, then per mode the time and, on CUDA, TFLOP/s or GB/s and peak extra memory. Any may be an
+    OOM row.
 
     errors: the (mode, metric) each error is reported under: the output's, then each gradient's.
     """
@@ -115,6 +118,9 @@ def measure_provider(case: Case, provider: str, forward: Forward, backward: Back
         if case.flops:
             rows.append(case.row(provider, mode, "TFLOP/s", seconds and [case.flops[mode] / s / 1e12 for s in seconds],
                                  "TFLOP/s"))
+        if case.traffic:
+            rows.append(case.row(provider, mode, "GB/s", seconds and [case.traffic[mode] / s / 1e9 for s in seconds],
+                                 "GB/s"))
         rows.append(case.row(provider, mode, "peak extra memory",
                              unless_oom(lambda: peak_extra_bytes(thunk, next(case.cycle), device)), "B"))
     return rows

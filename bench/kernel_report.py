@@ -1,7 +1,7 @@
 """CSV, Markdown and PNG for a kernel microbenchmark's rows: one kernel ("the subject") against baselines.
 
 Rows follow one convention (bench/kernel_timing.py measures them): metric "time" in ms per mode,
-optional "peak extra memory" (B) and "TFLOP/s" per mode, and per-input metrics such as "saved for
+optional "peak extra memory" (B) and "TFLOP/s" or "GB/s" per mode, and per-input metrics such as "saved for
 backward" (B) or "rel error ..." (rel); a row whose unit is "OOM" ran out of memory and shows as OOM.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .harness import Row, device_slug, write_csv
 
-PER_MODE = ("time", "peak extra memory", "TFLOP/s")
+PER_MODE = ("time", "peak extra memory", "TFLOP/s", "GB/s")
 MIB = 2 ** 20
 
 
@@ -80,7 +80,7 @@ def write_markdown(rows: list[Row], path: Path, title: str, notes: list[str], su
     """Per (shape, dtype, mode): each provider's time, the subject's speedups, TFLOP/s and peak memory;
     then per (shape, dtype, provider) the remaining metrics (memory saved, errors).
 
-    floors: dtype -> the device's peak TFLOP/s that the subject's TFLOP/s are shown against.
+    floors: dtype -> the device's peak TFLOP/s (or GB/s) that the subject's rate is shown against.
     """
     at = {(r.provider, r.shape, r.dtype, r.mode, r.metric): r for r in rows}
     timed = [r for r in rows if r.metric == "time"]
@@ -94,8 +94,9 @@ def write_markdown(rows: list[Row], path: Path, title: str, notes: list[str], su
              "Time in ms, median [p20, p80]" + ("; peak extra memory in MiB" if has["peak extra memory"] else "")
              + ".", ""]
     head = ["shape", "dtype", "mode", *providers, *(f"{subject} vs {b}" for b in baselines)]
-    if has["TFLOP/s"]:
-        head.append(f"{subject} TFLOP/s (% of floor)")
+    rate = next((m for m in ("TFLOP/s", "GB/s") if has[m]), None)
+    if rate:
+        head.append(f"{subject} {rate} (% of floor)")
     if has["peak extra memory"]:
         head.append("peak extra MiB " + " / ".join(providers))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -103,10 +104,10 @@ def write_markdown(rows: list[Row], path: Path, title: str, notes: list[str], su
         times = {p: at.get((p, shape, dtype, mode, "time")) for p in providers}
         out = [shape, dtype, mode, *(cell(times[p]) for p in providers),
                *(speedup(times[b], times[subject]) for b in baselines)]
-        if has["TFLOP/s"]:
-            flops = at.get((subject, shape, dtype, mode, "TFLOP/s"))
-            share = f" ({100 * flops.median / floors[dtype]:.0f}%)" if _measured(flops) and dtype in floors else ""
-            out.append(cell(flops) + share)
+        if rate:
+            achieved = at.get((subject, shape, dtype, mode, rate))
+            share = f" ({100 * achieved.median / floors[dtype]:.0f}%)" if _measured(achieved) and dtype in floors else ""
+            out.append(cell(achieved) + share)
         if has["peak extra memory"]:
             out.append(" / ".join(cell(at.get((p, shape, dtype, mode, "peak extra memory"))) for p in providers))
         lines.append("| " + " | ".join(out) + " |")

@@ -85,7 +85,7 @@ def _cmd_bench_loader(args) -> int:
 
 
 # --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
-KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "ridge": "ridge_bench"}
+KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "ridge": "ridge_bench", "augment": "augment_bench"}
 
 
 def _listed(flag: str, value: str, allowed) -> list[str]:
@@ -139,7 +139,7 @@ def _cmd_data_convert(args) -> int:
     from fastssl.loaders import convert
 
     try:
-        import ffcv  # noqa: F401
+        import fastssl.loaders.ffcv_imports  # noqa: F401
     except ImportError as e:
         raise config_mod.ConfigError(f"fastssl data convert needs ffcv: pip install -e '.[ffcv]' ({e})") from e
     kind, path = convert.parse_source(args.src)
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     train = verbs.add_parser("train", help="train an encoder (no config: the quickstart on the embedded "
                              "shapes data)", description="Train a self-supervised encoder.")
-    train.add_argument("-c", "--config", help="YAML run config (see configs/)")
+    train.add_argument("-c", "--config", action="append", help="YAML run config (see configs/); repeat to "
+                       "layer a recipe on it, e.g. -c configs/cifar10_jpeg.yaml -c configs/augment/byol.yaml")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set optim.lr=0.5 (repeatable)")
     train.add_argument("--out", help="run directory (default: runs/<date-time>)")
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
     train_bench = suites.add_parser("train", help="training images/s per data backend vs the torchvision "
                                     "baseline", description="End-to-end training throughput per backend.")
-    train_bench.add_argument("-c", "--config", help="YAML run config (default: the quickstart)")
+    train_bench.add_argument("-c", "--config", action="append", help="YAML run config, repeatable (default: the "
+                             "quickstart)")
     train_bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train_bench.add_argument("--backends", default="torchvision,tensor", help="comma-separated (default: %(default)s)")
     train_bench.add_argument("--steps", type=int, default=10, help="training steps per timing window")
@@ -210,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     loader_bench = suites.add_parser("loader", help="data backends' images/s and CPU use vs the torchvision "
                                      "DataLoader", description="Input-pipeline throughput per backend: "
                                      "steady-state images/s, CPU cores busy, start-up apart.")
-    loader_bench.add_argument("-c", "--config", help="YAML run config for the recipe (default: the quickstart)")
+    loader_bench.add_argument("-c", "--config", action="append", help="YAML run config(s) for the recipe, "
+                              "repeatable (default: the quickstart)")
     loader_bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     loader_bench.add_argument("--backends", default="tensor,torchvision", help="comma-separated, with "
                               "torchvision (default: %(default)s)")
@@ -231,11 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "in one process, on the same inputs.")
     kernels.add_argument("--kernel", required=True, help=f"one of {', '.join(KERNEL_BENCHES)}")
     kernels.add_argument("--sizes", help="small, full, or comma-separated shapes: 2NxD for sim_xent, TxnxD for "
-                         "ridge (default: full on CUDA, small otherwise)")
+                         "ridge, BxS for augment (default: full on CUDA, small otherwise)")
     kernels.add_argument("--dtypes", help="comma-separated fp32,bf16 (default: both on CUDA, fp32 otherwise)")
     kernels.add_argument("--modes", help="comma-separated, of forward,backward,forward+backward (default: all)")
     kernels.add_argument("--providers", help="comma-separated (default: all of the kernel's: sim_xent "
-                         "triton,eager,compile; ridge triton,solve,cholesky)")
+                         "triton,eager,compile; ridge triton,solve,cholesky; augment triton,eager,copy)")
     kernels.add_argument("--reps", type=int, help="timed repetitions for median, p20, p80 (default: 30 on CUDA, "
                          "10 otherwise)")
     kernels.add_argument("--warmup", type=int, help="untimed repetitions per mode first (default: 3 on CUDA, "

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -28,6 +28,7 @@ SUPPORT_QUERY_HEADS = ("protonet", "r2d2")   # heads that split views into suppo
 LOSS_IMPLS = ("auto", "triton", "reference")
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
@@ -62,6 +63,7 @@ class LoaderConfig:
     beton: str | None = None         # ffcv backend: the file `fastssl data convert` wrote from the data
     hw_decoder_load: float = 0.65    # dali on a GPU: share of JPEG decoding given to the hardware decoder
     prefetch: int = 2                # dali: batches its pipeline prepares ahead
+    dtype: str = "auto"              # the views' dtype; auto: the training precision's (bf16 views under bf16)
 
 
 @dataclass
@@ -80,6 +82,20 @@ class AugmentConfig:
     saturation: float = 0.4
     hue: float = 0.1
     grayscale_p: float = 0.2
+    # Per view (view v uses entry v mod the length): BYOL's asymmetric recipe blurs view 1 always and
+    # view 2 rarely, and solarizes view 2 only (configs/augment/byol.yaml).
+    blur_p: list[float] = field(default_factory=lambda: [0.0])
+    solarize_p: list[float] = field(default_factory=lambda: [0.0])
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+    blur_kernel_frac: float = 0.1    # Gaussian window side as a fraction of the output side (odd, >= 3)
+    solarize_threshold: float = 0.5  # on [0, 1] intensities: x >= threshold becomes 1 - x
+    impl: str = "auto"               # colour kernel: auto (Triton on CUDA, torch on CPU), triton or reference
+
+    def for_view(self, name: str, view: int) -> float:
+        """The value of per-view field `name` for view `view`."""
+        values = getattr(self, name)
+        return values[view % len(values)]
 
 
 @dataclass
@@ -162,6 +178,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if value is None:
             return None
         return _coerce(key, value, args[0])
+    if origin is list:
+        item = typing.get_args(typ)[0]
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ConfigError(f"{key}=[]: must hold at least one value")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(items)]
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -213,10 +235,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file, then `--set` overrides; validated before returning."""
+def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file(s) in order (a run config, then recipe fragments such as
+    configs/augment/byol.yaml), then `--set` overrides; validated before returning."""
     cfg = Config()
-    if path is not None:
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    for path in paths:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r}: does not exist")
@@ -289,6 +314,11 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _require(ld.workers >= 0, "loader.workers", ld.workers, "must be >= 0")
     _require(0 <= ld.hw_decoder_load <= 1, "loader.hw_decoder_load", ld.hw_decoder_load, "must be in [0, 1]")
     _require(ld.prefetch >= 1, "loader.prefetch", ld.prefetch, "must be >= 1")
+    _one_of("loader.dtype", ld.dtype, ("auto",) + tuple(VIEW_DTYPES))
+    if ld.dtype in ("bfloat16", "float16"):
+        _require(cfg.train.precision in ("auto", VIEW_DTYPES[ld.dtype]), "loader.dtype", ld.dtype,
+                 f"half-precision views need train.precision={VIEW_DTYPES[ld.dtype]} (or auto), "
+                 f"not {cfg.train.precision}")
     a = cfg.augment
     _require(0 < a.crop_scale_min <= a.crop_scale_max <= 1, "augment.crop_scale_min",
              (a.crop_scale_min, a.crop_scale_max), "must satisfy 0 < crop_scale_min <= crop_scale_max <= 1")
@@ -297,6 +327,14 @@ def validate(cfg: Config, world: int | None = None) -> None:
     for name in ("brightness", "contrast", "saturation"):
         _require(getattr(a, name) >= 0, f"augment.{name}", getattr(a, name), "must be >= 0")
     _require(0 <= a.hue <= 0.5, "augment.hue", a.hue, "must be in [0, 0.5]")
+    for name in ("blur_p", "solarize_p"):
+        for i, p in enumerate(getattr(a, name)):
+            _probability(f"augment.{name}[{i}]", p)
+    _require(0 < a.blur_sigma_min <= a.blur_sigma_max, "augment.blur_sigma_min", (a.blur_sigma_min, a.blur_sigma_max),
+             "must satisfy 0 < blur_sigma_min <= blur_sigma_max")
+    _require(0 < a.blur_kernel_frac <= 1, "augment.blur_kernel_frac", a.blur_kernel_frac, "must be in (0, 1]")
+    _one_of("augment.impl", a.impl, LOSS_IMPLS)
+    _require(0 <= a.solarize_threshold <= 1, "augment.solarize_threshold", a.solarize_threshold, "must be in [0, 1]")
     _one_of("model.arch", m.arch, ARCHS)
     # Narrower nets (stem < 8 channels) hang inside oneDNN's CPU convolution weight-gradient kernel
     # (torch 2.14.1, measured: a width-1/16 ResNet-18 spins forever in backward); 1/8 is fine.

@@ -2,7 +2,8 @@
 
 This package imports nothing else of fastssl: kernels are leaves of the dependency graph.
 """
+from .augment import colour_augment
 from .ridge import ridge_solve
 from .sim_xent import nt_xent, sim_xent, unit_rows
 
-__all__ = ["nt_xent", "ridge_solve", "sim_xent", "unit_rows"]
+__all__ = ["colour_augment", "nt_xent", "ridge_solve", "sim_xent", "unit_rows"]

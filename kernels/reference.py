@@ -78,3 +78,96 @@ def ridge_reference(x: torch.Tensor, y: torch.Tensor, lam, *, form: str = "auto"
     if dual:
         return x.mT @ torch.linalg.solve(system, y)
     return torch.linalg.solve(system, x.mT @ y)
+
+
+# Colour augmentation (the `augment` family): one row of AUGMENT_COLUMNS per image.
+AUGMENT_COLUMNS = ("flip", "jitter", "brightness", "contrast", "saturation", "hue", "gray", "solarize")
+COLOR_OPS = ("brightness", "contrast", "saturation", "hue")   # `order` indexes these
+LUMA = (0.299, 0.587, 0.114)      # ITU-R 601, as PIL (torchvision's tensor kernels use 0.2989 for red)
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of float (B,3,H,W) images, (B,1,H,W)."""
+    return (LUMA[0] * images[:, 0] + LUMA[1] * images[:, 1] + LUMA[2] * images[:, 2]).unsqueeze(1)
+
+
+def _per_image(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    factor = _per_image(factor)
+    return (factor * images + (1 - factor) * other).clamp(0, 1)
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale intensities by a per-image factor (B,), on [0, 1] float images."""
+    return (images * _per_image(factor)).clamp(0, 1)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its mean luma by a per-image factor (B,)."""
+    return _blend(images, luma(images).mean((1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its own luma image by a per-image factor (B,)."""
+    return _blend(images, luma(images), factor)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by a per-image shift (B,) in turns ([-0.5, 0.5]), keeping HSV value and saturation.
+
+    Hue is computed in sixths of a turn; each channel is then value - chroma * t(k), t the trapezoid
+    clamp(min(k, 4 - k), 0, 1) at k = (hue6 + 5, 3, 1) mod 6 for R, G, B: the HSV -> RGB map without
+    branching on the sector.
+    """
+    r, g, b = images.unbind(1)
+    value = torch.maximum(torch.maximum(r, g), b)
+    chroma = value - torch.minimum(torch.minimum(r, g), b)
+    divisor = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue6 = torch.where(value == r, (g - b) / divisor,
+                       torch.where(value == g, (b - r) / divisor + 2, (r - g) / divisor + 4))
+    hue6 = hue6 + 6 * shift.view(-1, 1, 1)
+    channels = []
+    for offset in (5, 3, 1):
+        k = torch.remainder(hue6 + offset, 6)
+        channels.append(value - chroma * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(channels, 1)
+
+
+COLOR_FNS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def solarize(images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[0, 1] intensities at or above `threshold` become 1 - x (torchvision's solarize on floats)."""
+    return torch.where(images >= threshold, 1 - images, images)
+
+
+def colour_augment_reference(images: torch.Tensor, params: torch.Tensor, *, order=(), mean=(0.0, 0.0, 0.0),
+                             std=(1.0, 1.0, 1.0), value_range: float = 1.0, solarize_threshold: float = 0.5,
+                             colour: bool = True, finish: bool = True,
+                             out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-image colour augmentation of (B,3,H,W) images, any dtype and strides, read as x / value_range.
+
+    params (B, 8), columns AUGMENT_COLUMNS. colour: flip, then where `jitter`, the ops `order`
+    (indices into COLOR_OPS) with factors brightness, contrast, saturation, hue; then grayscale where
+    `gray`. finish: solarize where `solarize`, then (x - mean) / std. The two stages split so a
+    spatial op (blur) can run between them. Returns (B,3,H,W) channels_last: out_dtype after finish,
+    float32 [0, 1] after colour alone.
+    """
+    p = params.float()
+    x = images.float() / value_range
+    if colour:
+        x = torch.where(_per_image(p[:, 0] > 0.5), x.flip(3), x).clamp(0, 1)
+        if order:
+            jittered = x
+            for op in order:
+                jittered = COLOR_FNS[op](jittered, p[:, 2 + op])
+            x = torch.where(_per_image(p[:, 1] > 0.5), jittered, x)
+        x = torch.where(_per_image(p[:, 6] > 0.5), luma(x).expand_as(x), x)
+    if not finish:
+        return x.contiguous(memory_format=torch.channels_last)
+    x = torch.where(_per_image(p[:, 7] > 0.5), solarize(x, solarize_threshold), x)
+    x = (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return x.to(out_dtype).contiguous(memory_format=torch.channels_last)

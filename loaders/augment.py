@@ -17,13 +17,19 @@ exact for the identity crop and the flip (matrices of 0s and 1s; the flip revers
 which grid_sample is not (its normalised coordinates round), and it crops like torchvision: samples
 never read outside the box, where roi_align blends in the pixels next to it.
 
-Colour jitter applies brightness, contrast, saturation and hue in a random order drawn once per
-batch (torchvision draws one per image; per-image orders in batch would cost four evaluations of
-every op). The luma weights are ITU-R 601 (0.299, 0.587, 0.114), as PIL, and so the torchvision
-backend, uses; torchvision's tensor kernels use 0.2989 for red.
+Colour (flip, jitter, grayscale, solarize, normalise) is the fused `augment` kernel
+(fastssl.kernels.colour_augment: Triton on CUDA, its torch reference on CPU), one pass from the
+crop's output to the normalised channels_last view. Colour jitter applies brightness, contrast,
+saturation and hue in a random order drawn once per batch (torchvision draws one per image; per-image
+orders in batch would cost four evaluations of every op). The luma weights are ITU-R 601 (0.299,
+0.587, 0.114), as PIL, and so the torchvision backend, uses; torchvision's tensor kernels use 0.2989
+for red. Gaussian blur (BYOL, SimCLR on ImageNet) sits between grayscale and solarize, so a batch
+with blurred images runs the kernel in two stages around it; the blur is two batched matmuls with
+per-image Gaussian matrices (reflect padding), as the crop.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -32,23 +38,27 @@ from typing import Sequence
 import torch
 
 from fastssl.config import AugmentConfig
+from fastssl.kernels import colour_augment
+from fastssl.kernels.reference import (COLOR_OPS, LUMA, adjust_brightness, adjust_contrast,  # noqa: F401
+                                       adjust_hue, adjust_saturation, luma, solarize)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_RATIO = (3 / 4, 4 / 3)          # aspect-ratio range of the crop, as torchvision's default
 CROP_ATTEMPTS = 10                   # tries before the central fallback, as torchvision
-LUMA = (0.299, 0.587, 0.114)
-COLOR_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
 @dataclass
 class AugmentParams:
-    """Every random choice for n images; the fields are per image except `order`.
+    """Every random choice for n images; the tensor fields are per image, the rest per batch.
 
     boxes: (n, 4) float crop boxes x0, y0, w, h in whole pixels. flip: (n,) bool.
     jitter: (n,) bool, whether colour jitter applies. factors: (n, 4) brightness, contrast and
-    saturation factors and the hue shift. gray: (n,) bool. order: indices into COLOR_OPS, applied in
-    this order to the jittered images (ops of strength 0 are left out).
+    saturation factors and the hue shift. gray: (n,) bool. blur_sigma: (n,) Gaussian blur sigma in
+    output pixels, 0 for no blur. solarize: (n,) bool. order: indices into COLOR_OPS, applied in
+    this order to the jittered images (ops of strength 0 are left out). blur_frac: the blur window's
+    side as a fraction of the output side; threshold: solarize's, on [0, 1]; blurred: whether any
+    image blurs (known on the host, so no device sync decides the two-stage path).
     """
 
     boxes: torch.Tensor
@@ -56,19 +66,32 @@ class AugmentParams:
     jitter: torch.Tensor
     factors: torch.Tensor
     gray: torch.Tensor
-    order: tuple[int, ...]
+    blur_sigma: torch.Tensor
+    solarize: torch.Tensor
+    order: tuple[int, ...] = ()
+    blur_frac: float = 0.1
+    threshold: float = 0.5
+    blurred: bool = False
 
     def __getitem__(self, rows: slice) -> AugmentParams:
-        return AugmentParams(self.boxes[rows], self.flip[rows], self.jitter[rows],
-                             self.factors[rows], self.gray[rows], self.order)
+        return dataclasses.replace(self, **{f: getattr(self, f)[rows] for f in _PER_IMAGE})
 
     def to(self, device: torch.device | str) -> AugmentParams:
-        """Move to `device` in one transfer (the fields are packed into one float tensor)."""
-        packed = torch.cat([self.boxes.float(), self.flip[:, None].float(), self.jitter[:, None].float(),
-                            self.factors.float(), self.gray[:, None].float()], 1)
-        packed = packed.to(device, non_blocking=True)
-        boxes, flip, jitter, factors, gray = packed.split([4, 1, 1, 4, 1], 1)
-        return AugmentParams(boxes, flip[:, 0] > 0, jitter[:, 0] > 0, factors, gray[:, 0] > 0, self.order)
+        """Move to `device` in one transfer (the per-image fields are packed into one float tensor)."""
+        fields = [getattr(self, f) for f in _PER_IMAGE]
+        packed = torch.cat([t.float().reshape(len(t), -1) for t in fields], 1).to(device, non_blocking=True)
+        parts = packed.split([1 if t.ndim == 1 else t.shape[1] for t in fields], 1)
+        moved = {f: (part[:, 0] if t.ndim == 1 else part).to(torch.bool if t.dtype == torch.bool else part.dtype)
+                 for f, t, part in zip(_PER_IMAGE, fields, parts)}
+        return dataclasses.replace(self, **moved)
+
+    def colour_table(self) -> torch.Tensor:
+        """(n, 8) float32 in the augment kernel's column order (kernels.reference.AUGMENT_COLUMNS)."""
+        return torch.cat([self.flip[:, None].float(), self.jitter[:, None].float(), self.factors.float(),
+                          self.gray[:, None].float(), self.solarize[:, None].float()], 1)
+
+
+_PER_IMAGE = ("boxes", "flip", "jitter", "factors", "gray", "blur_sigma", "solarize")
 
 
 def _check_generator(generator: torch.Generator) -> None:
@@ -119,11 +142,11 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
 
 
 def sample_params(n: int, height: int, width: int, cfg: AugmentConfig,
-                  generator: torch.Generator) -> AugmentParams:
-    """Draw the augmentation of n images of height x width from `generator` (CPU).
+                  generator: torch.Generator, view: int = 0) -> AugmentParams:
+    """Draw the augmentation of view `view` of n images of height x width from `generator` (CPU).
 
     The draws happen in a fixed layout whatever the config, so changing one strength never shifts
-    the random stream of another choice.
+    the random stream of another choice. `view` picks the per-view probabilities (blur, solarize).
     """
     boxes = sample_crop_boxes(n, height, width, (cfg.crop_scale_min, cfg.crop_scale_max), generator)
     flip = torch.rand(n, generator=generator) < cfg.flip_p
@@ -135,7 +158,11 @@ def sample_params(n: int, height: int, width: int, cfg: AugmentConfig,
     perm = torch.randperm(len(COLOR_OPS), generator=generator).tolist()
     active = [s > 0 for s in strengths + (cfg.hue,)]
     order = tuple(op for op in perm if active[op]) if bool(jitter.any()) else ()
-    return AugmentParams(boxes, flip, jitter, factors, gray, order)
+    blur = torch.rand(n, generator=generator) < cfg.for_view("blur_p", view)
+    sigma = _uniform((n,), cfg.blur_sigma_min, cfg.blur_sigma_max, generator).float()
+    solar = torch.rand(n, generator=generator) < cfg.for_view("solarize_p", view)
+    return AugmentParams(boxes, flip, jitter, factors, gray, torch.where(blur, sigma, 0.0), solar, order,
+                         cfg.blur_kernel_frac, cfg.solarize_threshold, bool(blur.any()))
 
 
 def _resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
@@ -154,76 +181,46 @@ def _resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, ou
     return weight.div_(weight.sum(-1, keepdim=True))
 
 
-def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
-                 flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop each float (B,C,H,W) image to its box (x0, y0, w, h), resize to size x size, then flip
-    horizontally where `flip` is set. Returns (B,C,size,size) contiguous float32."""
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each float (B,C,H,W) image to its box (x0, y0, w, h) and resize to size x size.
+    Returns (B,C,size,size) contiguous float32."""
     _, _, height, width = images.shape
     rows = _resample_matrix(boxes[:, 1], boxes[:, 3], height, size)
     cols = _resample_matrix(boxes[:, 0], boxes[:, 2], width, size)
-    if flip is not None:
-        cols = torch.where(flip[:, None, None], cols.flip(1), cols)
     return rows[:, None] @ images @ cols[:, None].transpose(-1, -2)
 
 
-def luma(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma of float (B,3,H,W) images, (B,1,H,W)."""
-    return (LUMA[0] * images[:, 0] + LUMA[1] * images[:, 1] + LUMA[2] * images[:, 2]).unsqueeze(1)
+def blur_window(size: int, frac: float) -> int:
+    """The Gaussian window side for size x size images: frac x size rounded, made odd, at least 3."""
+    side = max(3, round(frac * size))
+    return side + 1 - side % 2
 
 
-def _per_image(values: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, 1, 1, 1)
+def _blur_matrix(sigma: torch.Tensor, size: int, window: int) -> torch.Tensor:
+    """(n, size, size) matrices that blur one axis with a per-image Gaussian (sigma 0: identity).
 
-
-def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    factor = _per_image(factor)
-    return (factor * images + (1 - factor) * other).clamp(0, 1)
-
-
-def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale intensities by a per-image factor (B,), on [0, 1] float images."""
-    return (images * _per_image(factor)).clamp(0, 1)
-
-
-def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend each image with its mean luma by a per-image factor (B,)."""
-    return _blend(images, luma(images).mean((1, 2, 3), keepdim=True), factor)
-
-
-def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend each image with its own luma image by a per-image factor (B,)."""
-    return _blend(images, luma(images), factor)
-
-
-def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by a per-image shift (B,) in turns ([-0.5, 0.5]), keeping HSV value and saturation.
-
-    Hue is computed in sixths of a turn; each channel is then value - chroma * t(k), t the trapezoid
-    clamp(min(k, 4 - k), 0, 1) at k = (hue6 + 5, 3, 1) mod 6 for R, G, B: the HSV -> RGB map without
-    branching on the sector.
+    Row i spreads the normalised window exp(-k^2 / 2 sigma^2), k in [-window//2, window//2], over
+    the pixels i + k, reflected at the borders as torch's 'reflect' padding does (so the result is
+    torchvision's gaussian_blur). Requires size > window // 2.
     """
-    r, g, b = images.unbind(1)
-    value = torch.maximum(torch.maximum(r, g), b)
-    chroma = value - torch.minimum(torch.minimum(r, g), b)
-    divisor = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    hue6 = torch.where(value == r, (g - b) / divisor,
-                       torch.where(value == g, (b - r) / divisor + 2, (r - g) / divisor + 4))
-    hue6 = hue6 + 6 * shift.view(-1, 1, 1)
-    channels = []
-    for offset in (5, 3, 1):
-        k = torch.remainder(hue6 + offset, 6)
-        channels.append(value - chroma * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
-    return torch.stack(channels, 1)
+    half = window // 2
+    offsets = torch.arange(-half, half + 1, device=sigma.device, dtype=torch.float32)
+    safe = torch.where(sigma > 0, sigma, 1.0)[:, None]
+    weights = torch.exp(-0.5 * (offsets / safe) ** 2)
+    weights = torch.where(sigma[:, None] > 0, weights / weights.sum(1, keepdim=True), (offsets == 0).float())
+    source = torch.arange(size, device=sigma.device)[:, None] + offsets.long()          # (size, window)
+    source = torch.where(source < 0, -source, torch.where(source >= size, 2 * (size - 1) - source, source))
+    matrix = torch.zeros(len(sigma), size, size, device=sigma.device)
+    return matrix.scatter_add_(2, source.expand(len(sigma), -1, -1), weights[:, None, :].expand(-1, size, -1))
 
 
-_COLOR_FNS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-
-
-def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
-    """Apply the colour ops `order` (indices into COLOR_OPS) with per-image factors (B, 4)."""
-    for op in order:
-        images = _COLOR_FNS[op](images, factors[:, op])
-    return images
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, window: int) -> torch.Tensor:
+    """Blur float (B,C,S,S) images, each with its own sigma (B,) (0: unchanged, exactly)."""
+    size = images.shape[-1]
+    if size <= window // 2:
+        raise ValueError(f"gaussian_blur: window {window} needs images larger than {window // 2} px, got {size}")
+    matrix = _blur_matrix(sigma.float(), size, window)[:, None]
+    return matrix @ images @ matrix.transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=16)
@@ -251,27 +248,46 @@ def as_nchw(images: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"images of shape {tuple(images.shape)}: no RGB axis of size 3 at dim 1 or 3")
 
 
-def apply_params(images: torch.Tensor, params: AugmentParams, size: int,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """Augment uint8 images with `params` (moved to the images' device): float32 (B,3,S,S) channels_last.
+def apply_colour(images: torch.Tensor, params: AugmentParams, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, value_range: float = 255.0,
+                 out_dtype: torch.dtype = torch.float32, impl: str = "auto") -> torch.Tensor:
+    """Flip, colour jitter, grayscale, blur, solarize and normalise images already at their output size.
 
-    Resampling runs on 0..255 values (so the identity crop stays exact even under TF32 matmuls), then
-    colour works on [0, 1] as torchvision's float kernels do.
+    images: (B,3,S,S) or uint8 (B,S,S,3), any dtype, values in [0, value_range]. Returns out_dtype
+    (B,3,S,S) channels_last: one pass of the augment kernel, two around the blur when any image blurs.
+    """
+    if images.dtype == torch.uint8:
+        images = as_nchw(images)
+    params = params.to(images.device)
+    table = params.colour_table()
+    finish = dict(mean=tuple(mean), std=tuple(std), solarize_threshold=params.threshold, out_dtype=out_dtype,
+                  impl=impl)
+    if not params.blurred:
+        return colour_augment(images, table, order=params.order, value_range=value_range, **finish)
+    x = colour_augment(images, table, order=params.order, value_range=value_range, finish=False, impl=impl)
+    x = gaussian_blur(x, params.blur_sigma, blur_window(x.shape[-1], params.blur_frac))
+    return colour_augment(x, table, colour=False, **finish)
+
+
+def apply_params(images: torch.Tensor, params: AugmentParams, size: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 out_dtype: torch.dtype = torch.float32, impl: str = "auto") -> torch.Tensor:
+    """Augment uint8 images with `params` (moved to the images' device): (B,3,S,S) channels_last.
+
+    The crop resamples 0..255 values (so the identity crop stays exact even under TF32 matmuls);
+    apply_colour then works on [0, 1] as torchvision's float kernels do.
     """
     params = params.to(images.device)
-    x = resized_crop(as_nchw(images).float(), params.boxes, size, params.flip)
-    x = x.div_(255).clamp_(0, 1)
-    if params.order:
-        x = torch.where(_per_image(params.jitter), color_jitter(x, params.factors, params.order), x)
-    x = torch.where(_per_image(params.gray), luma(x).expand_as(x), x)
-    return normalize(x, mean, std)
+    x = resized_crop(as_nchw(images).float(), params.boxes, size)
+    return apply_colour(x, params, mean, std, 255.0, out_dtype, impl)
 
 
 def augment(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
-            mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """One SimCLR view of each uint8 image: sample_params from `generator`, then apply_params."""
+            mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+            view: int = 0) -> torch.Tensor:
+    """View `view` of each uint8 image: sample_params from `generator`, then apply_params."""
     nchw = as_nchw(images)
-    params = sample_params(nchw.shape[0], nchw.shape[2], nchw.shape[3], cfg, generator)
+    params = sample_params(nchw.shape[0], nchw.shape[2], nchw.shape[3], cfg, generator, view)
     return apply_params(images, params, size, mean, std)
 
 

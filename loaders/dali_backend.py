@@ -5,12 +5,15 @@ its random operators draw from per-operator streams that advance with every samp
 pipeline was built, so neither the order nor the augmentation of batch b could be reproduced on
 resume, nor matched across world sizes. Instead one `external_source` feeds, per batch, what the
 shared contract (`sampler.ShardedSampler`, `sampler.cpu_generator`) decides on the host: this
-rank's encoded files (read as bytes), their dataset indices, and every view's crop box, flip and
-colour factors. DALI then decodes (`decoders.image`, device "mixed" on a GPU), crops and resizes
-(`resize` with a per-sample ROI), jitters (`color_twist`; saturation 0 is the grayscale) and
-normalises and flips (`crop_mirror_normalize`, HWC float32: channels_last once viewed as NCHW).
-The index rides through the pipeline with its image, so a batch can never be paired with the
-wrong labels. Colour operations run in DALI's fixed order, not torchvision's random one.
+rank's encoded files (read as bytes), their dataset indices, and every view's crop box, flip,
+colour factors, blur sigma and solarize flag. DALI then decodes (`decoders.image`, device "mixed" on
+a GPU), crops and resizes (`resize` with a per-sample ROI), jitters (`color_twist`; saturation 0 is
+the grayscale), blurs (`gaussian_blur`, window `augment.blur_window`) and solarizes, then normalises
+and flips (`crop_mirror_normalize`, HWC float32 or float16: channels_last once viewed as NCHW; bfloat16
+is cast in torch). DALI reads sigma 0 as "derive it from the window", so blur and solarize run under
+DALI's conditional execution: only the images their flags select go through them. The index rides
+through the pipeline with its image, so a batch can never be paired with the wrong labels. Colour
+operations run in DALI's fixed order, not torchvision's random one, on uint8 (rounded between steps).
 
 DALI stops the pipeline on a file it cannot decode, so every file is decoded once at start-up
 (`check.usable`): data.on_error=raise names the bad files and points to `fastssl data check`,
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -29,14 +32,14 @@ import torch
 from fastssl.config import AugmentConfig, LoaderConfig
 
 from . import check
-from .augment import IMAGENET_MEAN, IMAGENET_STD, sample_params
+from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, sample_params
 from .batch import Batch
 from .datasets.base import DataError, ImageDataset
 from .sampler import ShardedEpochs, ShardedSampler, cpu_generator
 
 try:
-    from nvidia.dali import Pipeline, fn, types
-    from nvidia.dali.plugin.pytorch import feed_ndarray
+    from nvidia.dali import Pipeline, fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 except ImportError as e:  # pragma: no cover - depends on the optional extra
     raise ImportError(f"loader.backend=dali needs NVIDIA DALI: pip install -e '.[dali]' ({e})") from e
 
@@ -48,10 +51,14 @@ _PIPELINES: weakref.WeakSet = weakref.WeakSet()
 _KEPT_IN_CHILD: list = []
 os.register_at_fork(after_in_child=lambda: _KEPT_IN_CHILD.extend(_PIPELINES))
 
-# Per view: roi_start, roi_end, mirror, brightness, contrast, saturation, hue.
-PARAM_TYPES = [types.FLOAT, types.FLOAT, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT]
-PARAM_NDIM = [1, 1, 0, 0, 0, 0, 0]
+# Per view: roi_start, roi_end, mirror, brightness, contrast, saturation, hue, blur sigma, solarize.
+PARAM_TYPES = [types.FLOAT, types.FLOAT, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT,
+               types.FLOAT, types.BOOL]
+PARAM_NDIM = [1, 1, 0, 0, 0, 0, 0, 0, 0]
 PARAMS = len(PARAM_TYPES)
+_DRAWN = ("boxes", "flip", "jitter", "factors", "gray", "blur_sigma", "solarize")   # AugmentParams fields fed
+# crop_mirror_normalize writes float32 or float16; bfloat16 views are cast from float32 in torch.
+_DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT}
 
 
 def _sources(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -63,6 +70,55 @@ def _sources(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray, bool]:
         n, height, width = dataset.images.shape[:3]
         return np.arange(n), np.tile([height, width], (n, 1)), False
     raise DataError(f"loader.backend=dali reads image files or in-memory arrays, not {type(dataset).__name__}")
+
+
+class _Recipe(NamedTuple):
+    """What every view's operators share: output side, normalisation (0..255 scale), blur window,
+    solarize threshold (0..255 scale) and crop_mirror_normalize's output type."""
+    size: int
+    mean: list[float]
+    std: list[float]
+    window: int
+    threshold: float
+    dtype: types.DALIDataType
+
+
+def _solarize(images, threshold: float):
+    """uint8 x >= threshold becomes 255 - x, as augment's solarize on [0, 1] (DALI has no select)."""
+    return fn.cast(images + (images >= threshold) * (255 - 2 * images), dtype=types.UINT8)
+
+
+def _view(images, params: list, recipe: _Recipe):
+    """One view: crop and resize, colour, blur, solarize, then flip and normalise (augment's order, the
+    flip moved last: it commutes with the rest). Blur and solarize only touch the images they select."""
+    start, end, mirror, brightness, contrast, saturation, hue, sigma, solarize = params
+    x = fn.resize(images, size=[recipe.size] * 2, roi_start=start, roi_end=end, antialias=True,
+                  interp_type=types.INTERP_LINEAR)
+    x = fn.color_twist(x, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+    if sigma > 0:
+        x = fn.gaussian_blur(x, sigma=sigma, window_size=recipe.window)
+    if solarize:
+        x = _solarize(x, recipe.threshold)
+    return fn.crop_mirror_normalize(x, mirror=mirror, mean=recipe.mean, std=recipe.std, output_layout="HWC",
+                                    dtype=recipe.dtype)
+
+
+@pipeline_def(enable_conditionals=True)
+def _graph(source: Iterator[list], encoded: bool, decoder: dict, gpu: bool, views: int, recipe: _Recipe):
+    """The pipeline's operators: the external source, decoding, then every view; outputs views + index.
+
+    A pipeline_def so that DALI's AutoGraph turns the per-sample `if`s of `_view` into split/merge.
+    """
+    data, index, *params = fn.external_source(
+        source=source, num_outputs=2 + PARAMS * views, batch=True,
+        dtype=[types.UINT8, types.INT64] + PARAM_TYPES * views,
+        ndim=[1 if encoded else 3, 0] + PARAM_NDIM * views, layout=[None if encoded else "HWC"])
+    if encoded:
+        images = fn.decoders.image(data, output_type=types.RGB, **decoder)
+    else:
+        images = data.gpu() if gpu else data
+    outputs = [_view(images, params[PARAMS * v:PARAMS * (v + 1)], recipe) for v in range(views)]
+    return (*outputs, index)
 
 
 class _Feeder:
@@ -84,21 +140,21 @@ class _Feeder:
         """
         generator = cpu_generator("dali-view", self.sampler.seed, epoch, batch, view)
         sizes = self.sizes[rows]
-        boxes = np.zeros((len(rows), 4), np.float32)
-        flip, jitter, gray = (np.zeros(len(rows), bool) for _ in range(3))
-        factors = np.zeros((len(rows), 4), np.float32)
+        drawn: dict[str, np.ndarray] = {}
         for height, width in np.unique(sizes, axis=0):
             group = np.flatnonzero((sizes == (height, width)).all(1))
-            p = sample_params(len(group), int(height), int(width), self.augment_cfg, generator)
-            boxes[group], flip[group], jitter[group] = p.boxes.numpy(), p.flip.numpy(), p.jitter.numpy()
-            factors[group], gray[group] = p.factors.numpy(), p.gray.numpy()
-        mine = self.sampler.rank_slice()
-        boxes, flip, jitter, gray, factors = boxes[mine], flip[mine], jitter[mine], gray[mine], factors[mine]
-        x0, y0, w, h = boxes.T
+            p = sample_params(len(group), int(height), int(width), self.augment_cfg, generator, view)
+            for name in _DRAWN:
+                value = getattr(p, name).numpy()
+                drawn.setdefault(name, np.zeros((len(rows),) + value.shape[1:], value.dtype))[group] = value
+        boxes, flip, jitter, factors, gray, sigma, solarize = (drawn[name][self.sampler.rank_slice()]
+                                                               for name in _DRAWN)
+        x0, y0, w, h = boxes.T.astype(np.float32)
         ones = np.ones(len(boxes), np.float32)
         return [np.stack([y0, x0], 1), np.stack([y0 + h, x0 + w], 1), flip.astype(np.int32),
                 np.where(jitter, factors[:, 0], ones), np.where(jitter, factors[:, 1], ones),
-                np.where(jitter, factors[:, 2], ones) * ~gray, np.where(jitter, factors[:, 3] * 360, 0 * ones)]
+                np.where(jitter, factors[:, 2], ones) * ~gray, np.where(jitter, factors[:, 3] * 360, 0 * ones),
+                sigma.astype(np.float32), solarize]
 
     def inputs(self, epoch: int, batch: int) -> list:
         """Everything the pipeline needs for (epoch, batch): images, indices, then PARAMS per view."""
@@ -130,14 +186,20 @@ class DaliLoader(ShardedEpochs):
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
                  image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 out_dtype: torch.dtype = torch.float32):
+        if out_dtype not in _DALI_DTYPES:
+            raise ValueError(f"loader.backend=dali: views in {out_dtype} are not supported, only "
+                             f"{', '.join(map(str, _DALI_DTYPES))}")
         positions, sizes, encoded = _sources(dataset)
         super().__init__(len(positions), loader_cfg.batch_size, seed, rank, world)
         self.feeder = _Feeder(dataset, self.sampler, positions, sizes, encoded, augment_cfg, loader_cfg.views)
         self.labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.int64)
         self.device = torch.device(device)
-        self.cfg, self.image_size = loader_cfg, image_size
-        self.mean, self.std = [255 * m for m in mean], [255 * s for s in std]
+        self.cfg, self.out_dtype = loader_cfg, out_dtype
+        self.recipe = _Recipe(image_size, [255 * m for m in mean], [255 * s for s in std],
+                              blur_window(image_size, augment_cfg.blur_kernel_frac),
+                              255 * augment_cfg.solarize_threshold, _DALI_DTYPES[out_dtype])
         self._pipe: Pipeline | None = None
         self._at: tuple[int, int, int] | None = None     # (seed, epoch, batch) the pipeline yields next
 
@@ -148,41 +210,21 @@ class DaliLoader(ShardedEpochs):
         device_id = None
         if gpu:
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        pipe = Pipeline(batch_size=self.sampler.rank_batch, num_threads=max(1, self.cfg.workers),
-                        device_id=device_id, prefetch_queue_depth=self.cfg.prefetch)
-        views = self.cfg.views
-        with pipe:
-            data, index, *params = fn.external_source(
-                source=self.feeder.batches(epoch, start), num_outputs=2 + PARAMS * views, batch=True,
-                dtype=[types.UINT8, types.INT64] + PARAM_TYPES * views,
-                ndim=[1 if self.feeder.encoded else 3, 0] + PARAM_NDIM * views,
-                layout=[None if self.feeder.encoded else "HWC"])
-            if self.feeder.encoded:
-                images = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                           **({"hw_decoder_load": self.cfg.hw_decoder_load} if gpu else {}))
-            else:
-                images = data.gpu() if gpu else data
-            outputs = []
-            for v in range(views):
-                start_, end, mirror, brightness, contrast, saturation, hue = params[PARAMS * v:PARAMS * (v + 1)]
-                crop = fn.resize(images, size=[self.image_size] * 2, roi_start=start_, roi_end=end,
-                                 antialias=True, interp_type=types.INTERP_LINEAR)
-                crop = fn.color_twist(crop, brightness=brightness, contrast=contrast, saturation=saturation,
-                                      hue=hue)
-                outputs.append(fn.crop_mirror_normalize(crop, mirror=mirror, mean=self.mean, std=self.std,
-                                                        output_layout="HWC", dtype=types.FLOAT))
-            pipe.set_outputs(*outputs, index)
+        decoder = {"device": "mixed", "hw_decoder_load": self.cfg.hw_decoder_load} if gpu else {"device": "cpu"}
+        pipe = _graph(self.feeder.batches(epoch, start), self.feeder.encoded, decoder, gpu, self.cfg.views,
+                      self.recipe, batch_size=self.sampler.rank_batch, num_threads=max(1, self.cfg.workers),
+                      device_id=device_id, prefetch_queue_depth=self.cfg.prefetch)
         pipe.build()
         _PIPELINES.add(pipe)
         return pipe
 
     def _to_torch(self, tensors) -> torch.Tensor:
-        """A DALI batch of (S, S, 3) float32 as (B, 3, S, S) channels_last on the loader's device."""
+        """A DALI batch of (S, S, 3) as (B, 3, S, S) out_dtype channels_last on the loader's device."""
         dense = tensors.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+        out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(dense, out, cuda_stream=stream)   # a copy: DALI reuses its output buffers
-        return out.permute(0, 3, 1, 2)
+        return out.permute(0, 3, 1, 2).to(self.out_dtype)
 
     def __iter__(self) -> Iterator[Batch]:
         seed, epoch, start = self.sampler.seed, self.cursor.epoch, self.cursor.batch

@@ -41,11 +41,12 @@ def _backend(cfg: Config) -> str:
 
 def build_train_loader(cfg: Config, dataset: ImageDataset, device: torch.device | str, rank: int = 0,
                        world: int = 1, mean: Sequence[float] | None = None,
-                       std: Sequence[float] | None = None) -> Loader:
-    """The training Loader of cfg.loader.backend; mean/std default to ImageNet's."""
+                       std: Sequence[float] | None = None, out_dtype: torch.dtype = torch.float32) -> Loader:
+    """The training Loader of cfg.loader.backend, views in out_dtype; mean/std default to ImageNet's."""
     return TRAIN_BACKENDS[_backend(cfg)](
         dataset, cfg.loader, cfg.augment, cfg.data.image_size, device, cfg.train.seed, rank, world,
-        mean=IMAGENET_MEAN if mean is None else mean, std=IMAGENET_STD if std is None else std)
+        mean=IMAGENET_MEAN if mean is None else mean, std=IMAGENET_STD if std is None else std,
+        out_dtype=out_dtype)
 
 
 class TensorEvalBatches:

@@ -7,13 +7,13 @@ pure function of (seed, epoch, batch), exact resume, world-size independent shar
 the file with FFCV's `Reader` (metadata) and a memory map (data), and runs one JIT-compiled parallel
 loop per view with FFCV's own C routines: JPEG decode (libjpeg-turbo) or, for `--raw` files, the
 pixels in place, then crop + resize (OpenCV, INTER_AREA). The crop boxes come from `sample_crop_boxes`
-with the same derived generators as every backend; flip, colour jitter and grayscale run batched on
-the training device through `augment.apply_params` with identity crop boxes (exact). The next batch
+with the same derived generators as every backend; flip, colour jitter, grayscale, blur, solarize and
+normalisation run batched on the training device through `augment.apply_colour` (the fused augment
+kernel on a GPU). The next batch
 is decoded in a background thread (the kernel releases the GIL) while the current one trains.
 """
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,15 +21,13 @@ from typing import Iterator, Sequence
 import numba
 import numpy as np
 import torch
-from ffcv.libffcv import imdecode, resize_crop
-from ffcv.reader import Reader
-
 from fastssl.config import AugmentConfig, LoaderConfig
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_crop_boxes, sample_params
+from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_colour, sample_crop_boxes, sample_params
 from .batch import Batch
 from .convert import IMAGE, LABEL
 from .datasets.base import DataError, ImageDataset
+from .ffcv_imports import Reader, imdecode, resize_crop
 from .sampler import ShardedEpochs, cpu_generator
 
 JPEG_MODE = 0                            # RGBImageField's metadata 'mode': 0 JPEG, 1 raw
@@ -114,7 +112,8 @@ class FfcvLoader(ShardedEpochs):
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
                  image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 out_dtype: torch.dtype = torch.float32):
         if not loader_cfg.beton:
             raise DataError("loader.backend=ffcv needs loader.beton, the file `fastssl data convert` writes")
         self.file = BetonFile(loader_cfg.beton)
@@ -127,20 +126,19 @@ class FfcvLoader(ShardedEpochs):
         self.labels = torch.from_numpy(self.file.labels)
         self.views, self.image_size, self.threads = loader_cfg.views, image_size, loader_cfg.workers
         self.pin = loader_cfg.pin_memory and self.device.type == "cuda"
-        self.augment_cfg, self.mean, self.std = augment_cfg, tuple(mean), tuple(std)
+        self.augment_cfg, self.mean, self.std, self.out_dtype = augment_cfg, tuple(mean), tuple(std), out_dtype
         self.scale = (augment_cfg.crop_scale_min, augment_cfg.crop_scale_max)
 
     def _draw(self, epoch: int, batch: int) -> tuple[torch.Tensor, list]:
         """This rank's indices and, per view, (crop boxes, colour params): all the batch's randomness."""
         index = self.sampler.global_indices(epoch, batch)
         rows, size = self.sampler.rank_slice(), self.image_size
-        full = torch.tensor([[0.0, 0.0, size, size]]).expand(len(index), 4)
         draws = []
         for view in range(self.views):
             generator = cpu_generator("ffcv-view", self.sampler.seed, epoch, batch, view)
-            colour = sample_params(len(index), size, size, self.augment_cfg, generator)
+            colour = sample_params(len(index), size, size, self.augment_cfg, generator, view)
             boxes = self.file.crop_boxes(index.numpy(), self.scale, generator)
-            draws.append((boxes[rows], dataclasses.replace(colour, boxes=full)[rows]))
+            draws.append((boxes[rows], colour[rows]))
         return index[rows], draws
 
     def _decode(self, epoch: int, batch: int) -> tuple[torch.Tensor, list]:
@@ -153,8 +151,8 @@ class FfcvLoader(ShardedEpochs):
 
     def _finish(self, index: torch.Tensor, crops: list) -> Batch:
         """Device part: flip and colour on the training device, normalised channels_last views."""
-        views = [apply_params(crop.to(self.device, non_blocking=True), params, self.image_size, self.mean,
-                              self.std) for crop, params in crops]
+        views = [apply_colour(crop.to(self.device, non_blocking=True), params, self.mean, self.std,
+                              out_dtype=self.out_dtype, impl=self.augment_cfg.impl) for crop, params in crops]
         return Batch(views, self.labels[index].to(self.device, non_blocking=True),
                      index.to(self.device, non_blocking=True))
 

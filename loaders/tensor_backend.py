@@ -27,13 +27,14 @@ class TensorLoader(ShardedEpochs):
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
                  image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 out_dtype: torch.dtype = torch.float32):
         super().__init__(len(dataset), loader_cfg.batch_size, seed, rank, world)
         self.device = torch.device(device)
         self.images = torch.from_numpy(dataset.to_array(image_size)).to(self.device)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.int64).to(self.device)
         self.views, self.image_size = loader_cfg.views, image_size
-        self.augment_cfg, self.mean, self.std = augment_cfg, tuple(mean), tuple(std)
+        self.augment_cfg, self.mean, self.std, self.out_dtype = augment_cfg, tuple(mean), tuple(std), out_dtype
 
     def batch(self, epoch: int, batch: int) -> Batch:
         """Batch `batch` of epoch `epoch` for this rank: a pure function of its arguments and the seed."""
@@ -44,8 +45,9 @@ class TensorLoader(ShardedEpochs):
         for view in range(self.views):
             generator = cpu_generator("tensor-view", self.sampler.seed, epoch, batch, view)
             params = sample_params(self.sampler.global_batch, self.image_size, self.image_size,
-                                   self.augment_cfg, generator)[rows]
-            views.append(apply_params(images, params, self.image_size, self.mean, self.std))
+                                   self.augment_cfg, generator, view)[rows]
+            views.append(apply_params(images, params, self.image_size, self.mean, self.std, self.out_dtype,
+                                      self.augment_cfg.impl))
         return Batch(views, self.labels[index], index)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -3,7 +3,8 @@
 The baseline most SSL code uses, and the CPU fallback. torchvision transforms draw from the global
 torch RNG, so each (epoch, image, view) reseeds it from a derived seed inside a forked RNG state:
 the result depends neither on the worker count nor on the resume point, and the caller's own RNG
-stream is left untouched when workers=0.
+stream is left untouched when workers=0. Each view has its own transform, so per-view probabilities
+(BYOL's blur and solarize) apply; views are cast to the loader's dtype in the workers.
 """
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ from torchvision.transforms import v2
 
 from fastssl.config import AugmentConfig, LoaderConfig
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window
 from .batch import Batch
 from .datasets.base import ImageDataset
 from .sampler import EpochCursor, ShardedEpochs, ShardedSampler, derive_seed
 
 
-def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """SimCLR's per-image recipe on a PIL image -> float32 (3, size, size) normalised."""
+def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float], view: int = 0,
+                    out_dtype: torch.dtype = torch.float32) -> v2.Compose:
+    """View `view` of the SimCLR/BYOL per-image recipe on a PIL image -> out_dtype (3, size, size) normalised.
+
+    Blur and solarize act on float [0, 1] images after grayscale, as augment's pipeline orders them.
+    """
+    blur = v2.GaussianBlur(blur_window(size, cfg.blur_kernel_frac), (cfg.blur_sigma_min, cfg.blur_sigma_max))
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(cfg.crop_scale_min, cfg.crop_scale_max), antialias=True),
         v2.RandomHorizontalFlip(cfg.flip_p),
@@ -30,7 +36,10 @@ def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: S
         v2.RandomGrayscale(cfg.grayscale_p),
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([blur], p=cfg.for_view("blur_p", view)),
+        v2.RandomSolarize(cfg.solarize_threshold, p=cfg.for_view("solarize_p", view)),
         v2.Normalize(mean, std),
+        v2.ToDtype(out_dtype),
     ])
 
 
@@ -41,14 +50,14 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2
 
 
 class _Views(Dataset):
-    """Item (seed, epoch, i) -> (V views (V,3,S,S), label, i), each view from its own derived seed.
+    """Item (seed, epoch, i) -> (V views (V,3,S,S), label, i), view v by transforms[v] from its own derived seed.
 
     Seed and epoch travel with the index (the batch sampler emits triples), so persistent workers
     hold no state that set_epoch or load_state_dict would have to reach.
     """
 
-    def __init__(self, dataset: ImageDataset, transform: v2.Compose, views: int):
-        self.dataset, self.transform, self.views = dataset, transform, views
+    def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose]):
+        self.dataset, self.transforms = dataset, transforms
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -58,10 +67,10 @@ class _Views(Dataset):
         image = self.dataset.load_pil(index)
         views = []
         with torch.random.fork_rng(devices=[]):
-            for view in range(self.views):
+            for view, transform in enumerate(self.transforms):
                 # Seed only the CPU generator: torch.manual_seed would also reseed CUDA's.
                 torch.default_generator.manual_seed(derive_seed("torchvision-view", seed, epoch, index, view))
-                views.append(self.transform(image))
+                views.append(transform(image))
         return torch.stack(views), int(self.dataset.labels[index]), index
 
 
@@ -107,10 +116,12 @@ class TorchvisionLoader(ShardedEpochs):
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
                  image_size: int, device: torch.device | str, seed: int, rank: int = 0, world: int = 1,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 out_dtype: torch.dtype = torch.float32):
         super().__init__(len(dataset), loader_cfg.batch_size, seed, rank, world)
         self.device = torch.device(device)
-        views = _Views(dataset, train_transform(augment_cfg, image_size, mean, std), loader_cfg.views)
+        views = _Views(dataset, [train_transform(augment_cfg, image_size, mean, std, v, out_dtype)
+                                 for v in range(loader_cfg.views)])
         self._loader = DataLoader(
             views, batch_sampler=_EpochBatches(self.sampler, self.cursor),
             num_workers=loader_cfg.workers, collate_fn=_collate_views,

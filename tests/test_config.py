@@ -20,7 +20,7 @@ CASES = [
     (["loader.batch_size=1"], 1, "loader.batch_size=1: must be >= 2"),
     (["loader.batch_size=250"], 4, "loader.batch_size=250: must be divisible by the world size (4)"),
     (["loader.views=1"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
-    (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision"),
+    (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision, ffcv, dali"),
     (["model.arch=resnet19"], 1, "model.arch='resnet19': must be one of resnet18, resnet34, resnet50"),
     (["method.head=moco"], 1, "method.head='moco': must be one of contrastive, protonet, r2d2"),
     (["data.dataset=imagefolder"], 1, "data.path=None: is required for data.dataset=imagefolder"),
@@ -33,6 +33,15 @@ CASES = [
     (["train.precision=fp8"], 1, "train.precision='fp8': must be one of auto, fp32, bf16, fp16"),
     (["model.width=0.0625"], 1, "model.width=0.0625: must be >= 0.125"),
     (["augment.flip_p=1.5"], 1, "augment.flip_p=1.5: must be a probability in [0, 1]"),
+    (["augment.blur_p=[1.0, 1.5]"], 1, "augment.blur_p[1]=1.5: must be a probability in [0, 1]"),
+    (["augment.solarize_p=[]"], 1, "augment.solarize_p=[]: must hold at least one value"),
+    (["augment.solarize_p=[0.1, x]"], 1, "augment.solarize_p[1]='x': must be a number"),
+    (["augment.blur_sigma_min=3"], 1, "augment.blur_sigma_min=(3.0, 2.0): must satisfy 0 < blur_sigma_min <= blur_sigma_max"),
+    (["augment.blur_kernel_frac=0"], 1, "augment.blur_kernel_frac=0.0: must be in (0, 1]"),
+    (["augment.solarize_threshold=1.5"], 1, "augment.solarize_threshold=1.5: must be in [0, 1]"),
+    (["loader.dtype=float64"], 1, "loader.dtype='float64': must be one of auto, float32, bfloat16, float16"),
+    (["loader.dtype=bfloat16", "train.precision=fp32"], 1,
+     "loader.dtype='bfloat16': half-precision views need train.precision=bf16 (or auto), not fp32"),
     (["model.archh=resnet18"], 1, "unknown key 'model.archh'"),
     (["optim.lr=fast"], 1, "optim.lr='fast': must be a number"),
     (["loader.batch_size=12.5"], 1, "loader.batch_size=12.5: must be an integer"),
@@ -96,3 +105,34 @@ def test_loss_impl_choices_are_the_kernel_dispatch_choices():
     from fastssl.kernels.runtime import IMPLS
 
     assert LOSS_IMPLS == IMPLS
+
+
+def test_per_view_lists_take_a_scalar_or_a_list_and_pick_by_view_modulo_length():
+    cfg = load_config(None, ["augment.blur_p=0.5", "augment.solarize_p=[0.0, 0.2]"])
+    assert cfg.augment.blur_p == [0.5] and cfg.augment.solarize_p == [0.0, 0.2]
+    assert [cfg.augment.for_view("solarize_p", v) for v in range(4)] == [0.0, 0.2, 0.0, 0.2]
+    assert cfg.augment.for_view("blur_p", 3) == 0.5
+
+
+def test_recipe_fragments_layer_on_a_run_config_in_order(tmp_path):
+    """-c RUN.yaml -c configs/augment/byol.yaml: the recipe's augment keys win, the rest stays the run's."""
+    from pathlib import Path
+
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = load_config([configs / "cifar10_jpeg.yaml", configs / "augment" / "byol.yaml"], ["data.path=/tmp"])
+    assert cfg.model.width == 1.0 and cfg.loader.batch_size == 512            # from the run config
+    a = cfg.augment
+    assert (a.blur_p, a.solarize_p, a.saturation, a.crop_scale_min) == ([1.0, 0.1], [0.0, 0.2], 0.2, 0.08)
+    simclr = load_config([configs / "augment" / "simclr_imagenet.yaml"])
+    assert (simclr.augment.blur_p, simclr.augment.brightness, simclr.augment.hue) == ([0.5], 0.8, 0.2)
+    cifar = load_config([configs / "augment" / "simclr_cifar.yaml"])
+    assert (cifar.augment.crop_scale_min, cifar.augment.blur_p, cifar.augment.brightness) == (0.2, [0.0], 0.4)
+
+
+def test_cli_layers_repeated_configs(tmp_path, capsys):
+    run = tmp_path / "a.yaml"
+    run.write_text("method:\n  temperature: 0.3\n")
+    recipe = tmp_path / "b.yaml"
+    recipe.write_text("method:\n  temperature: -1\n")
+    assert main(["train", "-c", str(run), "-c", str(recipe)]) == 2
+    assert "method.temperature=-1.0: must be a finite number > 0" in capsys.readouterr().err

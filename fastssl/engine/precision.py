@@ -26,6 +26,18 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def view_dtype(loader_dtype: str, precision: str) -> torch.dtype:
+    """The dtype the loader writes views in: loader.dtype, or with "auto" the training precision's
+    (bf16 views under bf16 autocast: half the bytes from the augment kernel to the first conv)."""
+    if loader_dtype == "auto":
+        return DTYPES.get(precision, torch.float32)
+    dtype = getattr(torch, loader_dtype)
+    if dtype != torch.float32 and DTYPES.get(precision) != dtype:
+        raise ConfigError(f"loader.dtype={loader_dtype!r}: half-precision views need the training precision "
+                          f"of the same dtype, and train.precision resolved to {precision} on this device")
+    return dtype
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()

@@ -20,7 +20,7 @@ from fastssl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_c
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.plots import plot_curves
-from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
+from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision, view_dtype
 from fastssl.heads import build_head
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
@@ -61,7 +61,8 @@ class Trainer:
 
         train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
         self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
-        self.loader = build_train_loader(cfg, train_set, self.device)
+        self.loader = build_train_loader(cfg, train_set, self.device,
+                                         out_dtype=view_dtype(cfg.loader.dtype, self.precision))
         p_rotate = cfg.method.task_rotation_p
         self.task_rotation = TaskRotation(p_rotate, len(train_set), cfg.train.seed) if p_rotate > 0 else None
         self.knn_train = build_eval_batches(cfg, train_set, self.device)

@@ -26,7 +26,7 @@ def test_process_tree_cpu_matches_the_kernels_rusage_of_a_reaped_child():
 def test_bench_loader_rows_ratios_json_and_report(tmp_path, capsys):
     out = tmp_path / "results"
     args = ["bench", "loader", "--backends", "tensor,torchvision", "--seconds", "1.5", "--windows", "3",
-            "--batch", "32", "--workers", "1", "--set", "data.num_train=256", "--out", str(out),
+            "--batch", "32", "--workers", "1", "--set", "data.num_train=256", "--set", "augment.impl=reference", "--out", str(out),
             "--json", str(tmp_path / "rows.json")]
     assert main(args) == 0
     with open(out / "loader_cpu.csv", newline="") as f:

@@ -36,7 +36,7 @@ def test_csv_round_trip_and_markdown_ratio_to_baseline(tmp_path):
 @pytest.mark.slow
 def test_bench_train_writes_rows_for_each_backend(tmp_path, capsys):
     sets = ["data.num_train=512", "data.num_test=64", "loader.batch_size=64", "loader.workers=0",
-            "knn.k=10", "model.projector_hidden=32", "model.projector_out=16"]
+            "knn.k=10", "model.projector_hidden=32", "model.projector_out=16", "augment.impl=reference"]
     args = ["bench", "train", "--steps", "2", "--windows", "3", "--warmup", "1", "--out", str(tmp_path)]
     assert main(args + [arg for s in sets for arg in ("--set", s)]) == 0
     rows = read_csv(tmp_path / "train_throughput_cpu.csv")

@@ -21,7 +21,7 @@ from fastssl.engine.trainer import Trainer
 RESUME_RUN = ["data.num_train=512", "data.num_test=128", "loader.batch_size=32", "train.epochs=3",
               "train.log_every=1", "train.deterministic=true", "train.precision=fp32",
               "train.device=cpu", "knn.k=20", "knn.every_epochs=1", "model.width=0.125",
-              "model.projector_hidden=32", "model.projector_out=16"]
+              "model.projector_hidden=32", "model.projector_out=16", "augment.impl=reference"]
 
 
 def _fastssl(*args: str) -> list[str]:
@@ -44,7 +44,7 @@ def _sets(overrides):
 def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
     """A shortened `fastssl train`: kNN top-1 must clear its random-init value by a margin."""
     # The reference loss, as a CPU user gets it; the interpreted kernel is checked step by step below.
-    overrides = ["train.epochs=6", "knn.every_epochs=0", "method.loss_impl=reference"]
+    overrides = ["train.epochs=6", "knn.every_epochs=0", "method.loss_impl=reference", "augment.impl=reference"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -64,7 +64,7 @@ def test_r2d2_head_learns_and_trains_its_scale_and_lambda(tmp_path, capsys):
     """The ridge head end to end on the embedded data (4 epochs): kNN clears random init, and the
     head's own parameters, which live in the optimizer and the checkpoint, have moved."""
     overrides = ["method.head=r2d2", "method.ridge_lambda=1.0", "train.epochs=4", "knn.every_epochs=0",
-                 "method.loss_impl=reference"]
+                 "method.loss_impl=reference", "augment.impl=reference"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
     assert final >= start + 0.04, f"kNN top-1 {final:.3f} not 4 points above random init {start:.3f}"
@@ -135,7 +135,7 @@ def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path
     """Real data: configs/cifar10_jpeg.yaml at width 1/8, a few CPU minutes on the CIFAR-10 train JPEGs."""
     overrides = [f"data.path={cifar10_jpeg_root}", "model.width=0.125", "model.projector_hidden=256",
                  "model.projector_out=64", "loader.batch_size=128", "optim.warmup_epochs=0.5",
-                 "train.epochs=3", "knn.every_epochs=0", "method.loss_impl=reference"]
+                 "train.epochs=3", "knn.every_epochs=0", "method.loss_impl=reference", "augment.impl=reference"]
     config = Path(__file__).parents[2] / "configs" / "cifar10_jpeg.yaml"
     assert main(["train", "-c", str(config), "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
@@ -159,10 +159,21 @@ def test_compiled_model_trains_like_eager(tmp_path):
 def test_fused_loss_kernel_trains_like_the_reference(tmp_path, head):
     """The Triton kernels (interpreter) in the full training step log the reference's losses."""
     run = RESUME_RUN + ["train.max_steps=3", "knn.every_epochs=0", f"method.head={head}"]
-    losses = {}
-    for impl in ("reference", "triton"):
-        out = tmp_path / impl
-        Trainer(load_config(None, run + [f"method.loss_impl={impl}"]), out).fit()
-        losses[impl] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    losses = {impl: _losses(run + [f"method.loss_impl={impl}"], tmp_path / impl) for impl in ("reference", "triton")}
     assert len(losses["triton"]) == 3
+    assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-5)
+
+
+def _losses(run: list[str], out) -> list[float]:
+    """The losses a Trainer logs for the overrides `run`."""
+    Trainer(load_config(None, run), out).fit()
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+
+
+def test_augment_kernel_trains_like_the_reference(tmp_path):
+    """The Triton colour kernel (interpreter) feeding the training step logs the torch reference's losses."""
+    run = RESUME_RUN + ["train.max_steps=2", "knn.every_epochs=0", "augment.solarize_p=[0.0, 0.5]",
+                        "augment.blur_p=[0.5]"]
+    losses = {impl: _losses(run + [f"augment.impl={impl}"], tmp_path / impl) for impl in ("reference", "triton")}
+    assert len(losses["triton"]) == 2
     assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-5)

@@ -3,7 +3,7 @@
 Run as a script, without TRITON_INTERPRET: no GPU is needed to compile, so CI catches what the
 interpreter forgives (dot shapes, dtype mismatches, shared memory, register spills).
 
-    python compile_for_gpu.py [FAMILY ...]      # families: sim_xent, ridge (all when none is named)
+    python compile_for_gpu.py [FAMILY ...]      # families: sim_xent, ridge, augment (all when none is named)
 
 Prints one JSON line per kernel variant: family, kernel, dtype, tile config, the shared memory it
 needs, and its registers and spills per thread. Triton's own `n_regs` / `n_spills` are only filled
@@ -26,7 +26,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FLOAT_SCALARS = ("scale",)  # the other non-constexpr scalars are i32 sizes and strides
+FLOAT_SCALARS = ("scale", "value_range", "threshold", "mean0", "mean1", "mean2", "std0", "std1", "std2")
+# the other non-constexpr scalars are i32 sizes and strides
 
 
 class Variant(NamedTuple):
@@ -89,7 +90,22 @@ def ridge_variants() -> Iterator[Variant]:
                                "config": " ".join(f"{k}={v}" for k, v in flags.items() if k != "NEED_DY")})
 
 
-FAMILIES = {"sim_xent": sim_xent_variants, "ridge": ridge_variants}
+def augment_variants() -> Iterator[Variant]:
+    """The augment kernel with all four colour ops, contrast second (so the mean is read), for uint8
+    and fp32 inputs into every output dtype; the partial-sum kernel with three ops before contrast."""
+    augment = kernels_module("augment")
+    common = {"SPLIT": 8, "BLOCK": augment.BLOCK}
+    for x in ("u8", "fp32"):
+        for out in ("fp32", "bf16", "fp16"):
+            flags = {"OP0": 0, "OP1": 1, "OP2": 2, "OP3": 3, "CPOS": 1, "COLOUR": True, "FINISH": True, **common}
+            yield Variant(augment._augment_kernel, {"x_ptr": x, "out_ptr": out}, flags, {"num_warps": 4},
+                          {"dtype": f"{x}->{out}", "config": "all ops"})
+        flags = {"OP0": 0, "OP1": 2, "OP2": 3, "CPOS": 3, **common}
+        yield Variant(augment._luma_partials_kernel, {"x_ptr": x}, flags, {"num_warps": 4},
+                      {"dtype": x, "config": "3 ops before contrast"})
+
+
+FAMILIES = {"sim_xent": sim_xent_variants, "ridge": ridge_variants, "augment": augment_variants}
 
 
 def signature(fn, pointers: dict, constexprs: dict) -> dict:

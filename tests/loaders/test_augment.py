@@ -1,4 +1,5 @@
 """Batched SimCLR augmentation: geometry, colour maths against torchvision, determinism."""
+import dataclasses
 import math
 
 import pytest
@@ -29,7 +30,8 @@ def params(n, height, width, **fields) -> A.AugmentParams:
     """Fixed parameters: full-image box, nothing else applied, unless overridden."""
     base = dict(boxes=torch.tensor([[0.0, 0.0, width, height]]).repeat(n, 1), flip=torch.zeros(n, dtype=torch.bool),
                 jitter=torch.zeros(n, dtype=torch.bool), factors=torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(n, 1),
-                gray=torch.zeros(n, dtype=torch.bool), order=())
+                gray=torch.zeros(n, dtype=torch.bool), blur_sigma=torch.zeros(n),
+                solarize=torch.zeros(n, dtype=torch.bool), order=())
     return A.AugmentParams(**(base | fields))
 
 
@@ -169,3 +171,74 @@ def test_bad_inputs_are_named():
         A.augment(torch.zeros(2, 8, 8, 3), AugmentConfig(), 8, torch.Generator())
     with pytest.raises(ValueError, match="no RGB axis"):
         A.augment(torch.zeros(2, 4, 8, 8, dtype=torch.uint8), AugmentConfig(), 8, torch.Generator())
+
+
+BYOL = AugmentConfig(blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2])
+
+
+@pytest.mark.parametrize("size, window", [(8, 3), (32, 3), (64, 7), (96, 11), (224, 23)])
+def test_blur_window_is_a_tenth_of_the_side_odd_and_at_least_3(size, window):
+    assert A.blur_window(size, 0.1) == window
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
+def test_gaussian_blur_matches_torchvision_and_sigma_zero_is_exact_identity(sigma):
+    x = images(3, 20, 20).permute(0, 3, 1, 2).float() / 255
+    out = A.gaussian_blur(x, torch.tensor([sigma, 0.0, sigma]), 7)
+    for i in (0, 2):
+        torch.testing.assert_close(out[i], TF.gaussian_blur(x[i], [7, 7], [sigma, sigma]), atol=2e-6, rtol=0)
+    assert torch.equal(out[1], x[1])
+
+
+def test_gaussian_blur_needs_an_image_larger_than_half_the_window():
+    with pytest.raises(ValueError, match="window 23 needs images larger than 11 px"):
+        A.gaussian_blur(torch.zeros(1, 3, 8, 8), torch.ones(1), 23)
+
+
+def test_per_view_probabilities_follow_byols_asymmetry():
+    first = A.sample_params(4000, 32, 32, BYOL, torch.Generator().manual_seed(0), view=0)
+    second = A.sample_params(4000, 32, 32, BYOL, torch.Generator().manual_seed(0), view=1)
+    assert (first.blur_sigma > 0).all() and first.blurred and not first.solarize.any()
+    assert abs((second.blur_sigma > 0).float().mean() - 0.1) < 0.02
+    assert abs(second.solarize.float().mean() - 0.2) < 0.02
+    assert first.blur_sigma.min() >= 0.1 and first.blur_sigma.max() <= 2.0
+    third = A.sample_params(10, 32, 32, BYOL, torch.Generator().manual_seed(0), view=2)   # lists repeat
+    assert (third.blur_sigma > 0).all() and not third.solarize.any()
+
+
+def test_blur_and_solarize_draws_leave_the_other_streams_alone():
+    plain_cfg, byol_params = AugmentConfig(), A.sample_params(64, 32, 32, BYOL, torch.Generator().manual_seed(5), 1)
+    plain_params = A.sample_params(64, 32, 32, plain_cfg, torch.Generator().manual_seed(5), 1)
+    for name in ("boxes", "flip", "jitter", "factors", "gray"):
+        assert torch.equal(getattr(byol_params, name), getattr(plain_params, name)), name
+    assert byol_params.order == plain_params.order and not plain_params.blurred
+
+
+def test_blur_then_solarize_compose_as_torchvision_after_the_colour_ops():
+    """Order: flip, jitter, grayscale, blur, solarize, normalise (BYOL's), checked with torchvision."""
+    x, n = images(4, 24, 24), 4
+    sigma, solar = torch.tensor([0.8, 0.0, 1.5, 0.0]), torch.tensor([True, True, False, False])
+    gray, flip = torch.tensor([False, True, False, True]), torch.tensor([True, False, False, True])
+    p = dataclasses.replace(params(n, 24, 24, blur_sigma=sigma, solarize=solar, gray=gray, flip=flip),
+                            blurred=True, threshold=0.6, blur_frac=0.2)
+    out = A.apply_params(x, p, 24)
+    window = A.blur_window(24, 0.2)
+    for i in range(n):
+        ref = x[i].permute(2, 0, 1).float() / 255
+        ref = TF.horizontal_flip(ref) if flip[i] else ref
+        ref = TF.rgb_to_grayscale(ref, 3) if gray[i] else ref
+        ref = TF.gaussian_blur(ref, [window, window], [sigma[i].item()] * 2) if sigma[i] > 0 else ref
+        ref = TF.solarize(ref, 0.6) if solar[i] else ref
+        ref = TF.normalize(ref, A.IMAGENET_MEAN, A.IMAGENET_STD)
+        # torchvision's grayscale weighs red 0.2989 against our 0.299 (< 1e-4 / std).
+        torch.testing.assert_close(out[i], ref, atol=5e-4 if gray[i] else 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_views_are_the_float_views_rounded(dtype):
+    x, cfg = images(), AugmentConfig()
+    full = A.apply_params(x, A.sample_params(8, 16, 16, cfg, torch.Generator().manual_seed(1)), 16)
+    half = A.apply_params(x, A.sample_params(8, 16, 16, cfg, torch.Generator().manual_seed(1)), 16, out_dtype=dtype)
+    assert half.dtype == dtype and half.is_contiguous(memory_format=torch.channels_last)
+    # The float view rounded to dtype: within one unit in the last place of each value.
+    assert ((half.float() - full).abs() <= torch.finfo(dtype).eps * full.abs().clamp(min=1)).all()

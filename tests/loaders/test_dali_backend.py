@@ -1,4 +1,6 @@
 """The `dali` backend on DALI's CPU operators: the shared Loader contract, and bad data handled up front."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -161,18 +163,19 @@ def test_crops_and_flips_match_the_shared_augmentation():
     cfg = AugmentConfig(crop_scale_min=0.3, flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
     b = next(iter(loader(ArrayDataset(images, np.zeros(BATCH)), cfg, seed=1, size=16)))
     for v, view in enumerate(b.views):
-        params = sample_params(BATCH, height, width, cfg, cpu_generator("dali-view", 1, 0, 0, v))
+        params = sample_params(BATCH, height, width, cfg, cpu_generator("dali-view", 1, 0, 0, v), v)
         diff = (apply_params(torch.from_numpy(images), params, 16) - view).abs()
         assert diff.mean() < 0.02 and diff.amax() < 0.6    # normalised units: 1 level is about 0.017
 
 
 @pytest.mark.gpu
-def test_gpu_pipeline_matches_cpu_operators(tmp_path):
-    """nvJPEG / the "mixed" decoder and GPU operators give the CPU operators' batches (PNG: lossless)."""
+@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(blur_p=[1.0, 0.5], solarize_p=[0.0, 0.5])])
+def test_gpu_pipeline_matches_cpu_operators(tmp_path, cfg):
+    """nvJPEG / the "mixed" decoder and GPU operators (blur and solarize split per sample too) give the
+    CPU operators' batches (PNG: lossless)."""
     ds = index_folder(tmp_path)
-    cpu = batches(loader(ds, AugmentConfig(), seed=2))
-    gpu = DaliLoader(ds, LoaderConfig(backend="dali", batch_size=BATCH, workers=1), AugmentConfig(), SIDE,
-                     "cuda", 2)
+    cpu = batches(loader(ds, cfg, seed=2))
+    gpu = DaliLoader(ds, LoaderConfig(backend="dali", batch_size=BATCH, workers=1), cfg, SIDE, "cuda", 2)
     for (v1, l1, i1), b in zip(cpu, gpu):
         assert b.views[0].is_cuda and b.views[0].is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(i1, b.index.cpu()) and torch.equal(l1, b.labels.cpu())
@@ -219,3 +222,61 @@ def test_a_forked_child_never_runs_dalis_destructor():
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung collecting a DALI pipeline")
+
+
+# BYOL's asymmetric recipe, jitter off (DALI's colour order differs from augment's) and identity crops (so
+# both sides see the same pixels), view 1's probabilities raised so that 8 images show both outcomes and
+# sigma kept large enough for every blur to show.
+BYOL_LIKE = AugmentConfig(crop_scale_min=1.0, flip_p=0.5, jitter_p=0.0, grayscale_p=0.0, blur_p=[1.0, 0.5],
+                          solarize_p=[0.0, 0.5], blur_sigma_min=1.0, blur_kernel_frac=0.3,
+                          solarize_threshold=0.6)
+
+
+def noise_images(n=BATCH, side=SIDE):
+    return np.random.default_rng(3).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def test_blur_and_solarize_per_view_match_the_shared_augmentation():
+    """Each view blurs and solarizes the images its own probabilities pick, as augment.apply_params does
+    with the same parameters: within one 0..255 level, as DALI rounds to uint8 after the blur. Where
+    that rounding moves a blurred value across the threshold (within half a level of it), solarize may
+    go the other way: those few pixels are left out."""
+    from fastssl.loaders.augment import apply_params, sample_params
+    from fastssl.loaders.sampler import cpu_generator
+
+    b = next(iter(loader(ArrayDataset(noise_images(), np.zeros(BATCH)), BYOL_LIKE, seed=7)))
+    images = torch.from_numpy(noise_images())[b.index]          # the batch, in the sampler's order
+    level, no = 1 / 255 / min(IMAGENET_STD), torch.zeros(BATCH, dtype=torch.bool)
+    for v, view in enumerate(b.views):
+        params = sample_params(BATCH, SIDE, SIDE, BYOL_LIKE, cpu_generator("dali-view", 7, 0, 0, v), v)
+        blurred, solarized = params.blur_sigma > 0, params.solarize
+        if v == 0:
+            assert blurred.all() and not solarized.any()
+        else:   # the seed gives both outcomes of both coins, so the selection itself is checked
+            assert 0 < int(blurred.sum()) < BATCH and 0 < int(solarized.sum()) < BATCH
+        expected = apply_params(images, params, SIDE)
+        before = pixels(apply_params(images, dataclasses.replace(params, solarize=no), SIDE))
+        ambiguous = solarized[:, None, None, None] & ((before - 255 * BYOL_LIKE.solarize_threshold).abs() <= 0.5)
+        assert ((view - expected).abs() < 1.01 * level).logical_or(ambiguous).all()
+        assert ambiguous.float().mean() < 0.01
+        plain = apply_params(images, dataclasses.replace(params, blur_sigma=torch.zeros(BATCH), solarize=no), SIDE)
+        changed = (expected - plain).abs().amax((1, 2, 3)) > 10 * level      # the images blur/solarize altered
+        assert torch.equal(changed, blurred | solarized)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_views_come_out_in_the_requested_dtype(dtype):
+    """float16 from crop_mirror_normalize, bfloat16 cast from float32: the float32 views to that precision."""
+    ds = ArrayDataset(noise_images(), np.zeros(BATCH))
+    reference = next(iter(loader(ds, BYOL_LIKE, seed=1))).views
+    views = next(iter(DaliLoader(ds, LoaderConfig(backend="dali", batch_size=BATCH, workers=1), BYOL_LIKE,
+                                 SIDE, "cpu", 1, out_dtype=dtype))).views
+    for view, ref in zip(views, reference):
+        assert view.dtype == dtype and view.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(view.float(), ref, rtol=torch.finfo(dtype).eps, atol=1e-3)
+
+
+def test_an_unsupported_dtype_is_refused():
+    with pytest.raises(ValueError, match="float64"):
+        DaliLoader(ArrayDataset(noise_images(), np.zeros(BATCH)), LoaderConfig(backend="dali", batch_size=BATCH),
+                   PLAIN, SIDE, "cpu", 0, out_dtype=torch.float64)

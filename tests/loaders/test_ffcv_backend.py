@@ -160,3 +160,32 @@ def test_bad_files_and_settings_are_named(beton, tmp_path):
         load_config(None, ["loader.backend=ffcv"])
     cfg = load_config(None, ["loader.backend=ffcv", f"loader.beton={beton}"])
     assert cfg.loader.beton == str(beton)
+
+
+def test_per_view_blur_and_half_precision_views(beton):
+    """blur_p = [1, 0]: view 0 blurred, view 1 exactly the unblurred run's; bf16 views are the fp32 ones rounded."""
+    def first_batch(blur_p, dtype=torch.float32):
+        cfg = Config()
+        cfg.data.image_size = S
+        cfg.loader.backend, cfg.loader.beton, cfg.loader.batch_size, cfg.loader.workers = "ffcv", str(beton), B, 0
+        cfg.augment.blur_p, cfg.augment.blur_kernel_frac = blur_p, 0.3
+        return next(iter(build_train_loader(cfg, DATA, "cpu", out_dtype=dtype)))
+
+    plain, blurred, half = first_batch([0.0]), first_batch([1.0, 0.0]), first_batch([1.0, 0.0], torch.bfloat16)
+    assert torch.equal(blurred.views[1], plain.views[1])
+    assert (blurred.views[0] - plain.views[0]).abs().max() > 0.1
+    # A blur keeps each channel's mean (up to the reflected border): the blue gradient's mean survives.
+    torch.testing.assert_close(blurred.views[0].mean((2, 3)), plain.views[0].mean((2, 3)), atol=0.05, rtol=0)
+    for v_half, v_full in zip(half.views, blurred.views):
+        assert v_half.dtype == torch.bfloat16 and v_half.is_contiguous(memory_format=torch.channels_last)
+        assert ((v_half.float() - v_full).abs() <= torch.finfo(torch.bfloat16).eps * v_full.abs().clamp(min=1)).all()
+
+
+def test_importing_the_backend_leaves_torchs_thread_count_alone():
+    """ffcv's package import sets torch to 1 thread; a run that imported it computed differently."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); import fastssl.loaders.ffcv_backend, fastssl.loaders.convert; "
+            "from fastssl import envinfo; envinfo.collect(); print(torch.get_num_threads())")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "2"
