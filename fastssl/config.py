@@ -21,8 +21,8 @@ from fastssl.optim import OPTIMIZERS
 
 BACKENDS = ("tensor", "torchvision", "ffcv", "dali")
 ARCHS = tuple(ARCH_SPECS)
-HEADS = ("contrastive", "protonet", "r2d2")
-SUPPORT_QUERY_HEADS = ("protonet", "r2d2")   # heads that split views into support and queries
+HEADS = ("contrastive", "protonet", "r2d2", "byol", "svm")
+SUPPORT_QUERY_HEADS = ("protonet", "r2d2", "svm")   # heads that split views into support and queries
 # Equal to kernels.runtime.IMPLS (a test checks). Not imported from there: importing the kernels fixes
 # TRITON_INTERPRET, and the CLI must be able to set it after reading the config.
 LOSS_IMPLS = ("auto", "triton", "reference")
@@ -117,9 +117,14 @@ class MethodConfig:
     n_supp: int = 1          # protonet, r2d2: support views per image (the prototype / the regression's
                              # inputs); the rest are queries
     ridge_lambda: float = 1.0  # r2d2: starting value of the learnable ridge penalty (> 0)
+    svm_c: float = 0.1         # svm: the SVM's C (MetaOptNet's C_reg), > 0
+    svm_iters: int = 30        # svm: accelerated projected-gradient steps on the dual QP (unrolled)
+    svm_tasks: int = 1         # svm: independent tasks the batch's images are split into (must divide it)
     task_rotation_p: float = 0.0  # task augmentation: chance an image is rotated by 90/180/270 degrees
                                   # in all its views, becoming a new class (0: off)
     loss_impl: str = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
+    byol_momentum: float = 0.996  # byol: target EMA momentum at step 0; rises to 1 by a cosine over the run
+    predictor_hidden: int = 256   # byol: hidden width of the predictor MLP (projector_out -> this -> projector_out)
 
 
 @dataclass
@@ -350,7 +355,15 @@ def validate(cfg: Config, world: int | None = None) -> None:
         _require(1 <= cfg.method.n_supp < ld.views, "method.n_supp", cfg.method.n_supp,
                  f"must be in [1, loader.views - 1] = [1, {ld.views - 1}] ({cfg.method.head} needs a query view)")
     _finite_positive("method.ridge_lambda", cfg.method.ridge_lambda)
+    _finite_positive("method.svm_c", cfg.method.svm_c)
+    _require(cfg.method.svm_iters >= 1, "method.svm_iters", cfg.method.svm_iters, "must be >= 1")
+    _require(cfg.method.svm_tasks >= 1, "method.svm_tasks", cfg.method.svm_tasks, "must be >= 1")
+    if cfg.method.head == "svm":
+        _require(ld.batch_size % cfg.method.svm_tasks == 0, "method.svm_tasks", cfg.method.svm_tasks,
+                 f"must divide loader.batch_size ({ld.batch_size}): each task holds batch_size / svm_tasks images")
     _probability("method.task_rotation_p", cfg.method.task_rotation_p)
+    _require(0 <= cfg.method.byol_momentum <= 1, "method.byol_momentum", cfg.method.byol_momentum, "must be in [0, 1]")
+    _require(cfg.method.predictor_hidden >= 1, "method.predictor_hidden", cfg.method.predictor_hidden, "must be >= 1")
     o = cfg.optim
     _one_of("optim.name", o.name, OPTIMIZERS)
     _finite_positive("optim.lr", o.lr)
