@@ -22,6 +22,7 @@ from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.plots import plot_curves
 from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision, view_dtype
 from fastssl.heads import build_head
+from fastssl.heads.byol import ema_update_, make_target, momentum_at
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
 from fastssl.loaders.task_rotation import TaskRotation
@@ -30,8 +31,9 @@ from fastssl.optim import build_optimizer
 from fastssl.optim.schedule import build_scheduler
 
 CHECKPOINT = "last.pt"
-REQUIRED_STATE = ("step", "model", "head", "optimizer", "scheduler", "scaler", "rng", "loader", "knn_start",
-                  "loss_sum", "loss_count", "metrics_lines")
+# "target": BYOL's EMA target network (None for the other heads).
+REQUIRED_STATE = ("step", "model", "head", "target", "optimizer", "scheduler", "scaler", "rng", "loader",
+                  "knn_start", "loss_sum", "loss_count", "metrics_lines")
 
 
 @dataclass
@@ -74,7 +76,13 @@ class Trainer:
 
         self.model = build_model(cfg.model).to(self.device)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
-        self.head = build_head(cfg.method).to(self.device)  # r2d2 learns a scale, a bias and lambda
+        # r2d2 learns a scale, a bias and lambda; byol's head is its predictor MLP
+        self.head = build_head(cfg.method, cfg.model.projector_out).to(self.device)
+        # BYOL's target network: an EMA of encoder + projector, outside the optimizer (no gradient).
+        self.target = make_target(self.model) if cfg.method.head == "byol" else None
+        if self.target is not None:
+            self.target_forward = torch.compile(self.target) if cfg.train.compile else self.target
+            self._ema_params = (list(self.target.parameters()), list(self.model.parameters()))
         self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.head]))
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps)
@@ -98,6 +106,7 @@ class Trainer:
 
     def _state(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "head": self.head.state_dict(),
+                "target": None if self.target is None else self.target.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "loader": self.loader.state_dict(), "knn_start": self.knn_start,
@@ -110,6 +119,8 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
+        if self.target is not None:
+            self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -138,13 +149,18 @@ class Trainer:
         images = torch.cat(views).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
             _, z = self.forward(images)
+            if self.target is not None:
+                with torch.no_grad():
+                    _, target_z = self.target_forward(images)
         # Outside autocast: the heads choose their own precision (fp32 rows; kernels accumulate in fp32),
         # where autocast would run a reference head's matmuls and solves in half precision.
-        loss = self.head(z, len(views))
+        loss = self.head(z, len(views)) if self.target is None else self.head(z, len(views), target_z)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.target is not None:  # after the step, on the device; tau is a host float of the step
+            ema_update_(*self._ema_params, momentum_at(self.step, self.total_steps, self.cfg.method.byol_momentum))
         self.scheduler.step()
         self.loss_sum += loss.detach()
         self.loss_count += 1

@@ -1,0 +1,76 @@
+"""BYOL (Grill et al. 2020): an online predictor regresses an EMA target's projection of another view.
+
+Online network = encoder + projector (the trainer's SSLNet) + this head's predictor MLP; target
+network = an exponential moving average of encoder + projector, never trained by gradient. The loss
+for images i and ordered pairs of different views (v, w) is the normalised MSE
+`||p_v/|p_v| - t_w/|t_w| ||^2 = 2 - 2 cos(p_v, t_w)`, averaged over all V (V - 1) pairs and the
+images (for V = 2 the mean of BYOL's two symmetric terms).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastssl.models.projector import Projector
+
+
+def byol_loss(p: torch.Tensor, t: torch.Tensor, n_views: int) -> torch.Tensor:
+    """p: predictions (V*B, D), t: target projections (V*B, D), view-major rows; scalar float32.
+
+    With unit rows, sum over v != w of p_v . t_w = (sum_v p_v) . (sum_w t_w) - sum_v p_v . t_v,
+    so all V (V - 1) pairs cost O(V B D), not O(V^2 B D).
+    """
+    if p.shape != t.shape or p.shape[0] % n_views:
+        raise ValueError(f"p {tuple(p.shape)}, t {tuple(t.shape)}: must be equal shapes of V*B rows, V={n_views}")
+    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+    batch = p.shape[0] // n_views
+    pn = F.normalize(p.to(dtype), dim=1).view(n_views, batch, -1)
+    tn = F.normalize(t.detach().to(dtype), dim=1).view(n_views, batch, -1)
+    cross = (pn.sum(0) * tn.sum(0)).sum() - (pn * tn).sum()
+    return 2 - 2 * cross / (n_views * (n_views - 1) * batch)
+
+
+def momentum_at(step: int, total_steps: int, base: float) -> float:
+    """BYOL's target momentum at step k of K: 1 - (1 - base) (cos(pi k / K) + 1) / 2 (base at 0, 1 at K)."""
+    k = min(step, total_steps) / max(total_steps, 1)
+    return 1 - (1 - base) * (math.cos(math.pi * k) + 1) / 2
+
+
+def make_target(online: nn.Module) -> nn.Module:
+    """The target network: a copy of `online` (encoder + projector) that autograd never touches.
+
+    It stays in training mode (BYOL's target normalises with batch statistics); its BN running
+    statistics are its own, updated by its forward passes, and only its parameters follow the EMA.
+    """
+    target = copy.deepcopy(online)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update_(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
+    """target <- tau * target + (1 - tau) * online for every pair, in place: two multi-tensor launches,
+    tau a host float (the schedule is a function of the step), so no device-to-host sync."""
+    torch._foreach_mul_(target, tau)
+    torch._foreach_add_(target, online, alpha=1 - tau)
+
+
+class BYOLHead(nn.Module):
+    """The predictor q (dim -> hidden -> dim, BN + ReLU between) and the normalised-MSE loss.
+
+    Like the other heads it runs outside autocast, in fp32 (the predictor is a few small matmuls);
+    its parameters join the optimizer and its state the checkpoint's `head` entry. The target
+    network is not part of it: the trainer owns it (checkpoint entry `target`).
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.predictor = Projector(dim, hidden, dim, layers=2, batch_norm=True)
+
+    def forward(self, z: torch.Tensor, n_views: int, target_z: torch.Tensor) -> torch.Tensor:
+        """z: online projections, target_z: the target's projections of the same rows (V*B, D)."""
+        return byol_loss(self.predictor(z.float()), target_z, n_views)

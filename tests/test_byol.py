@@ -1,0 +1,159 @@
+"""BYOL (method.head=byol): loss against float64 by hand, the EMA target and its schedule, exact resume."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastssl.checkpoint import load_checkpoint
+from fastssl.config import ConfigError, MethodConfig, load_config
+from fastssl.engine import trainer as trainer_mod
+from fastssl.engine.metrics import read_metrics
+from fastssl.engine.trainer import Trainer
+from fastssl.heads import build_head
+from fastssl.heads.byol import BYOLHead, byol_loss, momentum_at
+
+
+def _resume_run() -> list[str]:
+    """RESUME_RUN of tests/engine/test_train_e2e.py (loaded by path: tests is not a package)."""
+    spec = importlib.util.spec_from_file_location("_train_e2e", Path(__file__).parent / "engine" / "test_train_e2e.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RESUME_RUN
+
+
+BYOL_RUN = _resume_run() + ["method.head=byol", "method.loss_impl=reference", "augment.impl=reference",
+                         "knn.every_epochs=0"]
+
+
+def _explicit_loss(p: torch.Tensor, t: torch.Tensor, n_views: int) -> float:
+    """Mean over images i and ordered pairs v != w of 2 - 2 cos(p[v, i], t[w, i]), in float64, by loops."""
+    p, t = p.detach().double(), t.detach().double()
+    batch = p.shape[0] // n_views
+    total, count = 0.0, 0
+    for i in range(batch):
+        for v in range(n_views):
+            for w in range(n_views):
+                if v == w:
+                    continue
+                a, b = p[v * batch + i], t[w * batch + i]
+                total += float(2 - 2 * (a @ b) / (a.norm() * b.norm()))
+                count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("n_views", [2, 3])
+def test_loss_equals_explicit_float64_pairs(n_views):
+    g = torch.Generator().manual_seed(n_views)
+    p = torch.randn(n_views * 5, 7, generator=g)
+    t = torch.randn(n_views * 5, 7, generator=g, requires_grad=True)
+    loss = byol_loss(p, t, n_views)
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(_explicit_loss(p, t, n_views), rel=1e-6, abs=1e-6)
+    assert float(byol_loss(p.double(), t.double(), n_views)) == pytest.approx(_explicit_loss(p, t, n_views),
+                                                                              rel=1e-12, abs=1e-12)
+    # The head: the predictor's output against the target's projections; no gradient reaches the target.
+    head = build_head(MethodConfig(head="byol", predictor_hidden=11), embed_dim=7)
+    assert isinstance(head, BYOLHead)
+    z = torch.randn(n_views * 5, 7, generator=g, requires_grad=True)
+    loss = head(z, n_views, t)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(_explicit_loss(head.predictor(z).detach(), t.detach(), n_views), rel=1e-6)
+    assert t.grad is None and z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_momentum_schedule_goes_from_base_to_one_by_a_cosine():
+    base, total = 0.996, 1000
+    assert momentum_at(0, total, base) == pytest.approx(0.996, abs=1e-15)
+    assert momentum_at(total // 2, total, base) == pytest.approx(1 - 0.004 / 2, abs=1e-15)
+    assert momentum_at(total, total, base) == pytest.approx(1.0, abs=1e-15)
+    assert momentum_at(250, total, base) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2, abs=1e-15)
+
+
+def test_config_rules():
+    with pytest.raises(ConfigError, match=r"method.byol_momentum=1.5: must be in \[0, 1\]"):
+        load_config(None, ["method.head=byol", "method.byol_momentum=1.5"])
+    with pytest.raises(ConfigError, match="method.predictor_hidden=0: must be >= 1"):
+        load_config(None, ["method.head=byol", "method.predictor_hidden=0"])
+
+
+def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path, monkeypatch):
+    cfg = load_config(None, BYOL_RUN + ["train.max_steps=10", "method.byol_momentum=0.9",
+                                        "method.task_rotation_p=0.5"])
+    trainer = Trainer(cfg, tmp_path)
+    target, online = trainer.target, trainer.model
+    # Target starts as a copy of the online encoder + projector; predictor in the optimizer, target not.
+    for (name, a), b in zip(online.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in trainer.head.predictor.parameters())
+    assert len(list(trainer.head.predictor.parameters())) == 5  # 2 weights, BN weight + bias, last bias
+    assert not any(id(p) in optimized for p in target.parameters())
+    assert all(not p.requires_grad for p in target.parameters())
+
+    batches = iter(trainer.loader)
+    for k in range(2):
+        before = [p.detach().double().clone() for p in target.parameters()]
+        trainer.train_step(trainer._task_views(next(batches), 0))
+        tau = momentum_at(k, trainer.total_steps, 0.9)
+        assert tau == pytest.approx(1 - 0.1 * (math.cos(math.pi * k / 10) + 1) / 2)
+        for (name, t), o, t0 in zip(target.named_parameters(), online.parameters(), before):
+            assert t.grad is None, name
+            expected = tau * t0 + (1 - tau) * o.detach().double()
+            torch.testing.assert_close(t.detach().double(), expected, rtol=0, atol=1e-6, msg=name)
+            if t.ndim > 1:  # conv and linear weights all move; the target lags behind them
+                assert not torch.equal(t, o), f"{name}: target equals the online weights after a step"
+    assert all(p.grad is not None for p in trainer.head.predictor.parameters())
+
+    # The kNN monitor reads the online encoder.
+    seen = []
+    monkeypatch.setattr(trainer_mod, "knn_top1", lambda encoder, *args: seen.append(encoder) or 0.5)
+    trainer._evaluate(0)
+    assert seen == [online.encoder]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_is_exact_for_online_and_target(tmp_path):
+    """8 steps straight == 4 steps, checkpoint, a crash, resume (with task rotation on)."""
+    cfg = load_config(None, BYOL_RUN + ["train.max_steps=8", "train.ckpt_every=4", "method.task_rotation_p=0.5"])
+    Trainer(cfg, tmp_path / "straight").fit()
+
+    first = Trainer(cfg, tmp_path / "resumed")
+    save = first.save
+
+    def save_then_crash():
+        save()
+        raise _Killed
+
+    first.save = save_then_crash
+    with pytest.raises(_Killed):
+        first.fit()
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
+    Trainer(cfg, tmp_path / "resumed", resume=True).fit()
+
+    a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 8
+    for part in ("model", "head", "target"):
+        assert a[part].keys() == b[part].keys()
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
+    assert a["target"].keys() == a["model"].keys()
+    assert not any(torch.equal(a["target"][k], a["model"][k]) for k in a["model"] if k.endswith("weight"))
+
+    def losses(run):
+        return [r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]
+
+    assert len(losses("straight")) == 8 and losses("resumed") == losses("straight")
+
+
+def test_short_run_loss_decreases(tmp_path):
+    cfg = load_config(None, BYOL_RUN + ["train.max_steps=20"])
+    Trainer(cfg, tmp_path).fit()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 20
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.2, losses
