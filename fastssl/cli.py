@@ -169,6 +169,14 @@ def _cmd_data_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_eval(args) -> int:
+    from fastssl.evaluation import run_protocol  # after parsing: `fastssl --help` stays fast
+
+    path, _, summary = run_protocol(args.ckpt, args.protocol, args.set, args.opt)
+    print(f"{summary} -> {path}")
+    return 0
+
+
 def _cmd_env(args) -> int:
     from fastssl import envinfo
 
@@ -270,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and non-image files; exits 1 when a bad file or an empty class exists.")
     chk.add_argument("path", help="the folder that holds the class folders")
     chk.set_defaults(func=_cmd_data_check)
+    ev = verbs.add_parser("eval", help="evaluate a trained encoder's features: knn, linear, semi, fewshot",
+                          description="Evaluate the encoder of a run's checkpoint (features h, not the "
+                          "projection); writes RUN/eval_<protocol>.json and prints a one-line summary.")
+    ev.add_argument("--ckpt", required=True, help="the run's checkpoint, e.g. runs/x/last.pt (the run's "
+                    "config.yaml is read from its folder)")
+    ev.add_argument("--protocol", required=True, choices=("knn", "linear", "semi", "fewshot"),
+                    help="knn: weighted kNN; linear: logistic regression on frozen features; semi: fine-tune "
+                    "on 1%%/10%% labels; fewshot: N-way K-shot episodes (prototype and ridge)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the run's config, e.g. --set data.path=... --set train.device=cpu (repeatable)")
+    ev.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="protocol setting, e.g. --opt episodes=1000 --opt shots=[1,5] (fewshot), --opt "
+                    "epochs=20 (semi), --opt weight_decays=[1e-4,1e-3] (linear), --opt k=20 (knn)")
+    ev.set_defaults(func=_cmd_eval)
     env = verbs.add_parser("env", help="versions of torch, triton, CUDA, cuDNN, GPU, DALI, FFCV (for bug "
                            "reports)", description="Print the software and hardware environment.")
     env.add_argument("--json", action="store_true", help="print as JSON")

@@ -10,15 +10,17 @@ from torch import nn
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, batches, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised float32 features and labels of every image the batches yield."""
+def extract_features(encoder: nn.Module, batches, autocast_ctx,
+                     normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 features h = encoder(x), L2-normalised unless `normalize` is off (linear evaluation
+    standardises raw features), and the labels of every image the batches yield."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
     for images, y in batches:
         with autocast_ctx():
             h = encoder(images)
-        feats.append(nn.functional.normalize(h.float(), dim=1))
+        feats.append(nn.functional.normalize(h.float(), dim=1) if normalize else h.float())
         labels.append(y)
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -1,0 +1,81 @@
+"""`fastssl eval`: protocols that score a trained encoder's features h (not the projection).
+
+One module per protocol (knn, linear, fewshot, semi), each with a `Settings` dataclass and
+`evaluate(run, settings, progress) -> (settings used, results, one-line summary)`; features.py holds what
+they share. `run_protocol` writes RUN/eval_<protocol>.json with the numbers and the settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from pathlib import Path
+
+import yaml
+
+from fastssl import config as config_mod
+from fastssl.evaluation.features import Progress, load_run, stderr_progress, write_result
+
+PROTOCOLS = ("knn", "linear", "semi", "fewshot")
+
+
+def _number(value):
+    """YAML 1.1 reads 1e-3 (no dot) as a string: numbers in that form become floats."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def settings_for(protocol: str, options: list[str] = ()):
+    """The protocol's Settings with KEY=VALUE options applied (YAML scalars or lists); ConfigError
+    naming the option otherwise."""
+    if protocol not in PROTOCOLS:
+        raise config_mod.ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+    cls = importlib.import_module(f"fastssl.evaluation.{protocol}").Settings
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for text in options:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise config_mod.ConfigError(f"--opt {text!r}: must be KEY=VALUE with KEY one of the {protocol} "
+                                         f"settings {', '.join(fields)}")
+        default = fields[key].default
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise config_mod.ConfigError(f"--opt {text!r}: not a YAML value ({e})") from e
+        if not isinstance(default, str):
+            value = [_number(v) for v in value] if isinstance(value, list) else _number(value)
+        if isinstance(default, tuple):
+            value = tuple(value) if isinstance(value, list) else (value,)
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise config_mod.ConfigError(f"--opt {text!r}: {key} takes a {type(default).__name__} "
+                                         f"(default {default!r})")
+        values[key] = value
+    return cls(**values)
+
+
+def run_protocol(ckpt: str | Path, protocol: str, overrides: list[str] = (), options: list[str] = (),
+                 progress: Progress = stderr_progress) -> tuple[Path, dict, str]:
+    """Evaluate RUN/last.pt with one protocol: (JSON path, its record's results, summary line)."""
+    settings = settings_for(protocol, options)   # option errors before any checkpoint or data is read
+    tick = time.perf_counter()
+    run = load_run(ckpt, overrides)
+    module = importlib.import_module(f"fastssl.evaluation.{protocol}")
+    used, results, summary = module.evaluate(run, settings, progress)
+    path = write_result(run, protocol, used, results, time.perf_counter() - tick)
+    return path, results, summary

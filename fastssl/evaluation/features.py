@@ -1,0 +1,115 @@
+"""What every protocol shares: the run a checkpoint belongs to, the frozen encoder's features, the JSON.
+
+`load_run` reads RUN/config.yaml (plus `--set` overrides) and the encoder weights of RUN/<ckpt>, loaded
+with weights_only=True through fastssl.checkpoint; `split_features` computes h = f(x), the encoder output
+(not the projection), once per split, on unaugmented, normalised images (build_eval_batches).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fastssl import config as config_mod
+from fastssl.checkpoint import CheckpointError, load_checkpoint
+from fastssl.engine.knn import extract_features
+from fastssl.engine.precision import autocast, resolve_device, resolve_precision
+from fastssl.loaders.datasets import build_dataset
+from fastssl.loaders.factory import build_eval_batches
+from fastssl.models import build_model
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """A trained run, ready to evaluate: its config, directory, encoder (eval mode) and device."""
+    cfg: config_mod.Config
+    run_dir: Path
+    ckpt: Path
+    step: int
+    encoder: nn.Module
+    device: torch.device
+    precision: str
+    overrides: list[str] = field(default_factory=list)
+    _datasets: dict = field(default_factory=dict, repr=False)
+    _features: dict = field(default_factory=dict, repr=False)
+
+    def autocast(self):
+        return autocast(self.precision, self.device)
+
+    def dataset(self, split: str):
+        if split not in self._datasets:
+            self._datasets[split] = build_dataset(self.cfg.data, split)
+        return self._datasets[split]
+
+    def num_classes(self) -> int:
+        train = self.dataset("train")
+        return len(train.classes) or int(train.labels.max()) + 1
+
+
+def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
+    """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied."""
+    ckpt = Path(ckpt)
+    state = load_checkpoint(ckpt, ("model",))   # CheckpointError naming the path: missing, torn, not ours
+    saved = ckpt.parent / "config.yaml"
+    if not saved.is_file():
+        raise config_mod.ConfigError(f"--ckpt {str(ckpt)!r}: its folder holds no config.yaml, so it is not "
+                                     "a fastssl run directory")
+    cfg = config_mod.load_config(saved, list(overrides))
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: its weights do not fit the model of "
+                              f"{str(saved)!r} (model.* overridden?): {e}") from e
+    device = resolve_device(cfg.train.device)
+    encoder = model.encoder.to(device).eval()
+    return Run(cfg=cfg, run_dir=ckpt.parent, ckpt=ckpt, step=int(state.get("step", 0)), encoder=encoder,
+               device=device, precision=resolve_precision(cfg.train.precision, device),
+               overrides=list(overrides))
+
+
+def encode(encoder: nn.Module, batches, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw float32 features h = encoder(x) (not normalised) and labels of every image `batches` yields."""
+    return extract_features(encoder, batches, autocast_ctx, normalize=False)
+
+
+def split_features(run: Run, split: str, progress: Progress = stderr_progress
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) float32, labels (N,) int64) of a split, on the run's device; computed once."""
+    if split not in run._features:
+        tick = time.perf_counter()
+        batches = build_eval_batches(run.cfg, run.dataset(split), run.device)
+        run._features[split] = encode(run.encoder, batches, run.autocast)
+        n, d = run._features[split][0].shape
+        progress(f"features: {split} split, {n} images x {d} dims in {time.perf_counter() - tick:.1f}s")
+    return run._features[split]
+
+
+def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predicted == labels).float().mean())
+
+
+def write_result(run: Run, protocol: str, settings: dict, results: dict, seconds: float,
+                 extra: dict | None = None) -> Path:
+    """RUN/eval_<protocol>.json: the numbers, the settings, and what was evaluated."""
+    record = {"protocol": protocol, "checkpoint": str(run.ckpt), "step": run.step,
+              "dataset": run.cfg.data.dataset, "data_path": run.cfg.data.path, "overrides": run.overrides,
+              "device": str(run.device), "precision": run.precision, "settings": settings,
+              "results": results, "seconds": round(seconds, 3), **(extra or {})}
+    path = run.run_dir / f"eval_{protocol}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
