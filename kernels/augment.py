@@ -221,7 +221,8 @@ def colour_augment(images: torch.Tensor, params: torch.Tensor, *, order=(), mean
     cpos = ops.index(CONTRAST) if CONTRAST in ops else -1
     slices, per_program = _grid(batch, hw, images.device)
     split = triton.next_power_of_2(slices)
-    partials = torch.zeros(batch, split, dtype=torch.float32, device=images.device)
+    # Without contrast the kernel never reads the partials: no buffer, no memset launch.
+    partials = torch.zeros(batch, split, dtype=torch.float32, device=images.device) if cpos >= 0 else params
     strides = images.stride()
     if cpos >= 0:
         _luma_partials_kernel[(batch, slices)](images, params, partials, hw, width, per_program, *strides,

@@ -77,7 +77,10 @@ class AugmentParams:
         return dataclasses.replace(self, **{f: getattr(self, f)[rows] for f in _PER_IMAGE})
 
     def to(self, device: torch.device | str) -> AugmentParams:
-        """Move to `device` in one transfer (the per-image fields are packed into one float tensor)."""
+        """Move to `device` in one transfer (the per-image fields are packed into one float tensor);
+        already there (apply_params moves them before apply_colour asks again): self, no copy."""
+        if self.boxes.device == torch.device(device):
+            return self
         fields = [getattr(self, f) for f in _PER_IMAGE]
         packed = torch.cat([t.float().reshape(len(t), -1) for t in fields], 1).to(device, non_blocking=True)
         parts = packed.split([1 if t.ndim == 1 else t.shape[1] for t in fields], 1)

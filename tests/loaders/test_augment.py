@@ -242,3 +242,10 @@ def test_half_precision_views_are_the_float_views_rounded(dtype):
     assert half.dtype == dtype and half.is_contiguous(memory_format=torch.channels_last)
     # The float view rounded to dtype: within one unit in the last place of each value.
     assert ((half.float() - full).abs() <= torch.finfo(dtype).eps * full.abs().clamp(min=1)).all()
+
+
+def test_params_already_on_the_device_are_not_copied_again():
+    p = A.sample_params(4, 8, 8, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert p.to(torch.device("cpu")) is p
+    moved = p[1:3]
+    assert moved.to("cpu") is moved and torch.equal(moved.boxes, p.boxes[1:3])
