@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 
 from fastssl.config import Config
+from fastssl.engine.task_builder import TaskBatch
 from fastssl.engine.trainer import Trainer
 
 from .harness import Row, context, device_slug, plot_bars, summarize, write_csv, write_markdown
@@ -22,12 +23,14 @@ from .harness import Row, context, device_slug, plot_bars, summarize, write_csv,
 BASELINE = "torchvision"
 
 
-def _endless(trainer: Trainer) -> Iterator[list[torch.Tensor]]:
-    epoch = 0
+def _endless(trainer: Trainer) -> Iterator[TaskBatch]:
+    """The run's tasks (task augmentation and query mixing included, as in training), epoch after epoch."""
+    epoch, step = 0, 0
     while True:
         trainer.loader.set_epoch(epoch)
         for batch in trainer.loader:
-            yield batch.views
+            yield trainer.tasks.build(batch.views, batch.index, epoch, step)
+            step += 1
         epoch += 1
 
 

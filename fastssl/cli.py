@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,32 @@ def _cmd_bench_loader(args) -> int:
     rows = loader_bench.measure(cfg, backends, args.seconds, args.windows,
                                 progress=lambda line: print(line, file=sys.stderr))
     paths = loader_bench.write_all(rows, Path(args.out), Path(args.json) if args.json else None)
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
+def _cmd_bench_heads(args) -> int:
+    if args.epochs < 1:
+        raise config_mod.ConfigError(f"--epochs={args.epochs}: must be >= 1")
+    from fastssl.bench import head_comparison as heads
+    from fastssl.bench.harness import context
+    from fastssl.engine.precision import resolve_device
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else heads.DEFAULT_VARIANTS
+    for name in variants:
+        try:
+            heads.variant_overrides(name)
+        except ValueError as e:
+            raise config_mod.ConfigError(f"--variants: {e}") from None
+    base = heads.small_cpu_run(args.data, args.epochs) + args.set
+    for name in variants:   # every variant's config is checked before the first one trains
+        config_mod.load_config(args.config, base + heads.variant_overrides(name))
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    where = context(resolve_device(config_mod.load_config(args.config, base).train.device))  # the commit trained
+    results = [heads.run_variant(name, base, args.config, Path(args.work), say)
+               for name in [heads.RANDOM_INIT] + variants]
+    paths = heads.write_all(results, Path(args.out), shlex.join(["fastssl"] + sys.argv[1:]), where)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     print(paths[1].read_text())
     return 0
@@ -237,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     loader_bench.add_argument("--json", help="also write the rows as JSON to this file")
     loader_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     loader_bench.set_defaults(func=_cmd_bench_loader)
+    heads = suites.add_parser("heads", help="every head (and the meta-learning tricks) trained on one budget, "
+                              "kNN and linear accuracy vs the random-init encoder",
+                              description="Heads compared on equal footing: one training run per variant, "
+                              "then kNN and a linear probe on frozen features.")
+    heads.add_argument("--data", required=True, help="ImageFolder root with train/ and test/ (e.g. CIFAR-10 JPEG)")
+    heads.add_argument("-c", "--config", default="configs/cifar10_jpeg.yaml", help="base run config "
+                       "(default: %(default)s), shrunk to the CPU budget")
+    heads.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every variant")
+    heads.add_argument("--epochs", type=int, default=4, help="epochs per variant (default: %(default)s)")
+    heads.add_argument("--variants", help="comma-separated, e.g. 'contrastive,r2d2 + task aug' (default: every "
+                       "head plain, + task aug, + task aug + rot pred; byol also + cutmix)")
+    heads.add_argument("--work", default="runs/heads", help="run folders; finished variants there are reused")
+    heads.add_argument("--out", default="bench/results/heads_cifar10_cpu", help="path stem of the CSV/Markdown/PNG")
+    heads.set_defaults(func=_cmd_bench_heads)
     kernels = suites.add_parser("kernels", help="one Triton kernel vs its torch baselines: time, memory, error",
                                 description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
                                 "in one process, on the same inputs.")

@@ -22,7 +22,7 @@ from fastssl.optim import OPTIMIZERS
 BACKENDS = ("tensor", "torchvision", "ffcv", "dali")
 ARCHS = tuple(ARCH_SPECS)
 HEADS = ("contrastive", "protonet", "r2d2", "byol", "svm")
-SUPPORT_QUERY_HEADS = ("protonet", "r2d2", "svm")   # heads that split views into support and queries
+QUERY_MIXES = ("none", "mixup", "cutmix")
 # Equal to kernels.runtime.IMPLS (a test checks). Not imported from there: importing the kernels fixes
 # TRITON_INTERPRET, and the CLI must be able to set it after reading the config.
 LOSS_IMPLS = ("auto", "triton", "reference")
@@ -114,14 +114,19 @@ class ModelConfig:
 class MethodConfig:
     head: str = "contrastive"
     temperature: float = 0.2
-    n_supp: int = 1          # protonet, r2d2: support views per image (the prototype / the regression's
-                             # inputs); the rest are queries
+    n_supp: int = 1          # support views per image (protonet's prototype, r2d2's / svm's training rows)
+    n_query: int = 1         # query views per image; loader.views must equal n_supp + n_query
     ridge_lambda: float = 1.0  # r2d2: starting value of the learnable ridge penalty (> 0)
     svm_c: float = 0.1         # svm: the SVM's C (MetaOptNet's C_reg), > 0
     svm_iters: int = 30        # svm: accelerated projected-gradient steps on the dual QP (unrolled)
     svm_tasks: int = 1         # svm: independent tasks the batch's images are split into (must divide it)
     task_rotation_p: float = 0.0  # task augmentation: chance an image is rotated by 90/180/270 degrees
                                   # in all its views, becoming a new class (0: off)
+    rotation_weight: float = 0.0  # rotation prediction: weight of the 4-way rotation loss on the projection
+                                  # (0: off; needs task_rotation_p > 0, whose rotations it predicts)
+    query_mix: str = "none"       # none | mixup | cutmix between the query views of different images
+    query_mix_p: float = 1.0      # chance a batch's queries are mixed
+    query_mix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
     loss_impl: str = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
     byol_momentum: float = 0.996  # byol: target EMA momentum at step 0; rises to 1 by a cosine over the run
     predictor_hidden: int = 256   # byol: hidden width of the predictor MLP (projector_out -> this -> projector_out)
@@ -351,9 +356,11 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _one_of("method.head", cfg.method.head, HEADS)
     _finite_positive("method.temperature", cfg.method.temperature)
     _one_of("method.loss_impl", cfg.method.loss_impl, LOSS_IMPLS)
-    if cfg.method.head in SUPPORT_QUERY_HEADS:
-        _require(1 <= cfg.method.n_supp < ld.views, "method.n_supp", cfg.method.n_supp,
-                 f"must be in [1, loader.views - 1] = [1, {ld.views - 1}] ({cfg.method.head} needs a query view)")
+    _require(cfg.method.n_supp >= 1, "method.n_supp", cfg.method.n_supp, "must be >= 1")
+    _require(cfg.method.n_query >= 1, "method.n_query", cfg.method.n_query, "must be >= 1")
+    _require(ld.views == cfg.method.n_supp + cfg.method.n_query, "loader.views", ld.views,
+             f"must equal method.n_supp + method.n_query = {cfg.method.n_supp} + {cfg.method.n_query} "
+             "(every view of an image is a support or a query view)")
     _finite_positive("method.ridge_lambda", cfg.method.ridge_lambda)
     _finite_positive("method.svm_c", cfg.method.svm_c)
     _require(cfg.method.svm_iters >= 1, "method.svm_iters", cfg.method.svm_iters, "must be >= 1")
@@ -362,6 +369,15 @@ def validate(cfg: Config, world: int | None = None) -> None:
         _require(ld.batch_size % cfg.method.svm_tasks == 0, "method.svm_tasks", cfg.method.svm_tasks,
                  f"must divide loader.batch_size ({ld.batch_size}): each task holds batch_size / svm_tasks images")
     _probability("method.task_rotation_p", cfg.method.task_rotation_p)
+    _require(math.isfinite(cfg.method.rotation_weight) and cfg.method.rotation_weight >= 0, "method.rotation_weight",
+             cfg.method.rotation_weight, "must be a finite number >= 0")
+    if cfg.method.rotation_weight > 0:
+        _require(cfg.method.task_rotation_p > 0, "method.rotation_weight", cfg.method.rotation_weight,
+                 "rotation prediction predicts the task rotations: needs method.task_rotation_p > 0 "
+                 "(0.75 rotates uniformly over 0/90/180/270 degrees)")
+    _one_of("method.query_mix", cfg.method.query_mix, QUERY_MIXES)
+    _probability("method.query_mix_p", cfg.method.query_mix_p)
+    _finite_positive("method.query_mix_alpha", cfg.method.query_mix_alpha)
     _require(0 <= cfg.method.byol_momentum <= 1, "method.byol_momentum", cfg.method.byol_momentum, "must be in [0, 1]")
     _require(cfg.method.predictor_hidden >= 1, "method.predictor_hidden", cfg.method.predictor_hidden, "must be >= 1")
     o = cfg.optim

@@ -13,6 +13,7 @@ from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
 from fastssl.heads import build_head
 from fastssl.heads.byol import BYOLHead, byol_loss, momentum_at
+from fastssl.heads.support_query import TaskLayout
 
 
 def _resume_run() -> list[str]:
@@ -48,16 +49,17 @@ def test_loss_equals_explicit_float64_pairs(n_views):
     g = torch.Generator().manual_seed(n_views)
     p = torch.randn(n_views * 5, 7, generator=g)
     t = torch.randn(n_views * 5, 7, generator=g, requires_grad=True)
-    loss = byol_loss(p, t, n_views)
+    layout = TaskLayout(1, n_views - 1)
+    loss = byol_loss(p, t, layout)
     assert loss.dtype == torch.float32
     assert float(loss) == pytest.approx(_explicit_loss(p, t, n_views), rel=1e-6, abs=1e-6)
-    assert float(byol_loss(p.double(), t.double(), n_views)) == pytest.approx(_explicit_loss(p, t, n_views),
+    assert float(byol_loss(p.double(), t.double(), layout)) == pytest.approx(_explicit_loss(p, t, n_views),
                                                                               rel=1e-12, abs=1e-12)
     # The head: the predictor's output against the target's projections; no gradient reaches the target.
     head = build_head(MethodConfig(head="byol", predictor_hidden=11), embed_dim=7)
     assert isinstance(head, BYOLHead)
     z = torch.randn(n_views * 5, 7, generator=g, requires_grad=True)
-    loss = head(z, n_views, t)
+    loss = head(z, layout, t)
     loss.backward()
     assert float(loss.detach()) == pytest.approx(_explicit_loss(head.predictor(z).detach(), t.detach(), n_views), rel=1e-6)
     assert t.grad is None and z.grad is not None and z.grad.abs().sum() > 0
@@ -95,7 +97,8 @@ def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path
     batches = iter(trainer.loader)
     for k in range(2):
         before = [p.detach().double().clone() for p in target.parameters()]
-        trainer.train_step(trainer._task_views(next(batches), 0))
+        batch = next(batches)
+        trainer.train_step(trainer.tasks.build(batch.views, batch.index, 0, k))
         tau = momentum_at(k, trainer.total_steps, 0.9)
         assert tau == pytest.approx(1 - 0.1 * (math.cos(math.pi * k / 10) + 1) / 2)
         for (name, t), o, t0 in zip(target.named_parameters(), online.parameters(), before):

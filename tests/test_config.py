@@ -10,16 +10,24 @@ CASES = [
     (["method.temperature=-0.5"], 1, "method.temperature=-0.5: must be a finite number > 0"),
     (["method.temperature=.nan"], 1, "method.temperature=nan: must be a finite number > 0"),
     (["method.loss_impl=fast"], 1, "method.loss_impl='fast': must be one of auto, triton, reference"),
-    (["method.head=protonet", "method.n_supp=2"], 1, "method.n_supp=2: must be in [1, loader.views - 1] = [1, 1]"),
-    (["method.head=protonet", "method.n_supp=0", "loader.views=3"], 1, "method.n_supp=0: must be in [1, loader.views - 1] = [1, 2]"),
-    (["method.head=r2d2", "method.n_supp=2"], 1, "method.n_supp=2: must be in [1, loader.views - 1] = [1, 1] (r2d2 needs a query view)"),
+    (["method.head=protonet", "method.n_supp=2"], 1,
+     "loader.views=2: must equal method.n_supp + method.n_query = 2 + 1 (every view of an image is a support or a query view)"),
+    (["method.n_supp=0", "loader.views=3"], 1, "method.n_supp=0: must be >= 1"),
+    (["method.n_query=0"], 1, "method.n_query=0: must be >= 1"),
+    (["loader.views=4"], 1, "loader.views=4: must equal method.n_supp + method.n_query = 1 + 1"),
+    (["method.rotation_weight=-1"], 1, "method.rotation_weight=-1.0: must be a finite number >= 0"),
+    (["method.rotation_weight=0.5"], 1, "method.rotation_weight=0.5: rotation prediction predicts the task "
+     "rotations: needs method.task_rotation_p > 0"),
+    (["method.query_mix=mixin"], 1, "method.query_mix='mixin': must be one of none, mixup, cutmix"),
+    (["method.query_mix_p=1.5"], 1, "method.query_mix_p=1.5: must be a probability in [0, 1]"),
+    (["method.query_mix_alpha=0"], 1, "method.query_mix_alpha=0.0: must be a finite number > 0"),
     (["method.ridge_lambda=0"], 1, "method.ridge_lambda=0.0: must be a finite number > 0"),
     (["method.ridge_lambda=.inf"], 1, "method.ridge_lambda=inf: must be a finite number > 0"),
     (["optim.lr=0"], 1, "optim.lr=0.0: must be a finite number > 0"),
     (["optim.lr=-1e-3"], 1, "optim.lr=-0.001: must be a finite number > 0"),
     (["loader.batch_size=1"], 1, "loader.batch_size=1: must be >= 2"),
     (["loader.batch_size=250"], 4, "loader.batch_size=250: must be divisible by the world size (4)"),
-    (["loader.views=1"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
+    (["loader.views=1", "method.n_query=0"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
     (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision, ffcv, dali"),
     (["model.arch=resnet19"], 1, "model.arch='resnet19': must be one of resnet18, resnet34, resnet50"),
     (["method.head=moco"], 1, "method.head='moco': must be one of contrastive, protonet, r2d2"),
@@ -59,7 +67,8 @@ def test_each_rule_fails_with_its_message(overrides, world, message, monkeypatch
 
 
 def test_valid_overrides_take_effect_and_defaults_validate():
-    cfg = load_config(None, ["optim.lr=0.5", "loader.views=3", "model.cifar_stem=false", "data.path=/tmp"])
+    cfg = load_config(None, ["optim.lr=0.5", "loader.views=3", "method.n_query=2", "model.cifar_stem=false",
+                             "data.path=/tmp"])
     assert (cfg.optim.lr, cfg.loader.views, cfg.model.cifar_stem, cfg.data.path) == (0.5, 3, False, "/tmp")
     validate(Config(), world=1)
 

@@ -7,6 +7,7 @@ import torch
 
 from fastssl.config import MethodConfig
 from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, build_head
+from fastssl.heads.support_query import TaskLayout
 from fastssl.kernels import runtime
 
 
@@ -31,7 +32,7 @@ def test_protonet_equals_explicit_means_and_distances(n_views, n_supp, impl):
         pytest.skip("TRITON_INTERPRET=1 was not set before import")
     torch.manual_seed(n_views * 10 + n_supp)
     z = torch.randn(n_views * 9, 16, requires_grad=True)
-    loss = ProtoNetHead(0.3, n_supp, impl=impl)(z, n_views)
+    loss = ProtoNetHead(0.3, impl=impl)(z, TaskLayout(n_supp, n_views - n_supp))
     (grad,) = torch.autograd.grad(loss, z)
     z64 = z.detach().double().requires_grad_()
     expected = explicit_protonet(z64, n_views, n_supp, 0.3)
@@ -42,23 +43,23 @@ def test_protonet_equals_explicit_means_and_distances(n_views, n_supp, impl):
 
 def test_protonet_gradient_in_float64_passes_gradcheck():
     z = torch.randn(3 * 4, 5, dtype=torch.float64, requires_grad=True)
-    head = ProtoNetHead(0.5, 2)
-    torch.autograd.gradcheck(lambda x: head(x, 3), (z,))
-    assert float(head(z, 3).detach()) == pytest.approx(float(explicit_protonet(z.detach(), 3, 2, 0.5)), rel=1e-12)
+    head, layout = ProtoNetHead(0.5), TaskLayout(2, 1)
+    torch.autograd.gradcheck(lambda x: head(x, layout), (z,))
+    assert float(head(z, layout).detach()) == pytest.approx(float(explicit_protonet(z.detach(), 3, 2, 0.5)), rel=1e-12)
 
 
 def test_protonet_needs_a_query_view():
-    with pytest.raises(ValueError, match="n_supp=2"):
-        ProtoNetHead(0.5, 2)(torch.randn(4, 3), 2)
+    with pytest.raises(ValueError, match="protonet: 4 rows, n_supp=2, n_query=0"):
+        ProtoNetHead(0.5)(torch.randn(4, 3), TaskLayout(2, 0))
 
 
 def test_build_head_passes_the_forced_implementation():
     head = build_head(MethodConfig(head="protonet", temperature=0.1, n_supp=1, loss_impl="reference"))
-    assert isinstance(head, ProtoNetHead) and head.impl == "reference" and head.n_supp == 1
+    assert isinstance(head, ProtoNetHead) and head.impl == "reference" and head.temperature == 0.1
     head = build_head(MethodConfig(head="contrastive", loss_impl="triton"))
     assert isinstance(head, ContrastiveHead) and head.impl == "triton"
     head = build_head(MethodConfig(head="r2d2", temperature=0.25, n_supp=2, ridge_lambda=0.5, loss_impl="triton"))
-    assert isinstance(head, R2D2Head) and (head.impl, head.n_supp) == ("triton", 2)
+    assert isinstance(head, R2D2Head) and head.impl == "triton"
     assert [float(p.detach()) for p in (head.scale, head.bias, head.log_lambda.exp())] == pytest.approx([4.0, 0.0, 0.5])
 
 
@@ -90,9 +91,9 @@ def test_r2d2_equals_explicit_ridge_per_class_with_grads(n_views, n_supp, dim, i
     if impl == "triton" and not runtime.INTERPRET:
         pytest.skip("TRITON_INTERPRET=1 was not set before import")
     torch.manual_seed(n_views + dim)
-    head = R2D2Head(0.3, n_supp, ridge_lambda=0.7, impl=impl)
+    head = R2D2Head(0.3, ridge_lambda=0.7, impl=impl)
     z = torch.randn(n_views * 12, dim, requires_grad=True)
-    loss = head(z, n_views)
+    loss = head(z, TaskLayout(n_supp, n_views - n_supp))
     grads = torch.autograd.grad(loss, (z, head.scale, head.bias, head.log_lambda))
     z64 = z.detach().double().requires_grad_()
     scale64 = torch.tensor(1 / 0.3, dtype=torch.float64, requires_grad=True)
@@ -108,11 +109,11 @@ def test_r2d2_equals_explicit_ridge_per_class_with_grads(n_views, n_supp, dim, i
 
 def test_r2d2_gradient_in_float64_passes_gradcheck():
     """Through z, the scale and log lambda at once (the reference path keeps float64)."""
-    head = R2D2Head(0.5, 1, ridge_lambda=0.3).double()
+    head = R2D2Head(0.5, ridge_lambda=0.3).double()
 
     def loss(z, scale, log_lambda):
         params = {"scale": scale, "bias": head.bias, "log_lambda": log_lambda}
-        return torch.func.functional_call(head, params, (z, 2))
+        return torch.func.functional_call(head, params, (z, TaskLayout(1, 1)))
 
     z = torch.randn(2 * 5, 4, dtype=torch.float64, requires_grad=True)
     scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
@@ -123,5 +124,5 @@ def test_r2d2_gradient_in_float64_passes_gradcheck():
 
 
 def test_r2d2_needs_a_query_view():
-    with pytest.raises(ValueError, match="r2d2: 4 rows, 2 views, n_supp=2"):
-        R2D2Head(0.5, 2, ridge_lambda=1.0)(torch.randn(4, 3), 2)
+    with pytest.raises(ValueError, match="r2d2: 4 rows, n_supp=2, n_query=0"):
+        R2D2Head(0.5, ridge_lambda=1.0)(torch.randn(4, 3), TaskLayout(2, 0))

@@ -12,7 +12,7 @@ from fastssl.config import ConfigError, load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
 from fastssl.heads import build_head
-from fastssl.heads.support_query import split_views
+from fastssl.heads.support_query import TaskLayout, split_views
 from fastssl.heads.svm import SVMHead, lambda_max_bound, project_rows, split_tasks, svm_dual
 
 RIDGE = 1.0   # MetaOptNet's `+ 1.0 * I` on the kernel, the head's default
@@ -139,8 +139,8 @@ def test_head_loss_equals_explicit_float64_computation():
     torch.manual_seed(3)
     n_views, n_supp, batch, tasks, c = 3, 2, 6, 2, 0.5
     z = torch.randn(n_views * batch, 4, dtype=torch.float64)
-    head = SVMHead(temperature=0.25, n_supp=n_supp, c=c, iters=400, tasks=tasks).double()
-    loss = head(z, n_views)
+    head = SVMHead(temperature=0.25, c=c, iters=400, tasks=tasks).double()
+    loss = head(z, TaskLayout(n_supp, n_views - n_supp))
     assert loss.dtype == torch.float64
     expected = _explicit_loss(z.numpy(), n_views, n_supp, tasks, c, scale=4.0)
     assert abs(loss.item() - expected) < 1e-9
@@ -153,8 +153,8 @@ def test_gradients_match_finite_differences():
     for iters in (6, 60):
         z = torch.randn(3 * 4, 3, dtype=torch.float64, requires_grad=True)
         scale = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
-        head = SVMHead(temperature=0.5, n_supp=2, c=0.3, iters=iters, tasks=2)
-        loss = lambda z_, s_: torch.func.functional_call(head, {"scale": s_}, (z_, 3))  # noqa: E731
+        head = SVMHead(temperature=0.5, c=0.3, iters=iters, tasks=2)
+        loss = lambda z_, s_: torch.func.functional_call(head, {"scale": s_}, (z_, TaskLayout(2, 1)))  # noqa: E731
         assert torch.autograd.gradcheck(loss, (z, scale), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
@@ -164,18 +164,19 @@ def test_tasks_equal_separate_heads_averaged():
     torch.manual_seed(5)
     n_views, batch, tasks = 3, 12, 3
     z = torch.randn(n_views * batch, 8, dtype=torch.float64, requires_grad=True)
-    split = SVMHead(0.2, n_supp=1, c=0.1, iters=30, tasks=tasks).double()
-    single = SVMHead(0.2, n_supp=1, c=0.1, iters=30, tasks=1).double()
-    loss = split(z, n_views)
+    split = SVMHead(0.2, c=0.1, iters=30, tasks=tasks).double()
+    single = SVMHead(0.2, c=0.1, iters=30, tasks=1).double()
+    layout = TaskLayout(1, n_views - 1)
+    loss = split(z, layout)
     (grad,) = torch.autograd.grad(loss, z)
     b = batch // tasks
     rows = [torch.tensor([v * batch + t * b + j for v in range(n_views) for j in range(b)]) for t in range(tasks)]
-    separate = torch.stack([single(z[r], n_views) for r in rows]).mean()
+    separate = torch.stack([single(z[r], layout) for r in rows]).mean()
     (grad_sep,) = torch.autograd.grad(separate, z)
     assert abs(loss.item() - separate.item()) < 1e-12
     assert torch.allclose(grad, grad_sep, atol=1e-12)
     # and a split changes the problem: one 12-class task is not three 4-class ones
-    assert abs(single(z, n_views).item() - loss.item()) > 1e-3
+    assert abs(single(z, layout).item() - loss.item()) > 1e-3
 
 
 def test_multishot_bookkeeping_two_supports_three_views():
@@ -183,12 +184,12 @@ def test_multishot_bookkeeping_two_supports_three_views():
     n_views, n_supp, batch, tasks, b = 3, 2, 6, 2, 3
     z = torch.zeros(n_views * batch, n_views * batch, dtype=torch.float64)
     z[torch.arange(n_views * batch), torch.arange(n_views * batch)] = 2.0   # row r -> unit vector e_r
-    support, queries, targets = split_tasks(split_views(z, n_views, n_supp, "svm"), tasks)
+    support, queries, images = split_tasks(split_views(z, TaskLayout(n_supp, n_views - n_supp), "svm"), tasks)
     row_of = lambda v: v.argmax(-1).tolist()  # noqa: E731
     # task t, support row v*b + j = view v of image t*b + j (z row v*B + t*b + j)
     assert row_of(support) == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
     assert row_of(queries) == [[12, 13, 14], [15, 16, 17]]
-    assert targets.tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert images.tolist() == [[0, 1, 2], [3, 4, 5]]   # the batch image; its class in task t is image mod b
     assert torch.equal(support.abs().sum(-1), torch.ones(2, 6, dtype=torch.float64))
     # the solver's labels: support row v*b + j is class j -> alpha[., v*b + j, j] in [0, C], others <= 0
     c = 0.1
@@ -196,14 +197,14 @@ def test_multishot_bookkeeping_two_supports_three_views():
     own = torch.eye(b, dtype=torch.bool).repeat(n_supp, 1).expand(tasks, -1, -1)
     assert (alpha[own] > 0).all() and (alpha[own] <= c + 1e-15).all() and (alpha[~own] <= 1e-15).all()
     # 4 views, n_supp 1: 3 query views per image, targets repeat per view
-    _, queries, targets = split_tasks(split_views(torch.randn(4 * 6, 5), 4, 1, "svm"), 3)
-    assert queries.shape == (3, 6, 5) and targets.tolist() == [[0, 1, 0, 1, 0, 1]] * 3
+    _, queries, images = split_tasks(split_views(torch.randn(4 * 6, 5), TaskLayout(1, 3), "svm"), 3)
+    assert queries.shape == (3, 6, 5) and images.tolist() == [[2 * t, 2 * t + 1] * 3 for t in range(3)]
 
 
 def test_head_rejects_batches_the_task_count_does_not_divide():
-    head = SVMHead(0.2, n_supp=1, tasks=4)
+    head = SVMHead(0.2, tasks=4)
     with pytest.raises(ValueError, match="svm_tasks=4 must divide the batch of 6 images"):
-        head(torch.randn(12, 8), 2)
+        head(torch.randn(12, 8), TaskLayout(1, 1))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -215,7 +216,7 @@ def test_head_rejects_batches_the_task_count_does_not_divide():
     (["method.head=svm", "loader.batch_size=32", "method.svm_tasks=3"],
      "method.svm_tasks=3: must divide loader.batch_size (32)"),
     (["method.head=svm", "method.n_supp=2"],
-     "method.n_supp=2: must be in [1, loader.views - 1] = [1, 1] (svm needs a query view)"),
+     "loader.views=2: must equal method.n_supp + method.n_query = 2 + 1"),
 ])
 def test_config_rules(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -228,7 +229,7 @@ def test_config_builds_the_head():
                              "loader.batch_size=32", "loader.views=3", "method.n_supp=2", "method.temperature=0.5"])
     head = build_head(cfg.method)
     assert isinstance(head, SVMHead)
-    assert (head.c, head.iters, head.tasks, head.n_supp, head.scale.item()) == (0.5, 7, 4, 2, 2.0)
+    assert (head.c, head.iters, head.tasks, head.scale.item()) == (0.5, 7, 4, 2.0)
     # a batch not divisible by svm_tasks is fine for another head
     assert load_config(None, ["loader.batch_size=30", "method.svm_tasks=4"]).method.svm_tasks == 4
 

@@ -20,20 +20,22 @@ from fastssl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_c
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.plots import plot_curves
+from fastssl.engine.task_builder import TaskBatch, TaskBuilder
 from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision, view_dtype
 from fastssl.heads import build_head
 from fastssl.heads.byol import ema_update_, make_target, momentum_at
+from fastssl.heads.rotation import RotationPredictor
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
-from fastssl.loaders.task_rotation import TaskRotation
 from fastssl.models import build_model
 from fastssl.optim import build_optimizer
 from fastssl.optim.schedule import build_scheduler
 
 CHECKPOINT = "last.pt"
-# "target": BYOL's EMA target network (None for the other heads).
-REQUIRED_STATE = ("step", "model", "head", "target", "optimizer", "scheduler", "scaler", "rng", "loader",
-                  "knn_start", "loss_sum", "loss_count", "metrics_lines")
+# "target": BYOL's EMA target network (None for the other heads); "rotation": the rotation predictor
+# (None without rotation prediction); "aux_sum": its loss summed over the log interval.
+REQUIRED_STATE = ("step", "model", "head", "target", "rotation", "optimizer", "scheduler", "scaler", "rng",
+                  "loader", "knn_start", "loss_sum", "aux_sum", "loss_count", "metrics_lines")
 
 
 @dataclass
@@ -65,8 +67,7 @@ class Trainer:
         self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
         self.loader = build_train_loader(cfg, train_set, self.device,
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
-        p_rotate = cfg.method.task_rotation_p
-        self.task_rotation = TaskRotation(p_rotate, len(train_set), cfg.train.seed) if p_rotate > 0 else None
+        self.tasks = TaskBuilder(cfg.method, len(train_set), cfg.train.seed)
         self.knn_train = build_eval_batches(cfg, train_set, self.device)
         self.knn_test = build_eval_batches(cfg, test_set, self.device)
         self.steps_per_epoch = len(self.loader)
@@ -83,13 +84,17 @@ class Trainer:
         if self.target is not None:
             self.target_forward = torch.compile(self.target) if cfg.train.compile else self.target
             self._ema_params = (list(self.target.parameters()), list(self.model.parameters()))
-        self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.head]))
+        self.rotation = (RotationPredictor(cfg.model.projector_out).to(self.device)
+                         if cfg.method.rotation_weight > 0 else None)
+        trained = [self.model, self.head] + ([self.rotation] if self.rotation is not None else [])
+        self.optimizer = build_optimizer(cfg.optim, nn.ModuleList(trained))
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps)
         self.scaler = grad_scaler(self.precision, self.device)
 
         self.step, self.knn_start = 0, float("nan")
         self.loss_sum = torch.zeros((), device=self.device)
+        self.aux_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
         if restored is not None:
             self._restore(restored)
@@ -107,10 +112,11 @@ class Trainer:
     def _state(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "head": self.head.state_dict(),
                 "target": None if self.target is None else self.target.state_dict(),
+                "rotation": None if self.rotation is None else self.rotation.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "loader": self.loader.state_dict(), "knn_start": self.knn_start,
-                "loss_sum": self.loss_sum.detach().cpu(), "loss_count": self.loss_count,
+                "loss_sum": self.loss_sum.detach().cpu(), "aux_sum": self.aux_sum.detach().cpu(), "loss_count": self.loss_count,
                 "metrics_lines": self.metrics.lines, "config": config_mod.to_dict(self.cfg)}
 
     def save(self) -> None:
@@ -121,6 +127,8 @@ class Trainer:
         self.head.load_state_dict(state["head"])
         if self.target is not None:
             self.target.load_state_dict(state["target"])
+        if self.rotation is not None:
+            self.rotation.load_state_dict(state["rotation"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -128,6 +136,7 @@ class Trainer:
         restore_rng(state["rng"])
         self.step, self.knn_start = state["step"], state["knn_start"]
         self.loss_sum = state["loss_sum"].to(self.device)
+        self.aux_sum = state["aux_sum"].to(self.device)
         self.loss_count = state["loss_count"]
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", keep_lines=state["metrics_lines"])
 
@@ -139,22 +148,21 @@ class Trainer:
         self.metrics.write({"step": self.step, "epoch": epoch, "knn_top1": top1})
         return top1
 
-    def _task_views(self, batch, epoch: int) -> list[torch.Tensor]:
-        """The batch's views, with task augmentation applied when it is on (the same for every backend)."""
-        if self.task_rotation is None:
-            return batch.views
-        return self.task_rotation.apply(batch.views, self.task_rotation.rotations(epoch, batch.index))
-
-    def train_step(self, views: list[torch.Tensor]) -> None:
-        images = torch.cat(views).contiguous(memory_format=torch.channels_last)
+    def train_step(self, task: TaskBatch) -> None:
+        images = torch.cat(task.views).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
             _, z = self.forward(images)
-            if self.target is not None:
+            if self.target is not None:   # BYOL's target sees the views before query mixing
+                clean = images if task.clean_views is task.views else torch.cat(task.clean_views)
                 with torch.no_grad():
-                    _, target_z = self.target_forward(images)
+                    _, target_z = self.target_forward(clean.contiguous(memory_format=torch.channels_last))
         # Outside autocast: the heads choose their own precision (fp32 rows; kernels accumulate in fp32),
         # where autocast would run a reference head's matmuls and solves in half precision.
-        loss = self.head(z, len(views)) if self.target is None else self.head(z, len(views), target_z)
+        loss = self.head(z, task.layout) if self.target is None else self.head(z, task.layout, target_z)
+        if self.rotation is not None:
+            aux = self.rotation(z, task.layout, task.rotations)
+            loss = loss + self.cfg.method.rotation_weight * aux
+            self.aux_sum += aux.detach()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -170,6 +178,9 @@ class Trainer:
         loss = float(self.loss_sum) / self.loss_count  # the one host sync of the interval
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images / seconds}
+        if self.rotation is not None:   # the rotation-prediction term alone (unweighted), also in `loss`
+            record["rotation_loss"] = float(self.aux_sum) / self.loss_count
+            self.aux_sum.zero_()
         self.metrics.write(record)
         progress.update(self.step, epoch, self.cfg.train.epochs, loss, lr, record["images_per_s"])
         self.loss_sum.zero_()
@@ -188,7 +199,7 @@ class Trainer:
             self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
             tick, images = time.perf_counter(), 0
             for batch in self.loader:
-                self.train_step(self._task_views(batch, epoch))
+                self.train_step(self.tasks.build(batch.views, batch.index, epoch, self.step))
                 images += per_batch
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(epoch, progress, images, time.perf_counter() - tick)

@@ -13,11 +13,11 @@ def build_head(method: MethodConfig, embed_dim: int | None = None):
     if method.head == "contrastive":
         return ContrastiveHead(method.temperature, impl=method.loss_impl)
     if method.head == "protonet":
-        return ProtoNetHead(method.temperature, method.n_supp, impl=method.loss_impl)
+        return ProtoNetHead(method.temperature, impl=method.loss_impl)
     if method.head == "r2d2":
-        return R2D2Head(method.temperature, method.n_supp, method.ridge_lambda, impl=method.loss_impl)
+        return R2D2Head(method.temperature, method.ridge_lambda, impl=method.loss_impl)
     if method.head == "svm":
-        return SVMHead(method.temperature, method.n_supp, method.svm_c, method.svm_iters, method.svm_tasks)
+        return SVMHead(method.temperature, method.svm_c, method.svm_iters, method.svm_tasks)
     if method.head == "byol":
         if embed_dim is None:
             raise ValueError("method.head=byol: build_head needs embed_dim (model.projector_out)")

@@ -17,21 +17,28 @@ from torch import nn
 
 from fastssl.models.projector import Projector
 
+from .support_query import TaskLayout
 
-def byol_loss(p: torch.Tensor, t: torch.Tensor, n_views: int) -> torch.Tensor:
+
+def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
     """p: predictions (V*B, D), t: target projections (V*B, D), view-major rows; scalar float32.
 
     With unit rows, sum over v != w of p_v . t_w = (sum_v p_v) . (sum_w t_w) - sum_v p_v . t_v,
-    so all V (V - 1) pairs cost O(V B D), not O(V^2 B D).
+    so all V (V - 1) pairs cost O(V B D), not O(V^2 B D). Under query mixing the target sees the
+    unmixed views and a mixed query of image i regresses lam t(i) + (1 - lam) t(partner[i]): the
+    loss 2 - 2 p.t is linear in t, so that is exactly lam L(i) + (1 - lam) L(partner[i]).
     """
-    if p.shape != t.shape or p.shape[0] % n_views:
-        raise ValueError(f"p {tuple(p.shape)}, t {tuple(t.shape)}: must be equal shapes of V*B rows, V={n_views}")
+    if p.shape != t.shape:
+        raise ValueError(f"byol: predictions {tuple(p.shape)} and targets {tuple(t.shape)} must have equal shapes")
+    batch, views, n_supp = layout.batch(p, "byol"), layout.n_views, layout.n_supp
     dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-    batch = p.shape[0] // n_views
-    pn = F.normalize(p.to(dtype), dim=1).view(n_views, batch, -1)
-    tn = F.normalize(t.detach().to(dtype), dim=1).view(n_views, batch, -1)
-    cross = (pn.sum(0) * tn.sum(0)).sum() - (pn * tn).sum()
-    return 2 - 2 * cross / (n_views * (n_views - 1) * batch)
+    pn = F.normalize(p.to(dtype), dim=1).view(views, batch, -1)
+    tn = F.normalize(t.detach().to(dtype), dim=1).view(views, batch, -1)
+    cross = (pn[:n_supp].sum(0) * tn.sum(0)).sum() - (pn[:n_supp] * tn[:n_supp]).sum()
+    if layout.mix is not None:
+        tn = layout.mix.lam * tn + (1 - layout.mix.lam) * tn[:, layout.mix.partner]
+    cross = cross + (pn[n_supp:].sum(0) * tn.sum(0)).sum() - (pn[n_supp:] * tn[n_supp:]).sum()
+    return 2 - 2 * cross / (views * (views - 1) * batch)
 
 
 def momentum_at(step: int, total_steps: int, base: float) -> float:
@@ -71,6 +78,6 @@ class BYOLHead(nn.Module):
         super().__init__()
         self.predictor = Projector(dim, hidden, dim, layers=2, batch_norm=True)
 
-    def forward(self, z: torch.Tensor, n_views: int, target_z: torch.Tensor) -> torch.Tensor:
-        """z: online projections, target_z: the target's projections of the same rows (V*B, D)."""
-        return byol_loss(self.predictor(z.float()), target_z, n_views)
+    def forward(self, z: torch.Tensor, layout: TaskLayout, target_z: torch.Tensor) -> torch.Tensor:
+        """z: online projections, target_z: the target's projections of the same (unmixed) rows (V*B, D)."""
+        return byol_loss(self.predictor(z.float()), target_z, layout)

@@ -4,16 +4,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastssl.kernels import nt_xent
+from fastssl.kernels import sim_xent, unit_rows
+
+from .support_query import TaskLayout, mixed_loss
 
 
 class ContrastiveHead(nn.Module):
-    """NT-Xent over L2-normalised projections for any number of views >= 2 (DESIGN.md section 3)."""
+    """NT-Xent over L2-normalised projections for any number of views >= 2 (DESIGN.md section 3).
+
+    Support and query views are alike to it; the split matters only under query mixing, where the
+    mixed query rows of image i count as image partner[i] in the (1 - lam) term (mixed_loss): their
+    positives become partner[i]'s other views, and partner[i]'s rows find their positive in them.
+    """
 
     def __init__(self, temperature: float, impl: str = "auto"):
         super().__init__()
         self.temperature, self.impl = temperature, impl
 
-    def forward(self, z: torch.Tensor, n_views: int) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
         """z: (V*B, D), view-major rows; returns the scalar loss in float32."""
-        return nt_xent(z, n_views, self.temperature, impl=self.impl)
+        batch = layout.batch(z, "contrastive")
+        z = unit_rows(z)
+
+        def loss_of(ids: torch.Tensor) -> torch.Tensor:
+            return sim_xent(z, z, scale=1.0 / self.temperature, instance_ids=ids, self_mask=True, impl=self.impl)
+
+        return mixed_loss(loss_of, layout.row_images(batch, z.device), layout, layout.n_supp * batch)

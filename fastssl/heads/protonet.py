@@ -6,7 +6,7 @@ from torch import nn
 
 from fastssl.kernels import sim_xent
 
-from .support_query import split_views
+from .support_query import TaskLayout, mixed_loss, split_views
 
 
 class ProtoNetHead(nn.Module):
@@ -17,13 +17,17 @@ class ProtoNetHead(nn.Module):
     distance matrix is never built.
     """
 
-    def __init__(self, temperature: float, n_supp: int, impl: str = "auto"):
+    def __init__(self, temperature: float, impl: str = "auto"):
         super().__init__()
-        self.temperature, self.n_supp, self.impl = temperature, n_supp, impl
+        self.temperature, self.impl = temperature, impl
 
-    def forward(self, z: torch.Tensor, n_views: int) -> torch.Tensor:
-        task = split_views(z, n_views, self.n_supp, "protonet")
+    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+        task = split_views(z, layout, "protonet")
         prototypes = task.support.mean(dim=0)
         bias = -prototypes.pow(2).sum(dim=1) / self.temperature
-        return sim_xent(task.queries, prototypes, scale=2.0 / self.temperature, col_bias=bias,
-                        targets=task.targets, impl=self.impl)
+
+        def loss_of(targets: torch.Tensor) -> torch.Tensor:
+            return sim_xent(task.queries, prototypes, scale=2.0 / self.temperature, col_bias=bias,
+                            targets=targets, impl=self.impl)
+
+        return mixed_loss(loss_of, task.targets, layout, 0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from fastssl.kernels import ridge_solve, sim_xent
 
-from .support_query import split_views
+from .support_query import TaskLayout, mixed_loss, split_views
 
 
 class R2D2Head(nn.Module):
@@ -24,18 +24,22 @@ class R2D2Head(nn.Module):
     it is there so the parametrisation matches the papers', not because it can learn.
     """
 
-    def __init__(self, temperature: float, n_supp: int, ridge_lambda: float, impl: str = "auto"):
+    def __init__(self, temperature: float, ridge_lambda: float, impl: str = "auto"):
         super().__init__()
-        self.n_supp, self.impl = n_supp, impl
+        self.impl = impl
         self.scale = nn.Parameter(torch.tensor(1.0 / temperature))
         self.bias = nn.Parameter(torch.zeros(()))
         self.log_lambda = nn.Parameter(torch.tensor(math.log(ridge_lambda)))
 
-    def forward(self, z: torch.Tensor, n_views: int) -> torch.Tensor:
-        task = split_views(z, n_views, self.n_supp, "r2d2")
+    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+        task = split_views(z, layout, "r2d2")
         batch, dim = task.classes, task.support.shape[2]
-        labels = torch.eye(batch, device=z.device).repeat(self.n_supp, 1)   # row v*B + i -> image i
+        labels = torch.eye(batch, device=z.device).repeat(layout.n_supp, 1)   # row v*B + i -> image i
         weights = ridge_solve(task.support.reshape(1, -1, dim), labels[None], self.log_lambda.exp(),
-                              impl=self.impl)[0]                               # (D, B)
-        return sim_xent(task.queries, (self.scale * weights).mT, scale=1.0, col_bias=self.bias.expand(batch),
-                        targets=task.targets, impl=self.impl)
+                              impl=self.impl)[0]                                 # (D, B)
+        keys, bias = (self.scale * weights).mT, self.bias.expand(batch)
+
+        def loss_of(targets: torch.Tensor) -> torch.Tensor:
+            return sim_xent(task.queries, keys, scale=1.0, col_bias=bias, targets=targets, impl=self.impl)
+
+        return mixed_loss(loss_of, task.targets, layout, 0)

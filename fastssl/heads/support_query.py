@@ -1,12 +1,64 @@
-"""The support/query split every meta-learning head shares: each image is a class, its first views
-are the support set and the rest are queries (DESIGN.md section 3)."""
+"""The task every head is given (DESIGN.md section 3): each image is a class, its first n_supp views are
+the support set and the next n_query views the queries, rows view-major (row r is image r mod B).
+
+Query mixing (CutMix / Mixup between the query views of different images) is part of the task: a
+mixed query of image i holds a fraction lam of image i and 1 - lam of image partner[i], and every
+head's loss becomes lam * L(i) + (1 - lam) * L(partner[i]) (`mixed_loss`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from fastssl.kernels import unit_rows
+
+
+@dataclass(frozen=True)
+class QueryMix:
+    """partner: (B,) int64, the image mixed into each image's query views; lam: the share of the image itself."""
+
+    partner: torch.Tensor
+    lam: float
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """How the rows of a task's embeddings are laid out, and whether its queries were mixed."""
+
+    n_supp: int
+    n_query: int
+    mix: QueryMix | None = None
+
+    @property
+    def n_views(self) -> int:
+        return self.n_supp + self.n_query
+
+    def batch(self, z: torch.Tensor, head: str) -> int:
+        """Images in the task of rows z, checked against the layout."""
+        if self.n_supp < 1 or self.n_query < 1 or z.shape[0] % self.n_views:
+            raise ValueError(f"{head}: {z.shape[0]} rows, n_supp={self.n_supp}, n_query={self.n_query}: need "
+                             "n_supp >= 1, n_query >= 1 and n_supp + n_query views dividing the row count")
+        return z.shape[0] // self.n_views
+
+    def row_images(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The image (class) of every row, support rows first: (n_views * B,)."""
+        return torch.arange(batch, device=device).repeat(self.n_views)
+
+
+def mixed_loss(loss_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, layout: TaskLayout,
+               first_query: int) -> torch.Tensor:
+    """loss_of(images), the loss when row r belongs to image images[r]; with query mixing
+    lam * loss_of(images) + (1 - lam) * loss_of(images with rows >= first_query moved to their partner).
+
+    Exact for any loss that is a mean of per-row terms linear in the row's one-hot target (cross-entropy
+    against a soft target lam * e_i + (1 - lam) * e_partner[i] is such a sum).
+    """
+    if layout.mix is None:
+        return loss_of(images)
+    swapped = torch.cat([images[:first_query], layout.mix.partner[images[first_query:]]])
+    return layout.mix.lam * loss_of(images) + (1 - layout.mix.lam) * loss_of(swapped)
 
 
 @dataclass
@@ -22,12 +74,9 @@ class Task:
         return self.support.shape[1]
 
 
-def split_views(z: torch.Tensor, n_views: int, n_supp: int, head: str) -> Task:
-    """Unit-normalised rows of z (V*B, D), row r being image r mod B, split into support and queries."""
-    if not 1 <= n_supp < n_views or z.shape[0] % n_views:
-        raise ValueError(f"{head}: {z.shape[0]} rows, {n_views} views, n_supp={n_supp}: need "
-                         "1 <= n_supp < views and views dividing the row count")
-    views = unit_rows(z).reshape(n_views, -1, z.shape[1])
-    batch = views.shape[1]
-    targets = torch.arange(batch, device=z.device).repeat(n_views - n_supp)
-    return Task(views[:n_supp], views[n_supp:].reshape(-1, z.shape[1]), targets)
+def split_views(z: torch.Tensor, layout: TaskLayout, head: str) -> Task:
+    """Unit-normalised rows of z (V*B, D) split into support and queries."""
+    batch = layout.batch(z, head)
+    views = unit_rows(z).reshape(layout.n_views, batch, z.shape[1])
+    targets = torch.arange(batch, device=z.device).repeat(layout.n_query)
+    return Task(views[:layout.n_supp], views[layout.n_supp:].reshape(-1, z.shape[1]), targets)

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .support_query import Task, split_views
+from .support_query import Task, TaskLayout, mixed_loss, split_views
 
 LAMBDA_SQUARINGS = 5
 
@@ -58,8 +58,8 @@ def split_tasks(task: Task, tasks: int) -> tuple[torch.Tensor, torch.Tensor, tor
     """The batch's B images as `tasks` independent tasks of b = B / tasks consecutive images.
 
     Returns support (T, n_supp * b, D) with row v*b + j = view v of image t*b + j (class j),
-    queries (T, n_query * b, D) with row u*b + j = query view u of image t*b + j, and their targets
-    (T, n_query * b) = j.
+    queries (T, n_query * b, D) with row u*b + j = query view u of image t*b + j, and the batch image of
+    each query (T, n_query * b) = t*b + j (its class within task t is j).
     """
     n_supp, batch, dim = task.support.shape
     if tasks < 1 or batch % tasks:
@@ -68,8 +68,8 @@ def split_tasks(task: Task, tasks: int) -> tuple[torch.Tensor, torch.Tensor, tor
     support = task.support.reshape(n_supp, tasks, b, dim).transpose(0, 1).reshape(tasks, n_supp * b, dim)
     n_query = task.queries.shape[0] // batch
     queries = task.queries.reshape(n_query, tasks, b, dim).transpose(0, 1).reshape(tasks, n_query * b, dim)
-    targets = torch.arange(b, device=task.queries.device).repeat(n_query).expand(tasks, -1)
-    return support, queries, targets
+    images = torch.arange(batch, device=task.queries.device).reshape(tasks, 1, b).expand(-1, n_query, -1)
+    return support, queries, images.reshape(tasks, n_query * b)
 
 
 def lambda_max_bound(x: torch.Tensor, squarings: int = LAMBDA_SQUARINGS) -> torch.Tensor:
@@ -130,25 +130,32 @@ class SVMHead(nn.Module):
     The batch's B images form `tasks` independent tasks of B / tasks images (consecutive in the batch),
     solved together; the loss is the mean cross-entropy over all queries (every task has as many, so
     it is also the mean of the tasks' losses). Plain torch: method.loss_impl does not apply.
+    Under query mixing a query's partner must be an image of the same task (the trainer's query mixer
+    draws partners within each block of B / tasks images), so its class is again image mod b.
     """
 
-    def __init__(self, temperature: float, n_supp: int, c: float = 0.1, iters: int = 30, tasks: int = 1,
-                 ridge: float = 1.0):
+    def __init__(self, temperature: float, c: float = 0.1, iters: int = 30, tasks: int = 1, ridge: float = 1.0):
         super().__init__()
         if not (c > 0 and iters >= 1 and tasks >= 1 and ridge > 0):
             raise ValueError(f"svm: C={c}, iters={iters}, tasks={tasks}, ridge={ridge}: need C > 0, "
                              "iters >= 1, tasks >= 1, ridge > 0")
-        self.n_supp, self.c, self.iters, self.tasks, self.ridge = n_supp, c, iters, tasks, ridge
+        self.c, self.iters, self.tasks, self.ridge = c, iters, tasks, ridge
         self.scale = nn.Parameter(torch.tensor(1.0 / temperature))
 
-    def logits(self, z: torch.Tensor, n_views: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, n_query * b, b) query logits and (T, n_query * b) targets."""
-        support, queries, targets = split_tasks(split_views(z, n_views, self.n_supp, "svm"), self.tasks)
-        b = support.shape[1] // self.n_supp
+    def logits(self, z: torch.Tensor, layout: TaskLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, n_query * b, b) query logits and the batch image of each query (T, n_query * b)."""
+        support, queries, images = split_tasks(split_views(z, layout, "svm"), self.tasks)
+        b = support.shape[1] // layout.n_supp
         alpha = svm_dual(support, self.c, self.iters, self.ridge, n_classes=b)
         weights = support.mT @ alpha                                          # (T, D, b)
-        return self.scale * (queries @ weights), targets
+        return self.scale * (queries @ weights), images
 
-    def forward(self, z: torch.Tensor, n_views: int) -> torch.Tensor:
-        logits, targets = self.logits(z, n_views)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+        logits, images = self.logits(z, layout)
+        flat = logits.reshape(-1, logits.shape[-1])
+        b = logits.shape[-1]
+
+        def loss_of(batch_images: torch.Tensor) -> torch.Tensor:   # class within a task = image mod b
+            return F.cross_entropy(flat, batch_images % b)
+
+        return mixed_loss(loss_of, images.reshape(-1), layout, 0)

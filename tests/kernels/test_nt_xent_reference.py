@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fastssl.heads import build_head
+from fastssl.heads.support_query import TaskLayout
 from fastssl.config import MethodConfig
 from fastssl.kernels import nt_xent, sim_xent
 
@@ -48,7 +49,7 @@ def test_head_gradient_matches_naive_autograd_in_float64():
     z = torch.randn(3 * 4, 6, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda x: nt_xent(x, 3, 0.3), (z,))
     head = build_head(MethodConfig(head="contrastive", temperature=0.3))
-    assert float(head(z, 3).detach()) == pytest.approx(naive_nt_xent(z.detach(), 3, 0.3), rel=1e-10)
+    assert float(head(z, TaskLayout(1, 2)).detach()) == pytest.approx(naive_nt_xent(z.detach(), 3, 0.3), rel=1e-10)
 
 
 def test_sim_xent_targets_mode_equals_cross_entropy_with_bias_and_offset_mask():

@@ -54,11 +54,11 @@ def test_trainer_feeds_rotated_views_and_stays_deterministic(tmp_path, monkeypat
            "method.loss_impl=reference", "augment.impl=reference", "method.task_rotation_p=1.0"]
     seen = []
     original = Trainer.train_step
-    monkeypatch.setattr(Trainer, "train_step", lambda self, views: (seen.append(views), original(self, views))[1])
+    monkeypatch.setattr(Trainer, "train_step", lambda self, task: (seen.append(task.views), original(self, task))[1])
     batch = next(iter(Trainer(load_config(None, run), tmp_path / "first-batch").loader))
     trainer = Trainer(load_config(None, run), tmp_path / "a")
     trainer.fit()
-    k = trainer.task_rotation.rotations(0, batch.index)
+    k = trainer.tasks.rotation.rotations(0, batch.index)
     assert bool((k > 0).all())
     assert torch.equal(seen[0][0], TaskRotation.apply(batch.views, k)[0])
     Trainer(load_config(None, run), tmp_path / "b").fit()

@@ -1,0 +1,147 @@
+"""Every head on equal footing (issue 6): the same encoder, data, schedule and budget, trained once per
+variant (head x tricks), then scored by kNN and by a linear probe on the frozen features, next to the
+random-init encoder every head must beat.
+
+Each variant is one `Trainer` run in its own folder under `work`; a variant whose folder already holds
+its result is not run again, so an interrupted comparison continues where it stopped. One seed per
+variant: the +- column is the 95% binomial interval of the test-set estimate (10,000 images), not the
+spread over seeds, which this budget cannot pay for.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastssl.config import Config, load_config
+from fastssl.engine.trainer import Trainer
+from fastssl.evaluation import run_protocol
+
+RANDOM_INIT = "random init"
+# The tricks: task augmentation rotates half the images (a new class each), rotation prediction adds
+# the 4-way rotation loss at weight 0.5, query mixing CutMixes every batch's queries (alpha 1).
+TRICKS = {
+    "": [],
+    "+ task aug": ["method.task_rotation_p=0.5"],
+    "+ task aug + rot pred": ["method.task_rotation_p=0.5", "method.rotation_weight=0.5"],
+    "+ task aug + rot pred + cutmix": ["method.task_rotation_p=0.5", "method.rotation_weight=0.5",
+                                       "method.query_mix=cutmix"],
+}
+# Per head, set a priori (not tuned here): the logit scale of every head is near 2 at init.
+HEADS = {
+    "contrastive": ["method.head=contrastive", "method.temperature=0.5"],
+    "protonet": ["method.head=protonet", "method.temperature=1.0"],
+    "r2d2": ["method.head=r2d2", "method.temperature=0.5"],
+    "svm": ["method.head=svm", "method.temperature=0.1"],
+    "byol": ["method.head=byol", "optim.weight_decay=1e-5"],
+}
+DEFAULT_VARIANTS = ([f"{h}" for h in HEADS] + [f"{h} + task aug" for h in HEADS]
+                    + [f"{h} + task aug + rot pred" for h in HEADS] + ["byol + task aug + rot pred + cutmix"])
+
+
+def small_cpu_run(data: str, epochs: int) -> list[str]:
+    """configs/cifar10_jpeg.yaml shrunk to the CPU: width 1/8, a 256 -> 64 projector, batch 256."""
+    return [f"data.path={data}", "model.width=0.125", "model.projector_hidden=256", "model.projector_out=64",
+            "loader.batch_size=256", f"train.epochs={epochs}", "optim.warmup_epochs=0.5", "train.log_every=20",
+            "train.ckpt_every=0", "knn.every_epochs=0", "augment.crop_scale_min=0.2"]
+
+
+def variant_overrides(name: str) -> list[str]:
+    """`head` or `head + trick ...` -> its --set overrides."""
+    head, _, tricks = name.partition(" ")
+    if head not in HEADS or (tricks and f"{tricks}" not in TRICKS):
+        raise ValueError(f"variant {name!r}: must be '{RANDOM_INIT}' or a head ({', '.join(HEADS)}) followed by "
+                         f"one of: {' | '.join(t for t in TRICKS if t)}")
+    return HEADS[head] + TRICKS[tricks]
+
+
+@dataclass
+class Result:
+    variant: str
+    knn_top1: float
+    linear_top1: float
+    knn_ci95: float
+    linear_ci95: float
+    train_seconds: float
+    steps: int
+    knn_random_init: float
+
+
+def _ci95(p: float, n: int) -> float:
+    return 1.96 * (p * (1 - p) / n) ** 0.5
+
+
+def run_variant(name: str, base: list[str], config: str, work: Path, progress=print) -> Result:
+    folder = work / name.replace(" ", "_").replace("+", "plus")
+    done = folder / "comparison.json"
+    if done.exists():
+        return Result(**json.loads(done.read_text()))
+    overrides = base + ([] if name == RANDOM_INIT else variant_overrides(name))
+    cfg: Config = load_config(config, overrides)
+    tick = time.perf_counter()
+    trainer = Trainer(cfg, folder, resume=(folder / "last.pt").exists())
+    if name == RANDOM_INIT:
+        knn = knn_start = trainer._evaluate(epoch=0)
+        trainer.save()
+        steps = 0
+    else:
+        fit = trainer.fit()
+        knn, knn_start, steps = fit.knn_top1, fit.knn_start, fit.steps
+    seconds = time.perf_counter() - tick
+    _, linear, _ = run_protocol(folder / "last.pt", "linear", progress=lambda _: None)
+    n_test = linear["num_test"]
+    result = Result(name, knn, linear["top1"], _ci95(knn, n_test), _ci95(linear["top1"], n_test), seconds, steps,
+                    knn_start)
+    done.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    progress(f"{name}: knn {knn:.4f} linear {linear['top1']:.4f} ({seconds:.0f} s training)")
+    return result
+
+
+def write_all(results: list[Result], out: Path, command: str, ctx: dict[str, str]) -> list[Path]:
+    """CSV (with ctx: device, versions, commit and date, taken when the runs started), Markdown table, PNG."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, png_path = out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".png")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])) + list(ctx))
+        writer.writeheader()
+        writer.writerows({**asdict(r), **ctx} for r in results)
+    base = next((r for r in results if r.variant == RANDOM_INIT), None)
+    lines = ["# Heads compared on CIFAR-10 JPEG (CPU budget)", "",
+             f"{ctx['device']}; torch {ctx['torch']}; commit {ctx['commit']}; {ctx['date']}", "",
+             f"Command: `{command}`", "",
+             "| variant | kNN top-1 | linear top-1 | beats random init (both) | training time |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        beats = "-" if base is None or r is base else (
+            "yes" if r.knn_top1 > base.knn_top1 + base.knn_ci95 and r.linear_top1 > base.linear_top1 + base.linear_ci95
+            else "no")
+        lines.append(f"| {r.variant} | {r.knn_top1:.4f} ± {r.knn_ci95:.4f} | {r.linear_top1:.4f} ± {r.linear_ci95:.4f} "
+                     f"| {beats} | {r.train_seconds / 60:.1f} min ({r.steps} steps) |")
+    lines += ["", "± is the 95% binomial interval of the test estimate (one seed per variant, not a seed spread)."]
+    md_path.write_text("\n".join(lines) + "\n")
+    _plot(results, png_path)
+    return [csv_path, md_path, png_path]
+
+
+def _plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(results)), 4))
+    x = np.arange(len(results))
+    for offset, key, colour in ((-0.2, "knn", "#4c72b0"), (0.2, "linear", "#dd8452")):
+        values = [getattr(r, f"{key}_top1") for r in results]
+        errors = [getattr(r, f"{key}_ci95") for r in results]
+        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=3, color=colour, label=key)
+    ax.set_xticks(x, [r.variant.replace(" + ", "\n+ ") for r in results], fontsize=7)
+    ax.set(ylabel="top-1", title="CIFAR-10 JPEG, width-1/8 ResNet-18, same budget per variant")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

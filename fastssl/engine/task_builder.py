@@ -1,0 +1,52 @@
+"""Turns a loaded batch into the task the heads see (DESIGN.md section 3): task augmentation by
+rotation, then query mixing, and the layout (support / query views, mixing partners and lam).
+
+Both tricks run on the device after loading, so every backend gets them alike, and both are pure
+functions of (seed, epoch, dataset index) or (seed, step), so a resumed run builds the same tasks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastssl.config import MethodConfig
+from fastssl.heads.support_query import QueryMix, TaskLayout
+from fastssl.loaders.query_mix import QueryMixer
+from fastssl.loaders.task_rotation import TaskRotation
+
+
+@dataclass
+class TaskBatch:
+    """views: what the online network sees; clean_views: the same before query mixing (BYOL's target
+    reads these); rotations: (B,) quarter turns per image under task augmentation, else None."""
+
+    views: list[torch.Tensor]
+    clean_views: list[torch.Tensor]
+    layout: TaskLayout
+    rotations: torch.Tensor | None
+
+
+class TaskBuilder:
+    def __init__(self, method: MethodConfig, num_samples: int, seed: int):
+        self.n_supp, self.n_query = method.n_supp, method.n_query
+        p = method.task_rotation_p
+        self.rotation = TaskRotation(p, num_samples, seed) if p > 0 else None
+        blocks = method.svm_tasks if method.head == "svm" else 1   # svm: partners within its tasks
+        self.mixer = (QueryMixer(method.query_mix, method.query_mix_p, method.query_mix_alpha, seed, blocks)
+                      if method.query_mix != "none" else None)
+
+    def build(self, views: list[torch.Tensor], index: torch.Tensor, epoch: int, step: int) -> TaskBatch:
+        """The task of the batch whose samples sit at dataset positions `index`, at training step `step`."""
+        if len(views) != self.n_supp + self.n_query:
+            raise ValueError(f"task: {len(views)} views, but n_supp + n_query = {self.n_supp} + {self.n_query}")
+        rotations = None
+        if self.rotation is not None:
+            rotations = self.rotation.rotations(epoch, index.to(views[0].device))
+            views = self.rotation.apply(views, rotations)
+        draw = None if self.mixer is None else self.mixer.draw(step, views[0].shape[0], views[0].shape[-2:])
+        if draw is None:
+            return TaskBatch(views, views, TaskLayout(self.n_supp, self.n_query), rotations)
+        mixed = QueryMixer.apply(views, self.n_supp, draw)
+        mix = QueryMix(draw.partner.to(views[0].device, non_blocking=True), draw.lam)
+        return TaskBatch(mixed, views, TaskLayout(self.n_supp, self.n_query, mix), rotations)
