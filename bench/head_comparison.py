@@ -20,41 +20,33 @@ from fastssl.engine.trainer import Trainer
 from fastssl.evaluation import run_protocol
 
 RANDOM_INIT = "random init"
-# The tricks: task augmentation rotates half the images (a new class each), rotation prediction adds
-# the 4-way rotation loss at weight 0.5, query mixing CutMixes every batch's queries (alpha 1).
+# Variant name parts -> the config fragments they layer (under --configs), the same files the README's
+# experiment commands use: configs/heads/<head>.yaml, configs/tricks/*.yaml.
+HEADS = ("contrastive", "protonet", "r2d2", "svm", "byol")
 TRICKS = {
     "": [],
-    "+ task aug": ["method.task_rotation_p=0.5"],
-    "+ task aug + rot pred": ["method.task_rotation_p=0.5", "method.rotation_weight=0.5"],
-    "+ task aug + rot pred + cutmix": ["method.task_rotation_p=0.5", "method.rotation_weight=0.5",
-                                       "method.query_mix=cutmix"],
+    "+ task aug": ["tricks/task_aug.yaml"],
+    "+ task aug + rot pred": ["tricks/task_aug.yaml", "tricks/rot_pred.yaml"],
+    "+ task aug + rot pred + cutmix": ["tricks/task_aug.yaml", "tricks/rot_pred.yaml", "tricks/cutmix.yaml"],
 }
-# Per head, set a priori (not tuned here): the logit scale of every head is near 2 at init.
-HEADS = {
-    "contrastive": ["method.head=contrastive", "method.temperature=0.5"],
-    "protonet": ["method.head=protonet", "method.temperature=1.0"],
-    "r2d2": ["method.head=r2d2", "method.temperature=0.5"],
-    "svm": ["method.head=svm", "method.temperature=0.1"],
-    "byol": ["method.head=byol", "optim.weight_decay=1e-5"],
-}
-DEFAULT_VARIANTS = ([f"{h}" for h in HEADS] + [f"{h} + task aug" for h in HEADS]
-                    + [f"{h} + task aug + rot pred" for h in HEADS] + ["byol + task aug + rot pred + cutmix"])
+DEFAULT_VARIANTS = (list(HEADS) + [f"{h} + task aug" for h in HEADS] + [f"{h} + task aug + rot pred" for h in HEADS]
+                    + ["byol + task aug + rot pred + cutmix"])
 
 
 def small_cpu_run(data: str, epochs: int) -> list[str]:
-    """configs/cifar10_jpeg.yaml shrunk to the CPU: width 1/8, a 256 -> 64 projector, batch 256."""
+    """The base config shrunk to the CPU: width 1/8, a 256 -> 64 projector (and predictor), batch 256."""
     return [f"data.path={data}", "model.width=0.125", "model.projector_hidden=256", "model.projector_out=64",
-            "loader.batch_size=256", f"train.epochs={epochs}", "optim.warmup_epochs=0.5", "train.log_every=20",
-            "train.ckpt_every=0", "knn.every_epochs=0", "augment.crop_scale_min=0.2"]
+            "method.predictor_hidden=256", "loader.batch_size=256", f"train.epochs={epochs}",
+            "optim.warmup_epochs=0.5", "train.log_every=20", "train.ckpt_every=0", "knn.every_epochs=0"]
 
 
-def variant_overrides(name: str) -> list[str]:
-    """`head` or `head + trick ...` -> its --set overrides."""
+def variant_files(name: str, configs: Path) -> list[Path]:
+    """`head` or `head + trick ...` -> the config fragments it layers on the base config."""
     head, _, tricks = name.partition(" ")
-    if head not in HEADS or (tricks and f"{tricks}" not in TRICKS):
+    if head not in HEADS or tricks not in TRICKS:
         raise ValueError(f"variant {name!r}: must be '{RANDOM_INIT}' or a head ({', '.join(HEADS)}) followed by "
-                         f"one of: {' | '.join(t for t in TRICKS if t)}")
-    return HEADS[head] + TRICKS[tricks]
+                         f"nothing or one of: {' | '.join(t for t in TRICKS if t)}")
+    return [configs / "heads" / f"{head}.yaml"] + [configs / t for t in TRICKS[tricks]]
 
 
 @dataclass
@@ -73,13 +65,12 @@ def _ci95(p: float, n: int) -> float:
     return 1.96 * (p * (1 - p) / n) ** 0.5
 
 
-def run_variant(name: str, base: list[str], config: str, work: Path, progress=print) -> Result:
+def run_variant(name: str, base: list[str], config: str, configs: Path, work: Path, progress=print) -> Result:
     folder = work / name.replace(" ", "_").replace("+", "plus")
     done = folder / "comparison.json"
     if done.exists():
         return Result(**json.loads(done.read_text()))
-    overrides = base + ([] if name == RANDOM_INIT else variant_overrides(name))
-    cfg: Config = load_config(config, overrides)
+    cfg: Config = load_config([config] + ([] if name == RANDOM_INIT else variant_files(name, configs)), base)
     tick = time.perf_counter()
     trainer = Trainer(cfg, folder, resume=(folder / "last.pt").exists())
     if name == RANDOM_INIT:

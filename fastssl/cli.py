@@ -93,17 +93,17 @@ def _cmd_bench_heads(args) -> int:
     from fastssl.engine.precision import resolve_device
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else heads.DEFAULT_VARIANTS
-    for name in variants:
-        try:
-            heads.variant_overrides(name)
-        except ValueError as e:
-            raise config_mod.ConfigError(f"--variants: {e}") from None
+    configs = Path(args.configs)
     base = heads.small_cpu_run(args.data, args.epochs) + args.set
     for name in variants:   # every variant's config is checked before the first one trains
-        config_mod.load_config(args.config, base + heads.variant_overrides(name))
+        try:
+            files = heads.variant_files(name, configs)
+        except ValueError as e:
+            raise config_mod.ConfigError(f"--variants: {e}") from None
+        config_mod.load_config([args.config] + files, base)
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     where = context(resolve_device(config_mod.load_config(args.config, base).train.device))  # the commit trained
-    results = [heads.run_variant(name, base, args.config, Path(args.work), say)
+    results = [heads.run_variant(name, base, args.config, configs, Path(args.work), say)
                for name in [heads.RANDOM_INIT] + variants]
     paths = heads.write_all(results, Path(args.out), shlex.join(["fastssl"] + sys.argv[1:]), where)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--data", required=True, help="ImageFolder root with train/ and test/ (e.g. CIFAR-10 JPEG)")
     heads.add_argument("-c", "--config", default="configs/cifar10_jpeg.yaml", help="base run config "
                        "(default: %(default)s), shrunk to the CPU budget")
+    heads.add_argument("--configs", default="configs", help="folder of the heads/ and tricks/ fragments each "
+                       "variant layers on the base config (default: %(default)s)")
     heads.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every variant")
     heads.add_argument("--epochs", type=int, default=4, help="epochs per variant (default: %(default)s)")
     heads.add_argument("--variants", help="comma-separated, e.g. 'contrastive,r2d2 + task aug' (default: every "

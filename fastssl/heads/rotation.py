@@ -28,6 +28,6 @@ class RotationPredictor(nn.Module):
         batch = layout.batch(z, "rotation prediction")
         if rotations.shape != (batch,):
             raise ValueError(f"rotation prediction: rotations {tuple(rotations.shape)} must be one per image ({batch},)")
-        logits = self.classifier(z.float())
+        logits = self.classifier(z.to(self.classifier.weight.dtype))   # fp32 under autocast-produced half z
         return mixed_loss(lambda images: F.cross_entropy(logits, rotations[images]),
                           layout.row_images(batch, z.device), layout, layout.n_supp * batch)
