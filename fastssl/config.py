@@ -26,7 +26,7 @@ QUERY_MIXES = ("none", "mixup", "cutmix")
 # Equal to kernels.runtime.IMPLS (a test checks). Not imported from there: importing the kernels fixes
 # TRITON_INTERPRET, and the CLI must be able to set it after reading the config.
 LOSS_IMPLS = ("auto", "triton", "reference")
-DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist")
+DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist", "omniglot")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 DEVICES = ("auto", "cpu", "cuda")
@@ -310,8 +310,10 @@ def validate(cfg: Config, world: int | None = None) -> None:
     else:
         path = d.path if d.path is not None else (FASHION_MNIST_DEFAULT if d.dataset == "fashion_mnist" else None)
         _require(path is not None, "data.path", d.path, f"is required for data.dataset={d.dataset}")
-        exists = Path(path).is_dir() or (d.download and d.dataset in ("cifar10", "cifar100"))
+        zip_ok = d.dataset == "omniglot" and Path(path).is_file() and Path(path).suffix.lower() == ".zip"
+        exists = Path(path).is_dir() or zip_ok or (d.download and d.dataset in ("cifar10", "cifar100"))
         _require(exists, "data.path", path, "must be an existing directory"
+                 + (" or .zip file" if d.dataset == "omniglot" else "")
                  + (" (or set data.download=true)" if d.dataset.startswith("cifar") else ""))
     _one_of("loader.backend", ld.backend, BACKENDS)
     if ld.backend == "ffcv":

@@ -9,10 +9,11 @@ from fastssl.config import FASHION_MNIST_DEFAULT
 
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import ImageFolderDataset
+from .omniglot import load_omniglot
 from .synthetic import make_shapes
 
 __all__ = ["ArrayDataset", "DataError", "ImageDataset", "ImageFolderDataset", "build_dataset",
-           "load_cifar", "load_fashion_mnist"]
+           "load_cifar", "load_fashion_mnist", "load_omniglot"]
 
 SPLITS = ("train", "test")
 
@@ -36,7 +37,9 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
         return dataset
     if name == "fashion_mnist":
         return load_fashion_mnist(data_cfg.path or FASHION_MNIST_DEFAULT, split)
+    if name == "omniglot":
+        return load_omniglot(data_cfg.path, split)
     if name == "shapes":
         return make_shapes(data_cfg, split)
     raise ValueError(f"data.dataset={name!r}: must be one of cifar10, cifar100, imagefolder, fashion_mnist, "
-                     f"shapes")
+                     f"omniglot, shapes")
