@@ -41,3 +41,22 @@ def cifar10_jpeg_root(tmp_path_factory) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
     return root
+
+
+class _Killed(Exception):
+    """Stands for the process dying right after a checkpoint is written."""
+
+
+@pytest.fixture
+def crash_after_first_checkpoint():
+    """fit(trainer) until its first checkpoint is on disk, then 'crash' (the resume tests' interruption)."""
+    def run(trainer) -> None:
+        save = trainer.save
+
+        def save_then_crash():
+            save()
+            raise _Killed
+        trainer.save = save_then_crash
+        with pytest.raises(_Killed):
+            trainer.fit()
+    return run

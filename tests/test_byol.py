@@ -116,25 +116,12 @@ def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path
     assert seen == [online.encoder]
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_resume_is_exact_for_online_and_target(tmp_path):
+def test_resume_is_exact_for_online_and_target(tmp_path, crash_after_first_checkpoint):
     """8 steps straight == 4 steps, checkpoint, a crash, resume (with task rotation on)."""
     cfg = load_config(None, BYOL_RUN + ["train.max_steps=8", "train.ckpt_every=4", "method.task_rotation_p=0.5"])
     Trainer(cfg, tmp_path / "straight").fit()
 
-    first = Trainer(cfg, tmp_path / "resumed")
-    save = first.save
-
-    def save_then_crash():
-        save()
-        raise _Killed
-
-    first.save = save_then_crash
-    with pytest.raises(_Killed):
-        first.fit()
+    crash_after_first_checkpoint(Trainer(cfg, tmp_path / "resumed"))
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
     Trainer(cfg, tmp_path / "resumed", resume=True).fit()
 

@@ -142,7 +142,7 @@ def test_svm_mixed_is_the_soft_target_loss_over_its_own_logits_with_partners_in_
     layout = TaskLayout(1, 1, _mix(batch, lam, 3, blocks=tasks))
     z = torch.randn(2 * batch, 6, dtype=torch.float64)
     head = SVMHead(0.2, c=0.3, iters=50, tasks=tasks).double()
-    logits, images = head.logits(z, layout)
+    logits, images = head.task_logits(z, layout)
     b = batch // tasks
     expected = torch.stack([_soft_xent(logits[t, j], j, int(layout.mix.partner[t * b + j]) - t * b, lam)
                             for t in range(tasks) for j in range(b)]).mean()
@@ -228,11 +228,7 @@ TRICKS_RUN = ["data.num_train=96", "data.num_test=32", "loader.batch_size=16", "
               "method.query_mix=cutmix", "method.head=protonet", "loader.views=3", "method.n_supp=2"]
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_rotation_prediction_trains_logs_and_resumes_exactly(tmp_path):
+def test_rotation_prediction_trains_logs_and_resumes_exactly(tmp_path, crash_after_first_checkpoint):
     straight = Trainer(load_config(None, TRICKS_RUN), tmp_path / "straight")
     optimized = {id(p) for group in straight.optimizer.param_groups for p in group["params"]}
     assert all(id(p) in optimized for p in straight.rotation.parameters())
@@ -247,15 +243,7 @@ def test_rotation_prediction_trains_logs_and_resumes_exactly(tmp_path):
     assert torch.equal(state["rotation"]["classifier.weight"], straight.rotation.classifier.weight)
 
     cfg = load_config(None, TRICKS_RUN + ["train.ckpt_every=3"])
-    first = Trainer(cfg, tmp_path / "resumed")
-    save = first.save
-
-    def save_then_crash():
-        save()
-        raise _Killed
-    first.save = save_then_crash
-    with pytest.raises(_Killed):
-        first.fit()
+    crash_after_first_checkpoint(Trainer(cfg, tmp_path / "resumed"))
     Trainer(cfg, tmp_path / "resumed", resume=True).fit()
     losses = [[(r["loss"], r["rotation_loss"]) for r in read_metrics(tmp_path / d / "metrics.jsonl") if "loss" in r]
               for d in ("straight", "resumed")]

@@ -173,11 +173,21 @@ class Trainer:
         self.loss_sum += loss.detach()
         self.loss_count += 1
         self.step += 1
+        self._last_task = (z.detach(), task.layout)   # for the task accuracy at the next log
+
+    @torch.no_grad()
+    def _task_top1(self) -> float | None:
+        """The head's accuracy on the last batch's task (queries vs classes), for heads that classify."""
+        logits = getattr(self.head, "logits", None)
+        return None if logits is None else float(logits(*self._last_task).top1())
 
     def _log(self, epoch: int, progress: Progress, images: int, seconds: float) -> None:
         loss = float(self.loss_sum) / self.loss_count  # the one host sync of the interval
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images / seconds}
+        top1 = self._task_top1()
+        if top1 is not None:
+            record["task_top1"] = top1
         if self.rotation is not None:   # the rotation-prediction term alone (unweighted), also in `loss`
             record["rotation_loss"] = float(self.aux_sum) / self.loss_count
             self.aux_sum.zero_()

@@ -6,7 +6,7 @@ from torch import nn
 
 from fastssl.kernels import sim_xent, unit_rows
 
-from .support_query import TaskLayout, mixed_loss
+from .support_query import TaskLayout, TaskLogits, mixed_loss
 
 
 class ContrastiveHead(nn.Module):
@@ -30,3 +30,11 @@ class ContrastiveHead(nn.Module):
             return sim_xent(z, z, scale=1.0 / self.temperature, instance_ids=ids, self_mask=True, impl=self.impl)
 
         return mixed_loss(loss_of, layout.row_images(batch, z.device), layout, layout.n_supp * batch)
+
+    def logits(self, z: torch.Tensor, layout: TaskLayout) -> TaskLogits:
+        """Every row against every other row (self excluded); right when the best is another view of its image."""
+        batch = layout.batch(z, "contrastive")
+        zn = unit_rows(z)
+        logits = (zn @ zn.mT / self.temperature).fill_diagonal_(float("-inf"))
+        images = layout.row_images(batch, z.device)
+        return TaskLogits(logits, images, images)

@@ -6,7 +6,7 @@ from torch import nn
 
 from fastssl.kernels import sim_xent
 
-from .support_query import TaskLayout, mixed_loss, split_views
+from .support_query import TaskLayout, TaskLogits, mixed_loss, split_views
 
 
 class ProtoNetHead(nn.Module):
@@ -31,3 +31,10 @@ class ProtoNetHead(nn.Module):
                             targets=targets, impl=self.impl)
 
         return mixed_loss(loss_of, task.targets, layout, 0)
+
+    def logits(self, z: torch.Tensor, layout: TaskLayout) -> TaskLogits:
+        """Queries against the prototypes, -||q - p||^2 / tau."""
+        task = split_views(z, layout, "protonet")
+        prototypes = task.support.mean(dim=0)
+        logits = -torch.cdist(task.queries, prototypes).pow(2) / self.temperature
+        return TaskLogits(logits, task.targets, torch.arange(task.classes, device=z.device))

@@ -9,7 +9,7 @@ from torch import nn
 
 from fastssl.kernels import ridge_solve, sim_xent
 
-from .support_query import TaskLayout, mixed_loss, split_views
+from .support_query import TaskLayout, TaskLogits, mixed_loss, split_views
 
 
 class R2D2Head(nn.Module):
@@ -31,15 +31,23 @@ class R2D2Head(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
         self.log_lambda = nn.Parameter(torch.tensor(math.log(ridge_lambda)))
 
-    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+    def _fit(self, z: torch.Tensor, layout: TaskLayout):
+        """The task split, and the query logits' keys (B, D) = (scale * W)^T and bias (B,)."""
         task = split_views(z, layout, "r2d2")
         batch, dim = task.classes, task.support.shape[2]
         labels = torch.eye(batch, device=z.device).repeat(layout.n_supp, 1)   # row v*B + i -> image i
         weights = ridge_solve(task.support.reshape(1, -1, dim), labels[None], self.log_lambda.exp(),
                               impl=self.impl)[0]                                 # (D, B)
-        keys, bias = (self.scale * weights).mT, self.bias.expand(batch)
+        return task, (self.scale * weights).mT, self.bias.expand(batch)
+
+    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+        task, keys, bias = self._fit(z, layout)
 
         def loss_of(targets: torch.Tensor) -> torch.Tensor:
             return sim_xent(task.queries, keys, scale=1.0, col_bias=bias, targets=targets, impl=self.impl)
 
         return mixed_loss(loss_of, task.targets, layout, 0)
+
+    def logits(self, z: torch.Tensor, layout: TaskLayout) -> TaskLogits:
+        task, keys, bias = self._fit(z, layout)
+        return TaskLogits(task.queries @ keys.mT + bias, task.targets, torch.arange(task.classes, device=z.device))

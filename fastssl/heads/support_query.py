@@ -61,6 +61,22 @@ def mixed_loss(loss_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Te
     return layout.mix.lam * loss_of(images) + (1 - layout.mix.lam) * loss_of(swapped)
 
 
+@dataclass(frozen=True)
+class TaskLogits:
+    """A head's logits for monitoring: row r scores the columns, and is right when its best column's class
+    is its own. The loss path never builds them (the fused kernels stream them); this is the explicit
+    (rows x columns) matrix, computed without gradient at log steps only."""
+
+    logits: torch.Tensor          # (R, C)
+    row_classes: torch.Tensor     # (R,)
+    column_classes: torch.Tensor  # (C,)
+
+    def top1(self) -> torch.Tensor:
+        """Share of rows whose best column is of their class, a 0-d tensor on the logits' device (no sync)."""
+        best = self.column_classes[self.logits.argmax(dim=1)]
+        return (best == self.row_classes).float().mean()
+
+
 @dataclass
 class Task:
     """support: (n_supp, B, D) unit rows, view-major; queries: (n_query * B, D); targets: the image of each query."""

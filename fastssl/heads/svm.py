@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .support_query import Task, TaskLayout, mixed_loss, split_views
+from .support_query import Task, TaskLayout, TaskLogits, mixed_loss, split_views
 
 LAMBDA_SQUARINGS = 5
 
@@ -142,7 +142,7 @@ class SVMHead(nn.Module):
         self.c, self.iters, self.tasks, self.ridge = c, iters, tasks, ridge
         self.scale = nn.Parameter(torch.tensor(1.0 / temperature))
 
-    def logits(self, z: torch.Tensor, layout: TaskLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_logits(self, z: torch.Tensor, layout: TaskLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, n_query * b, b) query logits and the batch image of each query (T, n_query * b)."""
         support, queries, images = split_tasks(split_views(z, layout, "svm"), self.tasks)
         b = support.shape[1] // layout.n_supp
@@ -151,7 +151,7 @@ class SVMHead(nn.Module):
         return self.scale * (queries @ weights), images
 
     def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
-        logits, images = self.logits(z, layout)
+        logits, images = self.task_logits(z, layout)
         flat = logits.reshape(-1, logits.shape[-1])
         b = logits.shape[-1]
 
@@ -159,3 +159,9 @@ class SVMHead(nn.Module):
             return F.cross_entropy(flat, batch_images % b)
 
         return mixed_loss(loss_of, images.reshape(-1), layout, 0)
+
+    def logits(self, z: torch.Tensor, layout: TaskLayout) -> TaskLogits:
+        """Each query against its own task's b classes."""
+        logits, images = self.task_logits(z, layout)
+        b = logits.shape[-1]
+        return TaskLogits(logits.reshape(-1, b), images.reshape(-1) % b, torch.arange(b, device=z.device))
