@@ -378,6 +378,11 @@ def validate(cfg: Config, world: int | None = None) -> None:
                  "rotation prediction predicts the task rotations: needs method.task_rotation_p > 0 "
                  "(0.75 rotates uniformly over 0/90/180/270 degrees)")
     _one_of("method.query_mix", cfg.method.query_mix, QUERY_MIXES)
+    if cfg.method.head == "svm" and cfg.method.query_mix != "none" and world > 1:
+        t = cfg.method.svm_tasks
+        _require(t % world == 0 or world % t == 0, "method.svm_tasks", t,
+                 f"with query mixing under {world} processes, svm_tasks and the world size must divide one "
+                 "another (mixing partners come from the same rank and must share a task)")
     _probability("method.query_mix_p", cfg.method.query_mix_p)
     _finite_positive("method.query_mix_alpha", cfg.method.query_mix_alpha)
     _require(0 <= cfg.method.byol_momentum <= 1, "method.byol_momentum", cfg.method.byol_momentum, "must be in [0, 1]")

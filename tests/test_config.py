@@ -21,6 +21,8 @@ CASES = [
     (["method.query_mix=mixin"], 1, "method.query_mix='mixin': must be one of none, mixup, cutmix"),
     (["method.query_mix_p=1.5"], 1, "method.query_mix_p=1.5: must be a probability in [0, 1]"),
     (["method.query_mix_alpha=0"], 1, "method.query_mix_alpha=0.0: must be a finite number > 0"),
+    (["method.head=svm", "method.svm_tasks=4", "method.query_mix=mixup", "loader.batch_size=48"], 3,
+     "method.svm_tasks=4: with query mixing under 3 processes, svm_tasks and the world size must divide one another"),
     (["method.ridge_lambda=0"], 1, "method.ridge_lambda=0.0: must be a finite number > 0"),
     (["method.ridge_lambda=.inf"], 1, "method.ridge_lambda=inf: must be a finite number > 0"),
     (["optim.lr=0"], 1, "optim.lr=0.0: must be a finite number > 0"),

@@ -13,11 +13,15 @@ class MetricsLog:
     """Appends records to RUN/metrics.jsonl, flushed per line so a killed run keeps what it logged.
 
     `lines` counts the records written; a checkpoint stores it and a resume truncates the file back to
-    it, so records logged after the checkpoint by the killed run are not duplicated.
+    it, so records logged after the checkpoint by the killed run are not duplicated. With path None
+    (ranks other than 0 under DDP) it only counts.
     """
 
-    def __init__(self, path: Path, keep_lines: int | None = None):
+    def __init__(self, path: Path | None, keep_lines: int | None = None):
         self.path = path
+        if path is None:
+            self.lines = keep_lines or 0
+            return
         records = read_metrics(path) if path.exists() else []
         if keep_lines is not None:
             records = records[:keep_lines]
@@ -27,8 +31,9 @@ class MetricsLog:
         self.lines = len(records)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         self.lines += 1
 
 
@@ -44,14 +49,17 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """One status line: redrawn in place on a terminal, printed per update when piped to a log."""
+    """One status line: redrawn in place on a terminal, printed per update when piped to a log; silent
+    with stream None (ranks other than 0 under DDP)."""
 
     def __init__(self, total_steps: int, start_step: int = 0, stream=sys.stderr):
         self.total, self.start_step, self.stream = total_steps, start_step, stream
         self.t0 = time.perf_counter()
-        self.tty = stream.isatty()
+        self.tty = stream is not None and stream.isatty()
 
     def update(self, step: int, epoch: int, epochs: int, loss: float, lr: float, images_per_s: float) -> None:
+        if self.stream is None:
+            return
         done = step - self.start_step
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / done * (self.total - step) if done else float("inf")
@@ -61,5 +69,7 @@ class Progress:
         self.stream.flush()
 
     def message(self, text: str) -> None:
+        if self.stream is None:
+            return
         self.stream.write(("\n" if self.tty else "") + text + "\n")
         self.stream.flush()

@@ -28,11 +28,13 @@ class TaskBatch:
 
 
 class TaskBuilder:
-    def __init__(self, method: MethodConfig, num_samples: int, seed: int):
+    def __init__(self, method: MethodConfig, num_samples: int, seed: int, world: int = 1):
         self.n_supp, self.n_query = method.n_supp, method.n_query
         p = method.task_rotation_p
         self.rotation = TaskRotation(p, num_samples, seed) if p > 0 else None
-        blocks = method.svm_tasks if method.head == "svm" else 1   # svm: partners within its tasks
+        # svm: mixing partners must share a task. Each rank holds B / W consecutive images of the global
+        # batch, i.e. svm_tasks / W whole tasks (or a part of one task when W >= svm_tasks).
+        blocks = max(1, method.svm_tasks // world) if method.head == "svm" else 1
         self.mixer = (QueryMixer(method.query_mix, method.query_mix_p, method.query_mix_alpha, seed, blocks)
                       if method.query_mix != "none" else None)
 

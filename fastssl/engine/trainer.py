@@ -7,16 +7,19 @@ model, optimizer, scheduler, scaler, RNG and loader state plus the running loss 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fastssl import config as config_mod
 from fastssl import envinfo
 from fastssl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.plots import plot_curves
@@ -56,7 +59,7 @@ class Trainer:
         if not resume and (self.out_dir / CHECKPOINT).exists():
             raise FileExistsError(f"run directory {str(self.out_dir)!r} already holds {CHECKPOINT}: continue "
                                   f"it with --resume {self.out_dir}, or choose another --out")
-        self.device = resolve_device(cfg.train.device)
+        self.dist, self.device = setup_distributed(resolve_device(cfg.train.device))
         self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
         if cfg.train.deterministic:
@@ -65,9 +68,9 @@ class Trainer:
 
         train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
         self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
-        self.loader = build_train_loader(cfg, train_set, self.device,
+        self.loader = build_train_loader(cfg, train_set, self.device, self.dist.rank, self.dist.world,
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
-        self.tasks = TaskBuilder(cfg.method, len(train_set), cfg.train.seed)
+        self.tasks = TaskBuilder(cfg.method, len(train_set), cfg.train.seed, self.dist.world)
         self.knn_train = build_eval_batches(cfg, train_set, self.device)
         self.knn_test = build_eval_batches(cfg, test_set, self.device)
         self.steps_per_epoch = len(self.loader)
@@ -76,7 +79,10 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         self.model = build_model(cfg.model).to(self.device)
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        # Under DDP the encoder's gradients are averaged over ranks (see engine/distributed.py).
+        parallel = self.model if self.dist.world == 1 else DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(parallel) if cfg.train.compile else parallel
         # r2d2 learns a scale, a bias and lambda; byol's head is its predictor MLP
         self.head = build_head(cfg.method, cfg.model.projector_out).to(self.device)
         # BYOL's target network: an EMA of encoder + projector, outside the optimizer (no gradient).
@@ -104,10 +110,15 @@ class Trainer:
     # -- run directory and checkpoints -------------------------------------------------------------
 
     def _start_run_dir(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(config_mod.dump_yaml(self.cfg))
-        (self.out_dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=2) + "\n")
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", keep_lines=0)
+        """Rank 0 owns the run directory; under DDP the other ranks write nothing."""
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(config_mod.dump_yaml(self.cfg))
+            (self.out_dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=2) + "\n")
+        self.metrics = MetricsLog(self._metrics_path(), keep_lines=0)
+
+    def _metrics_path(self) -> Path | None:
+        return self.out_dir / "metrics.jsonl" if self.dist.is_main else None
 
     def _state(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "head": self.head.state_dict(),
@@ -120,7 +131,8 @@ class Trainer:
                 "metrics_lines": self.metrics.lines, "config": config_mod.to_dict(self.cfg)}
 
     def save(self) -> None:
-        save_checkpoint(self.out_dir / CHECKPOINT, self._state())
+        if self.dist.is_main:
+            save_checkpoint(self.out_dir / CHECKPOINT, self._state())
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -138,7 +150,7 @@ class Trainer:
         self.loss_sum = state["loss_sum"].to(self.device)
         self.aux_sum = state["aux_sum"].to(self.device)
         self.loss_count = state["loss_count"]
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", keep_lines=state["metrics_lines"])
+        self.metrics = MetricsLog(self._metrics_path(), keep_lines=state["metrics_lines"])
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -156,11 +168,18 @@ class Trainer:
                 clean = images if task.clean_views is task.views else torch.cat(task.clean_views)
                 with torch.no_grad():
                     _, target_z = self.target_forward(clean.contiguous(memory_format=torch.channels_last))
+        # The task is the global batch: every rank's rows, gathered (a no-op on one process).
+        n_views, local_batch = len(task.views), task.views[0].shape[0]
+        z = self.dist.gather_rows(z, n_views)
+        layout = self.dist.global_layout(task.layout, local_batch)
         # Outside autocast: the heads choose their own precision (fp32 rows; kernels accumulate in fp32),
         # where autocast would run a reference head's matmuls and solves in half precision.
-        loss = self.head(z, task.layout) if self.target is None else self.head(z, task.layout, target_z)
+        if self.target is None:
+            loss = self.head(z, layout)
+        else:
+            loss = self.head(z, layout, self.dist.gather_rows(target_z, n_views))
         if self.rotation is not None:
-            aux = self.rotation(z, task.layout, task.rotations)
+            aux = self.rotation(z, layout, self.dist.gather_images(task.rotations))
             loss = loss + self.cfg.method.rotation_weight * aux
             self.aux_sum += aux.detach()
         self.optimizer.zero_grad(set_to_none=True)
@@ -173,7 +192,7 @@ class Trainer:
         self.loss_sum += loss.detach()
         self.loss_count += 1
         self.step += 1
-        self._last_task = (z.detach(), task.layout)   # for the task accuracy at the next log
+        self._last_task = (z.detach(), layout)   # for the task accuracy at the next log
 
     @torch.no_grad()
     def _task_top1(self) -> float | None:
@@ -198,7 +217,7 @@ class Trainer:
 
     def fit(self) -> RunResult:
         cfg = self.cfg.train
-        progress = Progress(self.total_steps, self.step)
+        progress = Progress(self.total_steps, self.step, stream=sys.stderr if self.dist.is_main else None)
         if self.step == 0 and self.metrics.lines == 0:
             self.knn_start = self._evaluate(epoch=0)
             progress.message(f"knn_top1 at random init: {self.knn_start:.4f}")
@@ -226,5 +245,6 @@ class Trainer:
                     break
         final = self._evaluate(epoch)
         self.save()
-        plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
+        if self.dist.is_main:
+            plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
         return RunResult(knn_top1=final, knn_start=self.knn_start, steps=self.step, out_dir=self.out_dir)

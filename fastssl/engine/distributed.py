@@ -1,0 +1,72 @@
+"""Data-parallel training under torchrun, where the task is the global batch (DESIGN.md section 3).
+
+Every rank loads its shard of the global batch (B / W images, all their views) and embeds it; the
+embeddings of all ranks are gathered, with gradient, into the global task, whose rows are view-major
+over the global batch (image w * b + i is rank w's image i), and every rank computes the same head
+loss on it. The gather's backward sums every rank's gradient for its own rows (W times dL/dz, the loss
+being the same on every rank), and DDP's average of the encoder's gradients divides by W again: the
+update is the gradient of the global task's loss. The heads' own parameters see the same global task
+on every rank, so their gradients agree without communication.
+BatchNorm statistics stay per rank (no SyncBatchNorm), as in SimCLR's per-device BN before its
+global-BN variant.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+
+from fastssl.heads.support_query import QueryMix, TaskLayout
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather_rows(self, z: torch.Tensor, n_views: int) -> torch.Tensor:
+        """Local view-major rows (V*b, D) -> the global task's view-major rows (V*W*b, D), with gradient."""
+        if self.world == 1:
+            return z
+        parts = torch.stack(all_gather_with_grad(z.contiguous()))             # (W, V*b, D)
+        return parts.view(self.world, n_views, -1, z.shape[1]).transpose(0, 1).reshape(-1, z.shape[1])
+
+    def gather_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image values (b, ...) of every rank -> (W*b, ...), no gradient (task rotations)."""
+        if self.world == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    def global_layout(self, layout: TaskLayout, local_batch: int) -> TaskLayout:
+        """The layout of the global task: every rank drew the same mixing (a function of seed and step),
+        with partners among its own images, so rank w's image i is mixed with w*b + partner[i]."""
+        if self.world == 1 or layout.mix is None:
+            return layout
+        offsets = torch.arange(self.world, device=layout.mix.partner.device) * local_batch
+        partner = (offsets[:, None] + layout.mix.partner[None, :]).reshape(-1)
+        return TaskLayout(layout.n_supp, layout.n_query, QueryMix(partner, layout.mix.lam))
+
+
+def setup(device: torch.device) -> tuple[Dist, torch.device]:
+    """The process group from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK), and this rank's
+    device (its own GPU); a single process when WORLD_SIZE is unset or 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank), device

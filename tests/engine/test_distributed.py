@@ -1,0 +1,121 @@
+"""Under DDP the task is the global batch (issue 6 item 1): two CPU processes over gloo.
+
+The gathered rows equal the single-process task's rows, the head's loss on them equals the
+single-process loss (query mixing included), and the gradient each rank gets for its own rows is W
+times the single-process gradient, which DDP's average divides back. A 2-rank training run keeps the
+ranks' weights identical, computes one loss on every rank, and only rank 0 writes the run directory.
+"""
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fastssl.engine.distributed import Dist
+from fastssl.heads import ProtoNetHead
+from fastssl.heads.support_query import QueryMix, TaskLayout
+
+WORLD, VIEWS, LOCAL, DIM = 2, 3, 4, 5
+
+
+@pytest.fixture(autouse=True)
+def _importable_by_workers(monkeypatch):
+    """Spawned workers unpickle this module's functions by name (tests.engine.test_distributed, pytest's
+    importlib mode): the project root must be on their path."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))   # children inherit sys.path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _full_task():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(VIEWS * WORLD * LOCAL, DIM, dtype=torch.float64, generator=g)   # view-major, global batch
+    partner = torch.tensor([2, 0, 3, 1])                                             # the draw every rank made
+    return z, partner
+
+
+def _rows_of(rank: int) -> torch.Tensor:
+    """The global rows (view v, image rank*LOCAL + i) that rank holds, in its local view-major order."""
+    batch = WORLD * LOCAL
+    return torch.tensor([v * batch + rank * LOCAL + i for v in range(VIEWS) for i in range(LOCAL)])
+
+
+def _gather_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    z, partner = _full_task()
+    local = z[_rows_of(rank)].clone().requires_grad_()
+    ddp = Dist(rank, WORLD, rank)
+    gathered = ddp.gather_rows(local, VIEWS)
+    layout = ddp.global_layout(TaskLayout(1, 2, QueryMix(partner, 0.3)), LOCAL)
+    loss = ProtoNetHead(0.5)(gathered, layout)
+    loss.backward()
+    torch.save({"gathered": gathered.detach(), "partner": layout.mix.partner, "loss": loss.detach(),
+                "grad": local.grad, "rotations": ddp.gather_images(torch.arange(LOCAL) + 10 * rank)},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_task_loss_and_gradient_equal_the_single_process_ones(tmp_path):
+    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+    z, partner = _full_task()
+    full = z.clone().requires_grad_()
+    global_partner = torch.cat([partner, partner + LOCAL])
+    expected = ProtoNetHead(0.5)(full, TaskLayout(1, 2, QueryMix(global_partner, 0.3)))
+    (grad,) = torch.autograd.grad(expected, full)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(got["gathered"], z)
+        assert torch.equal(got["partner"], global_partner)
+        assert float(got["loss"]) == pytest.approx(float(expected.detach()), rel=1e-12)
+        torch.testing.assert_close(got["grad"], WORLD * grad[_rows_of(rank)], rtol=1e-12, atol=1e-14)
+        assert got["rotations"].tolist() == [0, 1, 2, 3, 10, 11, 12, 13]
+
+
+RUN = ["data.num_train=64", "data.num_test=32", "loader.batch_size=16", "train.max_steps=3", "train.log_every=1",
+       "train.device=cpu", "train.precision=fp32", "knn.k=5", "knn.every_epochs=0", "model.projector_hidden=16",
+       "model.projector_out=8", "method.loss_impl=reference", "augment.impl=reference", "method.head=protonet",
+       "method.task_rotation_p=0.5", "method.rotation_weight=0.5", "method.query_mix=mixup"]
+
+
+def _train_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    torch.set_num_threads(1)
+    from fastssl.config import load_config
+    from fastssl.engine.trainer import Trainer
+
+    trainer = Trainer(load_config(None, RUN), f"{out}/run")
+    losses, forward = [], trainer.head.forward
+    trainer.head.forward = lambda z, layout: losses.append(float(forward(z, layout))) or forward(z, layout)
+    trainer.fit()
+    state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    torch.save({"losses": losses, "model": state, "rows": trainer._last_task[0].shape[0]}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
+    mp.spawn(_train_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert ranks[0]["rows"] == 2 * 16                      # the head saw the global batch's 2 x 16 rows
+    assert len(ranks[0]["losses"]) == 3 and ranks[0]["losses"] == ranks[1]["losses"]
+    for name, value in ranks[0]["model"].items():
+        if "running" not in name and "num_batches" not in name:   # BN statistics are per rank
+            assert torch.equal(value, ranks[1]["model"][name]), name
+    run = tmp_path / "run"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged if "loss" in r] != [] and (run / "last.pt").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "curves.png", "env.json", "last.pt",
+                                                      "metrics.jsonl"]
