@@ -23,8 +23,8 @@ from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.plots import plot_curves
-from fastssl.engine.task_builder import TaskBatch, TaskBuilder
 from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision, view_dtype
+from fastssl.engine.task_builder import TaskBatch, TaskBuilder
 from fastssl.heads import build_head
 from fastssl.heads.byol import ema_update_, make_target, momentum_at
 from fastssl.heads.rotation import RotationPredictor
@@ -127,7 +127,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "loader": self.loader.state_dict(), "knn_start": self.knn_start,
-                "loss_sum": self.loss_sum.detach().cpu(), "aux_sum": self.aux_sum.detach().cpu(), "loss_count": self.loss_count,
+                "loss_sum": self.loss_sum.detach().cpu(), "aux_sum": self.aux_sum.detach().cpu(),
+                "loss_count": self.loss_count,
                 "metrics_lines": self.metrics.lines, "config": config_mod.to_dict(self.cfg)}
 
     def save(self) -> None:
