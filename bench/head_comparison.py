@@ -100,7 +100,8 @@ def write_all(results: list[Result], out: Path, command: str, ctx: dict[str, str
         writer.writerows({**asdict(r), **ctx} for r in results)
     base = next((r for r in results if r.variant == RANDOM_INIT), None)
     lines = ["# Heads compared on CIFAR-10 JPEG (CPU budget)", "",
-             f"{ctx['device']}; torch {ctx['torch']}; commit {ctx['commit']}; {ctx['date']}", "",
+             f"{ctx['device']}; torch {ctx['torch']}; commit {ctx['commit']}; {ctx['date']} (of this command: "
+             "variants it found finished in its work folder were trained by an earlier one)", "",
              f"Command: `{command}`", "",
              "| variant | kNN top-1 | linear top-1 | beats random init (both) | training time |",
              "|---|---|---|---|---|"]
@@ -123,16 +124,17 @@ def _plot(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(results)), 4))
-    x = np.arange(len(results))
-    for offset, key, colour in ((-0.2, "knn", "#4c72b0"), (0.2, "linear", "#dd8452")):
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.38 * len(results)))
+    y = np.arange(len(results))[::-1]   # first variant at the top
+    for offset, key, colour in ((0.2, "knn", "#4c72b0"), (-0.2, "linear", "#dd8452")):
         values = [getattr(r, f"{key}_top1") for r in results]
         errors = [getattr(r, f"{key}_ci95") for r in results]
-        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=3, color=colour, label=key)
-    ax.set_xticks(x, [r.variant.replace(" + ", "\n+ ") for r in results], fontsize=7)
-    ax.set(ylabel="top-1", title="CIFAR-10 JPEG, width-1/8 ResNet-18, same budget per variant")
+        ax.barh(y + offset, values, 0.4, xerr=errors, capsize=2, color=colour, label=key)
+    ax.set_yticks(y, [r.variant for r in results], fontsize=8)
+    ax.set(xlabel="top-1 (95% interval of the test estimate)",
+           title="CIFAR-10 JPEG, width-1/8 ResNet-18, same budget per variant")
     ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

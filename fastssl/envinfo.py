@@ -1,6 +1,7 @@
 """Versions of everything a bug report or a benchmark row needs, and the git commit of the code."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import subprocess
@@ -29,8 +30,11 @@ def _dali_version() -> str:
     return _module_version(names[0]) if names else NOT_INSTALLED
 
 
+@functools.cache
 def git_commit() -> str:
-    """HEAD of the checkout fastssl runs from, '+dirty' when it has uncommitted changes."""
+    """HEAD of the checkout fastssl runs from, '+dirty' when it has uncommitted changes; read once per
+    process, so a long process (fastssl bench heads trains many runs) records the commit of the code
+    it loaded, not whatever the checkout holds when a later run starts."""
     root = Path(fastssl.__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

@@ -32,3 +32,13 @@ def test_env_reports_the_installed_versions(capsys):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if head:
         assert info["git_commit"].removesuffix("+dirty") == head
+
+
+def test_git_commit_is_read_once_per_process(monkeypatch):
+    """A long process must record the commit of the code it loaded, not the checkout's later state."""
+    from fastssl import envinfo
+
+    first = envinfo.git_commit()
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, "x", ""))
+    assert envinfo.git_commit() == first and calls == []
