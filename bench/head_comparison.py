@@ -132,8 +132,8 @@ def _plot(results: list[Result], path: Path) -> None:
         ax.barh(y + offset, values, 0.4, xerr=errors, capsize=2, color=colour, label=key)
     ax.set_yticks(y, [r.variant for r in results], fontsize=8)
     ax.set(xlabel="top-1 (95% interval of the test estimate)",
-           title="CIFAR-10 JPEG, width-1/8 ResNet-18, same budget per variant")
-    ax.legend()
+           title="CIFAR-10 JPEG, width-1/8 ResNet-18, one budget")
+    ax.legend(loc="lower right", framealpha=0.9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
