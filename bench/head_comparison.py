@@ -133,6 +133,7 @@ def _plot(results: list[Result], path: Path) -> None:
     ax.set_yticks(y, [r.variant for r in results], fontsize=8)
     ax.set(xlabel="top-1 (95% interval of the test estimate)",
            title="CIFAR-10 JPEG, width-1/8 ResNet-18, one budget")
+    ax.set_xlim(0, 1.35 * max(max(r.knn_top1, r.linear_top1) for r in results))   # room for the legend
     ax.legend(loc="lower right", framealpha=0.9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
