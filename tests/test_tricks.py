@@ -176,12 +176,12 @@ def test_rotation_predictor_equals_explicit_cross_entropy_and_mixes_labels():
     head = RotationPredictor(7).double()
     logits = head.classifier(z)
     plain = torch.stack([-torch.log_softmax(logits[r], 0)[rotations[r % batch]] for r in range(2 * batch)]).mean()
-    assert float(head(z, TaskLayout(1, 1), rotations).detach()) == pytest.approx(float(plain), rel=1e-12)
+    assert float(head(z, TaskLayout(1, 1), rotations).detach()) == pytest.approx(float(plain.detach()), rel=1e-12)
     layout = TaskLayout(1, 1, _mix(batch, lam, 5))
     partner = layout.mix.partner
     rows = [-torch.log_softmax(logits[i], 0)[rotations[i]] for i in range(batch)]
     rows += [_soft_xent(logits[batch + i], int(rotations[i]), int(rotations[partner[i]]), lam) for i in range(batch)]
-    assert float(head(z, layout, rotations).detach()) == pytest.approx(float(torch.stack(rows).mean()), rel=1e-12)
+    assert float(head(z, layout, rotations).detach()) == pytest.approx(float(torch.stack(rows).mean().detach()), rel=1e-12)
     with pytest.raises(ValueError, match=r"rotations \(4,\) must be one per image \(5,\)"):
         head(z, TaskLayout(1, 1), rotations[:4])
 
