@@ -302,11 +302,15 @@ def unit_rows(z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(z if z.dtype == torch.float64 else z.float(), dim=1)
 
 
-def nt_xent(z, n_views: int, temperature: float, impl: str = "auto"):
-    """SimCLR's NT-Xent for any number of views >= 2; z is (V*B, D), view-major (row r is image r mod B)."""
+def nt_xent(z, n_views: int, temperature: float, impl: str = "auto", instance_ids: torch.Tensor | None = None):
+    """SimCLR's NT-Xent for any number of views >= 2; z is (V*B, D), view-major (row r is image r mod B).
+
+    `instance_ids` (V*B,) overrides which rows are views of one image (query mixing relabels rows).
+    """
     if n_views < 2 or z.shape[0] % n_views:
         raise ValueError(f"nt_xent: {z.shape[0]} rows with n_views={n_views}: need n_views >= 2 "
                          "dividing the row count")
     z = unit_rows(z)
-    ids = torch.arange(z.shape[0] // n_views, device=z.device).repeat(n_views)
-    return sim_xent(z, z, scale=1.0 / temperature, instance_ids=ids, self_mask=True, impl=impl)
+    if instance_ids is None:
+        instance_ids = torch.arange(z.shape[0] // n_views, device=z.device).repeat(n_views)
+    return sim_xent(z, z, scale=1.0 / temperature, instance_ids=instance_ids, self_mask=True, impl=impl)

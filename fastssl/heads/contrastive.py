@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastssl.kernels import sim_xent, unit_rows
+from fastssl.kernels import nt_xent, unit_rows
 
 from .support_query import TaskLayout, TaskLogits, mixed_loss
 
@@ -24,10 +24,9 @@ class ContrastiveHead(nn.Module):
     def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
         """z: (V*B, D), view-major rows; returns the scalar loss in float32."""
         batch = layout.batch(z, "contrastive")
-        z = unit_rows(z)
 
         def loss_of(ids: torch.Tensor) -> torch.Tensor:
-            return sim_xent(z, z, scale=1.0 / self.temperature, instance_ids=ids, self_mask=True, impl=self.impl)
+            return nt_xent(z, layout.n_views, self.temperature, impl=self.impl, instance_ids=ids)
 
         return mixed_loss(loss_of, layout.row_images(batch, z.device), layout, layout.n_supp * batch)
 
