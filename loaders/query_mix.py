@@ -64,8 +64,8 @@ class QueryMixer:
     def apply(views: list[torch.Tensor], n_supp: int, draw: MixDraw) -> list[torch.Tensor]:
         """Views with every query view (index >= n_supp) mixed as `draw` says; support views unchanged."""
         out = list(views[:n_supp])
+        partner = draw.partner.to(views[0].device)   # one copy for every query view (none if already there)
         for view in views[n_supp:]:
-            partner = draw.partner.to(view.device, non_blocking=True)
             other = view.index_select(0, partner)
             if draw.box is None:
                 out.append(torch.lerp(other, view, draw.lam))   # lam view + (1 - lam) other

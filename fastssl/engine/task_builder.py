@@ -6,6 +6,7 @@ functions of (seed, epoch, dataset index) or (seed, step), so a resumed run buil
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ class TaskBuilder:
         draw = None if self.mixer is None else self.mixer.draw(step, views[0].shape[0], views[0].shape[-2:])
         if draw is None:
             return TaskBatch(views, views, TaskLayout(self.n_supp, self.n_query), rotations)
+        draw = dataclasses.replace(draw, partner=draw.partner.to(views[0].device))   # copied once, used twice
         mixed = QueryMixer.apply(views, self.n_supp, draw)
-        mix = QueryMix(draw.partner.to(views[0].device, non_blocking=True), draw.lam)
+        mix = QueryMix(draw.partner, draw.lam)
         return TaskBatch(mixed, views, TaskLayout(self.n_supp, self.n_query, mix), rotations)
