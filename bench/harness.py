@@ -79,8 +79,9 @@ def write_markdown(rows: list[Row], path: Path, title: str, baseline: str) -> No
              f"| provider | shape | {first.metric} median | p20 | p80 | vs {baseline} |",
              "|---|---|---|---|---|---|"]
     for r in rows:
+        ratio = f"{r.median / base[r.shape]:.2f}x" if r.shape in base else "—"   # baseline not run
         lines.append(f"| {r.provider} | {r.shape} | {r.median:,.1f} {r.unit} | {r.p20:,.1f} | {r.p80:,.1f} | "
-                     f"{r.median / base[r.shape]:.2f}x |")
+                     f"{ratio} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -26,16 +26,18 @@ from fastssl.loaders.factory import build_train_loader
 from .harness import Row, context, device_slug, plot_bars, summarize, write_csv
 
 BASELINE = "torchvision"
-DATA_KINDS = ("shapes", "imagefolder", "cifar10", "fashion_mnist")
+GENERATED_KINDS = ("shapes", "random")        # made by the project: no path
+DATA_KINDS = GENERATED_KINDS + ("imagefolder", "cifar10", "fashion_mnist")
 METRICS = ("images/s", "CPU cores", "start-up")
 
 
 def parse_data(spec: str) -> dict:
-    """`shapes`, or KIND:PATH with KIND one of imagefolder, cifar10, fashion_mnist -> DataConfig fields."""
+    """`shapes`, `random`, or KIND:PATH with KIND one of imagefolder, cifar10, fashion_mnist -> DataConfig
+    fields."""
     kind, _, path = spec.partition(":")
-    if kind not in DATA_KINDS or (kind != "shapes") != bool(path):
-        raise ConfigError(f"--data {spec!r}: must be shapes or KIND:PATH with KIND one of "
-                          f"{', '.join(DATA_KINDS[1:])}")
+    if kind not in DATA_KINDS or (kind not in GENERATED_KINDS) != bool(path):
+        raise ConfigError(f"--data {spec!r}: must be {' or '.join(GENERATED_KINDS)}, or KIND:PATH with KIND one of "
+                          f"{', '.join(DATA_KINDS[len(GENERATED_KINDS):])}")
     return {"dataset": kind, "path": path or None}
 
 

@@ -26,7 +26,8 @@ QUERY_MIXES = ("none", "mixup", "cutmix")
 # Equal to kernels.runtime.IMPLS (a test checks). Not imported from there: importing the kernels fixes
 # TRITON_INTERPRET, and the CLI must be able to set it after reading the config.
 LOSS_IMPLS = ("auto", "triton", "reference")
-DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist", "omniglot")
+DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist", "omniglot", "random")
+GENERATED = ("shapes", "random")   # made by the project: no path, sized by num_train / num_test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,9 +48,10 @@ class DataConfig:
     image_size: int = 32             # side of the square images the encoder sees
     train_split: str = "train"       # imagefolder: sub-folders of `path`
     test_split: str = "test"
-    num_train: int = 6000            # shapes only: generated images per split
+    num_train: int = 6000            # shapes and random: generated images per split
     num_test: int = 2000
-    seed: int = 0                    # shapes only: generator seed
+    num_classes: int = 10            # random only (shapes has its 10 shapes)
+    seed: int = 0                    # shapes and random: generator seed
     on_error: str = "raise"          # corrupt files: raise, or skip and count
 
 
@@ -304,9 +306,12 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _one_of("data.dataset", d.dataset, DATASETS)
     _one_of("data.on_error", d.on_error, ON_ERROR)
     _require(d.image_size >= 8, "data.image_size", d.image_size, "must be >= 8")
-    if d.dataset == "shapes":
+    if d.dataset in GENERATED:
         _require(d.num_train >= 2, "data.num_train", d.num_train, "must be >= 2")
         _require(d.num_test >= 1, "data.num_test", d.num_test, "must be >= 1")
+        if d.dataset == "random":
+            _require(1 <= d.num_classes <= d.num_train, "data.num_classes", d.num_classes,
+                     f"must be in [1, data.num_train = {d.num_train}]")
     else:
         path = d.path if d.path is not None else (FASHION_MNIST_DEFAULT if d.dataset == "fashion_mnist" else None)
         _require(path is not None, "data.path", d.path, f"is required for data.dataset={d.dataset}")

@@ -10,6 +10,7 @@ from fastssl.config import FASHION_MNIST_DEFAULT
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import ImageFolderDataset
 from .omniglot import load_omniglot
+from .random_images import make_random
 from .synthetic import make_shapes
 
 __all__ = ["ArrayDataset", "DataError", "ImageDataset", "ImageFolderDataset", "build_dataset",
@@ -41,5 +42,7 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
         return load_omniglot(data_cfg.path, split)
     if name == "shapes":
         return make_shapes(data_cfg, split)
+    if name == "random":
+        return make_random(data_cfg, split)
     raise ValueError(f"data.dataset={name!r}: must be one of cifar10, cifar100, imagefolder, fashion_mnist, "
-                     f"omniglot, shapes")
+                     f"omniglot, shapes, random")

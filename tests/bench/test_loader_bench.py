@@ -49,8 +49,8 @@ def test_bench_loader_rows_ratios_json_and_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--data", "imagenet:/x"], "--data 'imagenet:/x': must be shapes or KIND:PATH"),
-    (["--data", "imagefolder"], "--data 'imagefolder': must be shapes or KIND:PATH"),
+    (["--data", "imagenet:/x"], "--data 'imagenet:/x': must be shapes or random, or KIND:PATH"),
+    (["--data", "imagefolder"], "--data 'imagefolder': must be shapes or random, or KIND:PATH"),
     (["--backends", "tensor"], "including the torchvision baseline"),
     (["--seconds", "0"], "need seconds > 0"),
 ])
