@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -30,11 +31,17 @@ def _dali_version() -> str:
     return _module_version(names[0]) if names else NOT_INSTALLED
 
 
+COMMIT_VARIABLE = "FASTSSL_COMMIT"   # set where the tree has no .git (a copy sent to a GPU machine)
+
+
 @functools.cache
 def git_commit() -> str:
     """HEAD of the checkout fastssl runs from, '+dirty' when it has uncommitted changes; read once per
     process, so a long process (fastssl bench heads trains many runs) records the commit of the code
-    it loaded, not whatever the checkout holds when a later run starts."""
+    it loaded, not whatever the checkout holds when a later run starts. $FASTSSL_COMMIT wins: a
+    working tree copied without .git still says which commit it is."""
+    if os.environ.get(COMMIT_VARIABLE):
+        return os.environ[COMMIT_VARIABLE]
     root = Path(fastssl.__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

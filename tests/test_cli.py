@@ -1,6 +1,7 @@
 """The CLI surface: the verbs it lists, and the environment report checked against direct imports."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,12 @@ def test_git_commit_is_read_once_per_process(monkeypatch):
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, "x", ""))
     assert envinfo.git_commit() == first and calls == []
+
+
+def test_git_commit_comes_from_the_environment_where_the_tree_has_no_git(tmp_path):
+    """A GPU machine gets the working tree without .git: FASTSSL_COMMIT names the commit instead."""
+    env = {**os.environ, "FASTSSL_COMMIT": "0123abc"}
+    out = subprocess.run([sys.executable, "-m", "fastssl", "env", "--json"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["git_commit"] == "0123abc"
