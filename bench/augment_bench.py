@@ -7,8 +7,8 @@ conversion) moves exactly the bytes the kernel must move and computes nothing, s
 bandwidth a well-tuned torch kernel reaches on this device. The target is stated against the
 device's peak DRAM bandwidth: the kernel must reach 70% of it (issue 5). Why this problem: decoder
 output (uint8 NHWC, already at the view size), every colour op on with SimCLR's strengths in the
-order brightness, contrast, saturation, hue (contrast's mean costs the extra read of the
-partial-sum kernel), flags drawn at SimCLR's rates.
+order brightness, contrast, saturation, hue (above 64 x 64 pixels contrast's mean costs the extra
+read of the partial-sum kernel; smaller images are read once), flags drawn at SimCLR's rates.
 """
 from __future__ import annotations
 
@@ -129,8 +129,8 @@ def _notes(rows: list[Row], reps: int, warmup: int, peak: float | None) -> list[
             "dtype. Providers: `triton` = `fastssl.kernels.colour_augment(impl=\"triton\")`; `eager` = "
             "`kernels.reference.colour_augment_reference` on the device; `copy` = `x.to(dtype)`, the bytes "
             "without the maths. GB/s count the least traffic: the input once and the output once "
-            "(B S^2 3 (1 + output bytes)); contrast's partial sums re-read the input, so 100% is out of reach "
-            "by design.",
+            "(B S^2 3 (1 + output bytes)); images up to 64 x 64 are read once (one program holds the image), "
+            "larger ones are read twice for contrast's partial sums, so there 100% is out of reach by design.",
             "", "rel error = ||x - ref|| / ||ref|| against the fp32 reference output on the same batch (bf16 "
             "rows: the rounding of the output); `copy` computes none of it, so its error only says so.", "", *kernel_report.method_notes(rows, reps, warmup)]
 

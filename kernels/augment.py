@@ -5,13 +5,19 @@ the normalised channels_last view in fp32, fp16 or bf16: flip, colour jitter (br
 saturation, hue in a per-batch order), grayscale, solarize, (x - mean) / std. Each image has its own
 row of parameters (kernels.reference.AUGMENT_COLUMNS), drawn on the host from a seeded generator.
 
-Grid: (image, slice of its pixels), enough programs to fill the GPU whatever the batch size.
-Contrast blends with the image's mean luma after the ops before it, a reduction over the whole
-image: a first kernel writes per-slice partial sums (only for jittered images, only when contrast
-is on), the main kernel adds its image's partials in a fixed order (deterministic, no atomics).
-Every byte is read once and written once otherwise; the bandwidth floor is (input + output bytes).
-The two stages (`colour`, `finish`) can run apart so that a spatial op (blur) sits between them.
-There is no backward: augmentation acts on data, not on parameters.
+The op order is a runtime argument (its ops as base-4 digits, and their count): the kernel branches
+on each op, a branch every thread of a program takes alike, so the compiled variants are the same
+for all 65 orders and are compiled once, not inside the loaders' and trainer's timed windows.
+
+Contrast blends with the image's mean luma after the ops before it, a reduction over the whole image.
+An image of at most ONE_PASS_MAX pixels (CIFAR's 32 x 32, 64 x 64 views) is one program's block: it
+is loaded once, the mean is taken in registers where contrast comes, and written once, the
+bandwidth floor (input + output bytes). A larger image is split across programs (image, slice of its
+pixels), enough to fill the GPU whatever the batch size: a first kernel writes per-slice partial
+sums of the luma (only for jittered images, only when contrast is on), the main kernel adds its
+image's partials in a fixed order (deterministic, no atomics); with contrast on, its input is read
+twice. The two stages (`colour`, `finish`) can run apart so that a spatial op (blur) sits between
+them. There is no backward: augmentation acts on data, not on parameters.
 """
 from __future__ import annotations
 
@@ -25,7 +31,11 @@ if HAVE_TRITON:
     import triton.language as tl
 
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-BLOCK = 1024                 # pixels per loop step of one program
+BLOCK = 1024                 # pixels per loop step of a program of a split image (4 warps)
+# One pass holds the whole image in registers: 4 pixels a thread (at 8, sm_90 spills), so the largest
+# image is a program of 32 warps (the most a program has) x 32 threads x 4 pixels = 64 x 64.
+PIXELS_PER_THREAD = 4
+ONE_PASS_MAX = 32 * 32 * PIXELS_PER_THREAD
 PROGRAMS_PER_SM = 8          # target grid size: enough resident programs to keep HBM busy
 CONTRAST = COLOR_OPS.index("contrast")
 
@@ -45,41 +55,36 @@ if HAVE_TRITON:
         return value - chroma * tl.minimum(tl.maximum(tl.minimum(k, 4.0 - k), 0.0), 1.0)
 
     @triton.jit
-    def _colour_op(r, g, b, OP: tl.constexpr, bright, contrast, sat, hue, mean_luma):
-        """One of COLOR_OPS (OP = its index; -1: nothing) on [0, 1] pixels."""
-        if OP == 0:
-            r = tl.minimum(tl.maximum(r * bright, 0.0), 1.0)
-            g = tl.minimum(tl.maximum(g * bright, 0.0), 1.0)
-            b = tl.minimum(tl.maximum(b * bright, 0.0), 1.0)
-        elif OP == 1:
-            r, g, b = _blend(r, mean_luma, contrast), _blend(g, mean_luma, contrast), _blend(b, mean_luma, contrast)
-        elif OP == 2:
-            y = _luma(r, g, b)
-            r, g, b = _blend(r, y, sat), _blend(g, y, sat), _blend(b, y, sat)
-        elif OP == 3:
-            value = tl.maximum(tl.maximum(r, g), b)
-            chroma = value - tl.minimum(tl.minimum(r, g), b)
-            divisor = tl.where(chroma > 0, chroma, 1.0)
-            hue6 = tl.where(value == r, (g - b) / divisor,
-                            tl.where(value == g, (b - r) / divisor + 2.0, (r - g) / divisor + 4.0))
-            hue6 = hue6 + 6.0 * hue
-            r = _hue_channel(value, chroma, hue6, 5.0)
-            g = _hue_channel(value, chroma, hue6, 3.0)
-            b = _hue_channel(value, chroma, hue6, 1.0)
-        return r, g, b
-
-    @triton.jit
-    def _colour_ops(r, g, b, OP0: tl.constexpr, OP1: tl.constexpr, OP2: tl.constexpr, OP3: tl.constexpr,
-                    COUNT: tl.constexpr, bright, contrast, sat, hue, mean_luma):
-        """The first COUNT of the ops OP0..OP3, in order."""
-        if COUNT > 0:
-            r, g, b = _colour_op(r, g, b, OP0, bright, contrast, sat, hue, mean_luma)
-        if COUNT > 1:
-            r, g, b = _colour_op(r, g, b, OP1, bright, contrast, sat, hue, mean_luma)
-        if COUNT > 2:
-            r, g, b = _colour_op(r, g, b, OP2, bright, contrast, sat, hue, mean_luma)
-        if COUNT > 3:
-            r, g, b = _colour_op(r, g, b, OP3, bright, contrast, sat, hue, mean_luma)
+    def _colour_ops(r, g, b, mask, order, count, bright, contrast, sat, hue, parts, hw,
+                    SPLIT: tl.constexpr, ONE_PASS: tl.constexpr):
+        """The first `count` ops of `order` (indices into COLOR_OPS as base-4 digits, the first lowest) on
+        [0, 1] pixels. Contrast's mean luma: over the block's pixels where ONE_PASS (the block is the
+        whole image), else from the image's SPLIT partial sums at `parts`."""
+        for i in range(count):
+            op = (order >> (2 * i)) & 3
+            if op == 0:
+                r = tl.minimum(tl.maximum(r * bright, 0.0), 1.0)
+                g = tl.minimum(tl.maximum(g * bright, 0.0), 1.0)
+                b = tl.minimum(tl.maximum(b * bright, 0.0), 1.0)
+            elif op == 1:
+                if ONE_PASS:
+                    mean_luma = tl.sum(tl.where(mask, _luma(r, g, b), 0.0), 0) / hw
+                else:
+                    mean_luma = tl.sum(tl.load(parts + tl.arange(0, SPLIT)), 0) / hw
+                r, g, b = _blend(r, mean_luma, contrast), _blend(g, mean_luma, contrast), _blend(b, mean_luma, contrast)
+            elif op == 2:
+                y = _luma(r, g, b)
+                r, g, b = _blend(r, y, sat), _blend(g, y, sat), _blend(b, y, sat)
+            else:
+                value = tl.maximum(tl.maximum(r, g), b)
+                chroma = value - tl.minimum(tl.minimum(r, g), b)
+                divisor = tl.where(chroma > 0, chroma, 1.0)
+                hue6 = tl.where(value == r, (g - b) / divisor,
+                                tl.where(value == g, (b - r) / divisor + 2.0, (r - g) / divisor + 4.0))
+                hue6 = hue6 + 6.0 * hue
+                r = _hue_channel(value, chroma, hue6, 5.0)
+                g = _hue_channel(value, chroma, hue6, 3.0)
+                b = _hue_channel(value, chroma, hue6, 1.0)
         return r, g, b
 
     @triton.jit
@@ -107,12 +112,13 @@ if HAVE_TRITON:
             b = tl.minimum(tl.maximum(b, 0.0), 1.0)
         return r, g, b
 
-    @triton.jit
+    # The order's integers are not specialised: Triton would compile a 1 as a constant and a 0 as a
+    # multiple of 16, a variant per order again.
+    @triton.jit(do_not_specialize=["order", "cpos"])
     def _luma_partials_kernel(x_ptr, p_ptr, part_ptr, hw, width, per_program, sxb, sxc, sxh, sxw, value_range,
-                              OP0: tl.constexpr, OP1: tl.constexpr, OP2: tl.constexpr, CPOS: tl.constexpr,
-                              SPLIT: tl.constexpr, BLOCK: tl.constexpr):
-        """part[image, slice] = sum of luma over the slice after the ops before contrast (0 when the
-        image is not jittered: its contrast is never applied)."""
+                              order, cpos, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+        """part[image, slice] = sum of luma over the slice after the `cpos` ops before contrast (0 when
+        the image is not jittered: its contrast is never applied)."""
         image = tl.program_id(0)
         piece = tl.program_id(1)
         flip, jitter, bright, contrast, sat, hue, gray, sol = _load_params(p_ptr, image)
@@ -122,23 +128,22 @@ if HAVE_TRITON:
             end = tl.minimum((piece + 1) * per_program, hw)
             for base in range(piece * per_program, end, BLOCK):
                 offs = base + tl.arange(0, BLOCK)
-                r, g, b = _load_rgb(x_img, offs, offs < end, width, sxc, sxh, sxw, flip, value_range, True)
-                r, g, b = _colour_ops(r, g, b, OP0, OP1, OP2, -1, CPOS, bright, contrast, sat, hue, 0.0)
-                acc += tl.where(offs < end, _luma(r, g, b), 0.0)
+                mask = offs < end
+                r, g, b = _load_rgb(x_img, offs, mask, width, sxc, sxh, sxw, flip, value_range, True)
+                r, g, b = _colour_ops(r, g, b, mask, order, cpos, bright, contrast, sat, hue, part_ptr, hw,
+                                      SPLIT, False)
+                acc += tl.where(mask, _luma(r, g, b), 0.0)
         tl.store(part_ptr + image * SPLIT + piece, tl.sum(acc, 0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["order", "count"])
     def _augment_kernel(x_ptr, p_ptr, part_ptr, out_ptr, hw, width, per_program, sxb, sxc, sxh, sxw,
                         sob, soc, soh, sow, value_range, threshold, mean0, mean1, mean2, std0, std1, std2,
-                        OP0: tl.constexpr, OP1: tl.constexpr, OP2: tl.constexpr, OP3: tl.constexpr,
-                        CPOS: tl.constexpr, COLOUR: tl.constexpr, FINISH: tl.constexpr,
+                        order, count, COLOUR: tl.constexpr, FINISH: tl.constexpr, ONE_PASS: tl.constexpr,
                         SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+        """Program (image, slice) of per_program pixels; ONE_PASS: one slice, one block, the image."""
         image = tl.program_id(0)
         piece = tl.program_id(1)
         flip, jitter, bright, contrast, sat, hue, gray, sol = _load_params(p_ptr, image)
-        mean_luma = 0.0
-        if CPOS >= 0:
-            mean_luma = tl.sum(tl.load(part_ptr + image * SPLIT + tl.arange(0, SPLIT)), 0) / hw
         x_img = x_ptr + image.to(tl.int64) * sxb
         o_img = out_ptr + image.to(tl.int64) * sob
         end = tl.minimum((piece + 1) * per_program, hw)
@@ -148,7 +153,8 @@ if HAVE_TRITON:
             r, g, b = _load_rgb(x_img, offs, mask, width, sxc, sxh, sxw, flip, value_range, COLOUR)
             if COLOUR:
                 if jitter:
-                    r, g, b = _colour_ops(r, g, b, OP0, OP1, OP2, OP3, 4, bright, contrast, sat, hue, mean_luma)
+                    r, g, b = _colour_ops(r, g, b, mask, order, count, bright, contrast, sat, hue,
+                                          part_ptr + image * SPLIT, hw, SPLIT, ONE_PASS)
                 if gray:
                     y = _luma(r, g, b)
                     r, g, b = y, y, y
@@ -217,17 +223,23 @@ def colour_augment(images: torch.Tensor, params: torch.Tensor, *, order=(), mean
     if batch == 0 or hw == 0:
         return out
     params = params.float().contiguous()
-    ops = list(order if colour else ()) + [-1] * (len(COLOR_OPS) - len(order if colour else ()))
-    cpos = ops.index(CONTRAST) if CONTRAST in ops else -1
+    ops = order if colour else ()
+    code = sum(op << 2 * i for i, op in enumerate(ops))
+    scalars = (float(value_range), float(solarize_threshold), *map(float, mean), *map(float, std), code, len(ops))
+    if hw <= ONE_PASS_MAX:                     # no partials: params stands in for their pointer
+        block = max(BLOCK, triton.next_power_of_2(hw))
+        _augment_kernel[(batch, 1)](images, params, params, out, hw, width, hw, *images.stride(), *out.stride(),
+                                    *scalars, colour, finish, True, 1, block,
+                                    num_warps=block // (32 * PIXELS_PER_THREAD))
+        return out
     slices, per_program = _grid(batch, hw, images.device)
     split = triton.next_power_of_2(slices)
     # Without contrast the kernel never reads the partials: no buffer, no memset launch.
-    partials = torch.zeros(batch, split, dtype=torch.float32, device=images.device) if cpos >= 0 else params
-    strides = images.stride()
-    if cpos >= 0:
-        _luma_partials_kernel[(batch, slices)](images, params, partials, hw, width, per_program, *strides,
-                                               float(value_range), ops[0], ops[1], ops[2], cpos, split, BLOCK)
-    _augment_kernel[(batch, slices)](images, params, partials, out, hw, width, per_program, *strides,
-                                     *out.stride(), float(value_range), float(solarize_threshold), *map(float, mean),
-                                     *map(float, std), *ops, cpos, colour, finish, split, BLOCK)
+    partials = params
+    if CONTRAST in ops:
+        partials = torch.zeros(batch, split, dtype=torch.float32, device=images.device)
+        _luma_partials_kernel[(batch, slices)](images, params, partials, hw, width, per_program, *images.stride(),
+                                               float(value_range), code, ops.index(CONTRAST), split, BLOCK)
+    _augment_kernel[(batch, slices)](images, params, partials, out, hw, width, per_program, *images.stride(),
+                                     *out.stride(), *scalars, colour, finish, False, split, BLOCK)
     return out
