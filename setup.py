@@ -28,7 +28,7 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "scikit-image>=0.19"],   # scikit-image: its bundled photos for `fastssl data photos`
         # ffcv builds a C extension: apt pkg-config libturbojpeg0-dev libopencv-dev first. ==1.0.2: the
         # backend reads its Reader metadata and calls its C routines. It brings opencv-python itself.
         "ffcv": ["ffcv==1.0.2", "numba>=0.60"],

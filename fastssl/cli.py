@@ -199,6 +199,18 @@ def _cmd_data_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_data_photos(args) -> int:
+    from fastssl.loaders.datasets.photos import write_photo_folder
+
+    try:
+        made = write_photo_folder(args.dst, args.train, args.test, args.classes, args.seed)
+    except ValueError as e:
+        raise config_mod.ConfigError(f"fastssl data photos: {e}") from None
+    print(f"wrote {made.files} JPEGs ({made.bytes / 2**20:,.1f} MiB, {made.source} sources) to {made.root}; "
+          f"use --data imagefolder:{made.root / 'train'} or data.path={made.root}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from fastssl.evaluation import run_protocol  # after parsing: `fastssl --help` stays fast
 
@@ -325,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and non-image files; exits 1 when a bad file or an empty class exists.")
     chk.add_argument("path", help="the folder that holds the class folders")
     chk.set_defaults(func=_cmd_data_check)
+    photos = data_verbs.add_parser("photos", help="write a data-free JPEG ImageFolder at photo sizes (decoder "
+                                   "benchmarks)", description="Write DST/train/<class>/*.jpg (and DST/test) of "
+                                   "full-size photographs: scikit-image's sample photos where it is installed, "
+                                   "drawn scenes otherwise, each file its own crop, flip and JPEG quality.")
+    photos.add_argument("dst", help="a new or empty folder")
+    photos.add_argument("--train", type=int, default=2000, help="train images (default: %(default)s)")
+    photos.add_argument("--test", type=int, default=200, help="test images (default: %(default)s)")
+    photos.add_argument("--classes", type=int, default=10, help="class folders (default: %(default)s)")
+    photos.add_argument("--seed", type=int, default=0)
+    photos.set_defaults(func=_cmd_data_photos)
     ev = verbs.add_parser("eval", help="evaluate a trained encoder's features: knn, linear, semi, fewshot",
                           description="Evaluate the encoder of a run's checkpoint (features h, not the "
                           "projection); writes RUN/eval_<protocol>.json and prints a one-line summary.")

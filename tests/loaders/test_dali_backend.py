@@ -183,6 +183,22 @@ def test_gpu_pipeline_matches_cpu_operators(tmp_path, cfg):
             assert (a - g.cpu()).abs().mean() < 0.02
 
 
+@pytest.mark.gpu
+def test_gpu_decoder_on_full_size_photos_matches_cpu_operators(tmp_path):
+    """nvJPEG (hardware and CUDA decoders) on photo-sized JPEGs, the files the DALI throughput run reads,
+    gives the CPU decoder's views up to the decoders' rounding."""
+    from fastssl.loaders.datasets.photos import write_photo_folder
+
+    write_photo_folder(tmp_path, train=2 * BATCH, classes=2)
+    ds = ImageFolderDataset(tmp_path / "train")
+    cpu = batches(loader(ds, AugmentConfig(), seed=4, size=224))
+    gpu = DaliLoader(ds, LoaderConfig(backend="dali", batch_size=BATCH, workers=2), AugmentConfig(), 224, "cuda", 4)
+    for (v1, l1, i1), b in zip(cpu, gpu, strict=True):
+        assert torch.equal(i1, b.index.cpu()) and torch.equal(l1, b.labels.cpu())
+        for a, g in zip(v1, b.views):
+            assert (a - g.cpu()).abs().mean() < 0.03
+
+
 @pytest.mark.parametrize("key, value", [("loader.prefetch", 0), ("loader.hw_decoder_load", 1.5)])
 def test_dali_settings_are_validated(key, value):
     from fastssl.config import ConfigError, load_config
