@@ -114,6 +114,19 @@ def _cmd_bench_heads(args) -> int:
     return 0
 
 
+def _cmd_bench_precision(args) -> int:
+    from fastssl.bench import operand_precision
+
+    if args.sizes not in operand_precision.SIZES:
+        raise config_mod.ConfigError(f"--sizes {args.sizes!r}: must be one of {', '.join(operand_precision.SIZES)}")
+    rows = operand_precision.measure(operand_precision.SIZES[args.sizes],
+                                     progress=lambda line: print(line, file=sys.stderr))
+    paths = operand_precision.write_all(rows, Path(args.out))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
 # --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
 KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "ridge": "ridge_bench", "augment": "augment_bench"}
 
@@ -296,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--work", default="runs/heads", help="run folders; finished variants there are reused")
     heads.add_argument("--out", default="bench/results/heads_cifar10_cpu", help="path stem of the CSV/Markdown/PNG")
     heads.set_defaults(func=_cmd_bench_heads)
+    precision = suites.add_parser("precision", help="the contrastive loss with bf16 vs fp32 operands, error "
+                                  "against float64", description="Error of the NT-Xent loss and its gradient "
+                                  "when the fused kernel reads bf16 instead of fp32 embeddings (fp32 "
+                                  "accumulation both), against float64, over sizes and temperatures.")
+    precision.add_argument("--sizes", default="full", help="small or full (default: %(default)s)")
+    precision.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
+    precision.set_defaults(func=_cmd_bench_precision)
     kernels = suites.add_parser("kernels", help="one Triton kernel vs its torch baselines: time, memory, error",
                                 description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
                                 "in one process, on the same inputs.")

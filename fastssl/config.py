@@ -29,6 +29,7 @@ LOSS_IMPLS = ("auto", "triton", "reference")
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist", "omniglot", "random")
 GENERATED = ("shapes", "random")   # made by the project: no path, sized by num_train / num_test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSS_DTYPES = ("auto", "fp32", "bf16")
 VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
@@ -130,6 +131,8 @@ class MethodConfig:
     query_mix_p: float = 1.0      # chance a batch's queries are mixed
     query_mix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
     loss_impl: str = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
+    loss_dtype: str = "auto"  # contrastive/protonet: dtype of the unit embeddings the similarity loss reads
+                              # (fp32 sums either way); auto: bf16 under bf16 training, else fp32
     byol_momentum: float = 0.996  # byol: target EMA momentum at step 0; rises to 1 by a cosine over the run
     predictor_hidden: int = 256   # byol: hidden width of the predictor MLP (projector_out -> this -> projector_out)
 
@@ -363,6 +366,7 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _one_of("method.head", cfg.method.head, HEADS)
     _finite_positive("method.temperature", cfg.method.temperature)
     _one_of("method.loss_impl", cfg.method.loss_impl, LOSS_IMPLS)
+    _one_of("method.loss_dtype", cfg.method.loss_dtype, LOSS_DTYPES)
     _require(cfg.method.n_supp >= 1, "method.n_supp", cfg.method.n_supp, "must be >= 1")
     _require(cfg.method.n_query >= 1, "method.n_query", cfg.method.n_query, "must be >= 1")
     _require(ld.views == cfg.method.n_supp + cfg.method.n_query, "loader.views", ld.views,

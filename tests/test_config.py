@@ -10,6 +10,7 @@ CASES = [
     (["method.temperature=-0.5"], 1, "method.temperature=-0.5: must be a finite number > 0"),
     (["method.temperature=.nan"], 1, "method.temperature=nan: must be a finite number > 0"),
     (["method.loss_impl=fast"], 1, "method.loss_impl='fast': must be one of auto, triton, reference"),
+    (["method.loss_dtype=fp16"], 1, "method.loss_dtype='fp16': must be one of auto, fp32, bf16"),
     (["method.head=protonet", "method.n_supp=2"], 1,
      "loader.views=2: must equal method.n_supp + method.n_query = 2 + 1 (every view of an image is a support or a query view)"),
     (["method.n_supp=0", "loader.views=3"], 1, "method.n_supp=0: must be >= 1"),

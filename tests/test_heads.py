@@ -126,3 +126,54 @@ def test_r2d2_gradient_in_float64_passes_gradcheck():
 def test_r2d2_needs_a_query_view():
     with pytest.raises(ValueError, match="r2d2: 4 rows, n_supp=2, n_query=0"):
         R2D2Head(0.5, ridge_lambda=1.0)(torch.randn(4, 3), TaskLayout(2, 0))
+
+
+def explicit_nt_xent(rows: torch.Tensor, n_views: int, tau: float) -> torch.Tensor:
+    """Loops over float64 unit rows: each row's mean -log softmax over its other views, self excluded."""
+    batch = rows.shape[0] // n_views
+    losses = []
+    for r in range(rows.shape[0]):
+        logits = rows @ rows[r] / tau
+        logits[r] = -math.inf
+        log_prob = torch.log_softmax(logits, 0)
+        positives = [c for c in range(rows.shape[0]) if c != r and c % batch == r % batch]
+        losses.append(-log_prob[positives].mean())
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_bf16_operands_are_the_rounded_unit_rows_summed_exactly(impl):
+    """operand_dtype=bf16: the loss is NT-Xent of the bf16-rounded unit rows (products exact in fp32),
+    and its error against the unrounded float64 loss stays in bf16's band (bench precision's rule)."""
+    if impl == "triton" and not runtime.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=1 was not set before import")
+    torch.manual_seed(3)
+    z = torch.randn(2 * 24, 32)
+    loss = ContrastiveHead(0.2, impl=impl, operand_dtype=torch.bfloat16)(z, TaskLayout(1, 1))
+    rounded = torch.nn.functional.normalize(z, dim=1).bfloat16().double()
+    assert float(loss) == pytest.approx(float(explicit_nt_xent(rounded, 2, 0.2)), rel=1e-6)
+    exact = explicit_nt_xent(torch.nn.functional.normalize(z.double(), dim=1), 2, 0.2)
+    assert 0 < abs(float(loss) - float(exact)) / float(exact) < 1e-2
+
+
+def test_protonet_bf16_operands_round_queries_and_prototypes_not_the_bias():
+    torch.manual_seed(4)
+    z = torch.randn(3 * 10, 16)
+    loss = ProtoNetHead(0.5, impl="reference", operand_dtype=torch.bfloat16)(z, TaskLayout(2, 1))
+    unit = torch.nn.functional.normalize(z.double(), dim=1).float().double()
+    protos = unit.reshape(3, 10, 16)[:2].mean(0)
+    queries = unit.reshape(3, 10, 16)[2]
+    logits = 2 * queries.bfloat16().double() @ protos.bfloat16().double().T / 0.5 - (protos ** 2).sum(1) / 0.5
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(10))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("setting,precision,dtype", [
+    ("auto", "bf16", torch.bfloat16), ("auto", "fp32", torch.float32), ("auto", "fp16", torch.float32),
+    ("fp32", "bf16", torch.float32), ("bf16", "fp32", torch.bfloat16)])
+def test_loss_operands_default_to_bf16_under_bf16_training(setting, precision, dtype):
+    from fastssl.engine.precision import loss_operand_dtype
+
+    assert loss_operand_dtype(setting, precision) == dtype
+    head = build_head(MethodConfig(head="contrastive", loss_dtype=setting), 16, loss_operand_dtype(setting, precision))
+    assert head.operand_dtype == dtype

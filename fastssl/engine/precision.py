@@ -38,6 +38,16 @@ def view_dtype(loader_dtype: str, precision: str) -> torch.dtype:
     return dtype
 
 
+def loss_operand_dtype(loss_dtype: str, precision: str) -> torch.dtype:
+    """The dtype the heads feed the fused similarity loss. bf16 under bf16 training ("auto"): its
+    products are exact and its sums fp32, and `fastssl bench precision` measured its error against
+    float64 within bf16's tolerance (bench/results/sim_xent_operands_cpu.md), where fp32 operands
+    would run the kernel's slowest dot products."""
+    if loss_dtype == "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[loss_dtype]
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()

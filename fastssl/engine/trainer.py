@@ -23,7 +23,8 @@ from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.plots import plot_curves
-from fastssl.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision, view_dtype
+from fastssl.engine.precision import (autocast, grad_scaler, loss_operand_dtype, resolve_device, resolve_precision,
+                                     view_dtype)
 from fastssl.engine.task_builder import TaskBatch, TaskBuilder
 from fastssl.heads import build_head
 from fastssl.heads.byol import ema_update_, make_target, momentum_at
@@ -84,7 +85,8 @@ class Trainer:
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(parallel) if cfg.train.compile else parallel
         # r2d2 learns a scale, a bias and lambda; byol's head is its predictor MLP
-        self.head = build_head(cfg.method, cfg.model.projector_out).to(self.device)
+        self.head = build_head(cfg.method, cfg.model.projector_out,
+                               loss_operand_dtype(cfg.method.loss_dtype, self.precision)).to(self.device)
         # BYOL's target network: an EMA of encoder + projector, outside the optimizer (no gradient).
         self.target = make_target(self.model) if cfg.method.head == "byol" else None
         if self.target is not None:

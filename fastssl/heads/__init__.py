@@ -1,4 +1,6 @@
 """Heads turn the embeddings of a task into a scalar loss; one contract for all of them."""
+import torch
+
 from fastssl.config import HEADS, MethodConfig
 
 from .byol import BYOLHead
@@ -8,12 +10,13 @@ from .r2d2 import R2D2Head
 from .svm import SVMHead
 
 
-def build_head(method: MethodConfig, embed_dim: int | None = None):
-    """The head `method.head` names; byol needs `embed_dim`, the projector's output width."""
+def build_head(method: MethodConfig, embed_dim: int | None = None, operand_dtype: torch.dtype = torch.float32):
+    """The head `method.head` names; byol needs `embed_dim`, the projector's output width;
+    `operand_dtype` is what the similarity-loss heads feed the fused kernel (engine.precision)."""
     if method.head == "contrastive":
-        return ContrastiveHead(method.temperature, impl=method.loss_impl)
+        return ContrastiveHead(method.temperature, impl=method.loss_impl, operand_dtype=operand_dtype)
     if method.head == "protonet":
-        return ProtoNetHead(method.temperature, impl=method.loss_impl)
+        return ProtoNetHead(method.temperature, impl=method.loss_impl, operand_dtype=operand_dtype)
     if method.head == "r2d2":
         return R2D2Head(method.temperature, method.ridge_lambda, impl=method.loss_impl)
     if method.head == "svm":

@@ -17,16 +17,17 @@ class ContrastiveHead(nn.Module):
     positives become partner[i]'s other views, and partner[i]'s rows find their positive in them.
     """
 
-    def __init__(self, temperature: float, impl: str = "auto"):
+    def __init__(self, temperature: float, impl: str = "auto", operand_dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.temperature, self.impl = temperature, impl
+        self.temperature, self.impl, self.operand_dtype = temperature, impl, operand_dtype
 
     def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
         """z: (V*B, D), view-major rows; returns the scalar loss in float32."""
         batch = layout.batch(z, "contrastive")
 
         def loss_of(ids: torch.Tensor) -> torch.Tensor:
-            return nt_xent(z, layout.n_views, self.temperature, impl=self.impl, instance_ids=ids)
+            return nt_xent(z, layout.n_views, self.temperature, impl=self.impl, instance_ids=ids,
+                           operand_dtype=self.operand_dtype)
 
         return mixed_loss(loss_of, layout.row_images(batch, z.device), layout, layout.n_supp * batch)
 

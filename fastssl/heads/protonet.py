@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastssl.kernels import sim_xent
+from fastssl.kernels import narrow, sim_xent
 
 from .support_query import TaskLayout, TaskLogits, mixed_loss, split_views
 
@@ -17,18 +17,19 @@ class ProtoNetHead(nn.Module):
     distance matrix is never built.
     """
 
-    def __init__(self, temperature: float, impl: str = "auto"):
+    def __init__(self, temperature: float, impl: str = "auto", operand_dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.temperature, self.impl = temperature, impl
+        self.temperature, self.impl, self.operand_dtype = temperature, impl, operand_dtype
 
     def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
         task = split_views(z, layout, "protonet")
         prototypes = task.support.mean(dim=0)
-        bias = -prototypes.pow(2).sum(dim=1) / self.temperature
+        bias = -prototypes.pow(2).sum(dim=1) / self.temperature     # from the fp32 prototypes
+        queries, keys = (narrow(t, self.operand_dtype) for t in (task.queries, prototypes))
 
         def loss_of(targets: torch.Tensor) -> torch.Tensor:
-            return sim_xent(task.queries, prototypes, scale=2.0 / self.temperature, col_bias=bias,
-                            targets=targets, impl=self.impl)
+            return sim_xent(queries, keys, scale=2.0 / self.temperature, col_bias=bias, targets=targets,
+                            impl=self.impl)
 
         return mixed_loss(loss_of, task.targets, layout, 0)
 
