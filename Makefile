@@ -26,16 +26,9 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
-# Every GPU check of the project in one run (../shared/GPU.md), on a GPU machine's own Python (no
-# network there: torch comes with the machine). Environment first, then the `gpu` tests, then the
-# kernel benchmarks (BENCH_ARGS for sim_xent, RIDGE_ARGS for ridge, AUGMENT_ARGS for augment: their
-# --sizes differ); results land in $(GPU_OUT) and each benchmark prints its table last.
+# Every GPU measurement of the project in one run of at most 9 minutes, on a GPU machine's own Python
+# (no network there: torch comes with the machine). bench/gpu_run.py installs fastssl itself and
+# writes gpu_run.log, summary.md and results.tar.gz into $(GPU_OUT); README "On a GPU".
 GPU_OUT ?= gpu-results
 gpu-check:
-	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
-	mkdir -p $(GPU_OUT)
-	$(PYTHON) -m fastssl env | tee $(GPU_OUT)/env.txt
-	$(PYTHON) -m pytest -m gpu -p no:cacheprovider --junitxml=$(GPU_OUT)/gpu-tests.xml $(ARGS)
-	$(PYTHON) -m fastssl bench kernels --kernel sim_xent --out $(GPU_OUT) $(BENCH_ARGS)
-	$(PYTHON) -m fastssl bench kernels --kernel ridge --out $(GPU_OUT) $(RIDGE_ARGS)
-	$(PYTHON) -m fastssl bench kernels --kernel augment --out $(GPU_OUT) $(AUGMENT_ARGS)
+	$(PYTHON) bench/gpu_run.py $(GPU_OUT) $(ARGS)
