@@ -22,8 +22,16 @@ $(VENV)/.installed: setup.py
 train: $(VENV)/.installed
 	$(BIN)/fastssl train $(ARGS)
 
+# The GPU machines run triton 3.6: the sm_90 compile check also compiles the kernels with it, from
+# this folder on PYTHONPATH (tests/kernels/test_compile_for_gpu.py), beside the venv's own triton.
+TRITON_GPU ?= triton==3.6.0
+.triton36/.installed: $(VENV)/.installed
+	rm -rf .triton36
+	$(BIN)/pip install --quiet --no-deps --target .triton36 $(TRITON_GPU)
+	touch $@
+
 # The whole test suite (GPU tests skip themselves without a GPU).
-test: $(VENV)/.installed
+test: $(VENV)/.installed .triton36/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 # Every GPU measurement of the project in one run of at most 9 minutes, on a GPU machine's own Python

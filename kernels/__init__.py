@@ -4,6 +4,6 @@ This package imports nothing else of fastssl: kernels are leaves of the dependen
 """
 from .augment import colour_augment
 from .ridge import ridge_solve
-from .sim_xent import nt_xent, sim_xent, unit_rows
+from .sim_xent import narrow, nt_xent, sim_xent, unit_rows
 
-__all__ = ["colour_augment", "nt_xent", "ridge_solve", "sim_xent", "unit_rows"]
+__all__ = ["colour_augment", "narrow", "nt_xent", "ridge_solve", "sim_xent", "unit_rows"]

@@ -6,9 +6,12 @@ interpreter forgives (dot shapes, dtype mismatches, shared memory, register spil
     python compile_for_gpu.py [FAMILY ...]      # families: sim_xent, ridge, augment (all when none is named)
 
 Prints one JSON line per kernel variant: family, kernel, dtype, tile config, the shared memory it
-needs, and its registers and spills per thread. Triton's own `n_regs` / `n_spills` are only filled
-in when a GPU loads the cubin, so they are read here with Triton's bundled cuobjdump; `spills` has
-Triton's meaning: the thread's local memory (where ptxas puts spilled registers) in 4-byte words.
+needs, its registers and spills per thread, whether it loads through asynchronous copies, and the
+triton version that compiled it (PYTHONPATH=.triton36 puts triton 3.6 before the venv's). Triton's
+own `n_regs` / `n_spills` are only filled in when a GPU loads the cubin, so they are read here with
+Triton's bundled cuobjdump; `spills` has Triton's meaning: the thread's local memory (where ptxas puts
+spilled registers) in 4-byte words. `async` is true when the SASS holds cp.async (LDGSTS) or TMA
+(UTMALDG) copies, which is how a loop's loads overlap its math on sm_90.
 """
 import importlib
 import json
@@ -36,6 +39,7 @@ class Variant(NamedTuple):
     constexprs: dict
     options: dict         # num_warps, num_stages
     label: dict           # how the JSON line names the variant (dtype, config)
+    aligned: tuple = ()   # arguments the launch sees as multiples of 16 (pointers: 16-byte aligned)
 
 
 def kernels_module(name: str):
@@ -51,18 +55,33 @@ def precision(*dtypes: str) -> str:
 
 
 def sim_xent_variants() -> Iterator[Variant]:
-    """3 kernels x (every autotune config in bf16 + the first in fp16 and fp32)."""
+    """3 kernels x every GPU autotune config x (bf16, fp16, fp32 with ieee and with tf32 dots, whose
+    code differs: FMA vs tensor cores) x (the widest row sim_xent takes in one chunk: D = 128, or 16
+    for ieee; D = 256, in chunks), with the heaviest flags: a bias, the self mask and instance ids
+    (an int64 load per column and two compares where targets need one).
+
+    Launches are compiled as Triton specializes them for contiguous inputs whose sizes are multiples
+    of 16 (SimCLR's): unit feature strides are constants, the rest 16-divisible, so loads vectorize.
+    """
     sim_xent = kernels_module("sim_xent")
-    cases = [("bf16", config) for config in sim_xent._configs()]
-    cases += [(dtype, sim_xent._configs()[0]) for dtype in ("fp16", "fp32")]
+    cases = [(dtype, dot, d) for dtype, dot in (("bf16", "tf32"), ("fp16", "tf32"), ("fp32", "ieee"), ("fp32", "tf32"))
+             for d in ((16, 256) if dot == "ieee" else (128, 256))]
+    aligned = ("q_ptr", "k_ptr", "bias_ptr", "tgt_ptr", "ids_ptr", "loss_ptr", "lse_ptr", "npos_ptr", "g_ptr",
+               "gmax_ptr", "dq_ptr", "dk_ptr", "dbias_ptr", "M", "P", "D", "sqm", "skm", "sdm", "row_offset")
     for kernel in (sim_xent._forward_kernel, sim_xent._grad_rows_kernel, sim_xent._grad_cols_kernel):
-        for dtype, config in cases:
-            pointers = {**dict.fromkeys(("q_ptr", "k_ptr", "dq_ptr", "dk_ptr"), dtype),
-                        "tgt_ptr": "i64", "ids_ptr": "i64"}
-            flags = {"HAS_BIAS": True, "SELF_MASK": True, "TARGETS": dtype != "bf16",
-                     "BLOCK_D": 128, "PRECISION": precision(dtype), **config.kwargs}
-            yield Variant(kernel.fn, pointers, flags, {"num_warps": config.num_warps, "num_stages": config.num_stages},
-                          {"dtype": dtype, "config": str(config)})
+        args = kernel.fn.arg_names
+        for config in sim_xent._configs(quick=False):
+            for dtype, dot, d in cases:
+                pointers = {**dict.fromkeys(("q_ptr", "k_ptr", "dq_ptr", "dk_ptr"), dtype),
+                            "tgt_ptr": "i64", "ids_ptr": "i64"}
+                chunks = sim_xent._chunks(d, TORCH_DTYPES[dtype], dot)
+                flags = {"HAS_BIAS": True, "SELF_MASK": True, "TARGETS": False, "PRECISION": dot, **chunks,
+                         **config.kwargs, **{name: 1 for name in ("sqd", "skd", "sdd") if name in args}}
+                options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+                yield Variant(kernel.fn, pointers, flags, options,
+                              {"dtype": dtype if dtype != "fp32" else f"fp32/{dot}",
+                               "config": f"{config} D={d} BLOCK_D={chunks['BLOCK_D']}"},
+                              tuple(name for name in aligned if name in args))
 
 
 def ridge_variants() -> Iterator[Variant]:
@@ -91,18 +110,22 @@ def ridge_variants() -> Iterator[Variant]:
 
 
 def augment_variants() -> Iterator[Variant]:
-    """The augment kernel with all four colour ops, contrast second (so the mean is read), for uint8
-    and fp32 inputs into every output dtype; the partial-sum kernel with three ops before contrast."""
+    """The augment kernel, both stages, for uint8 and fp32 inputs into every output dtype: in one pass
+    at each block it launches (1024, 2048 and ONE_PASS_MAX pixels, with the warps colour_augment gives
+    them), and split (SPLIT 8, 4 warps); the partial-sum kernel for both inputs. The op order is a
+    runtime argument, so every variant holds all four ops."""
     augment = kernels_module("augment")
-    common = {"SPLIT": 8, "BLOCK": augment.BLOCK}
+    blocks = [1 << b for b in range(augment.BLOCK.bit_length() - 1, augment.ONE_PASS_MAX.bit_length())]
+    paths = [("one pass", True, 1, block, block // (32 * augment.PIXELS_PER_THREAD)) for block in blocks]
+    paths.append(("split", False, 8, augment.BLOCK, 4))
     for x in ("u8", "fp32"):
         for out in ("fp32", "bf16", "fp16"):
-            flags = {"OP0": 0, "OP1": 1, "OP2": 2, "OP3": 3, "CPOS": 1, "COLOUR": True, "FINISH": True, **common}
-            yield Variant(augment._augment_kernel, {"x_ptr": x, "out_ptr": out}, flags, {"num_warps": 4},
-                          {"dtype": f"{x}->{out}", "config": "all ops"})
-        flags = {"OP0": 0, "OP1": 2, "OP2": 3, "CPOS": 3, **common}
-        yield Variant(augment._luma_partials_kernel, {"x_ptr": x}, flags, {"num_warps": 4},
-                      {"dtype": x, "config": "3 ops before contrast"})
+            for path, one_pass, split, block, warps in paths:
+                flags = {"COLOUR": True, "FINISH": True, "ONE_PASS": one_pass, "SPLIT": split, "BLOCK": block}
+                yield Variant(augment._augment_kernel, {"x_ptr": x, "out_ptr": out}, flags, {"num_warps": warps},
+                              {"dtype": f"{x}->{out}", "config": f"{path} BLOCK={block} warps={warps}"})
+        yield Variant(augment._luma_partials_kernel, {"x_ptr": x}, {"SPLIT": 8, "BLOCK": augment.BLOCK},
+                      {"num_warps": 4}, {"dtype": x, "config": "split"})
 
 
 FAMILIES = {"sim_xent": sim_xent_variants, "ridge": ridge_variants, "augment": augment_variants}
@@ -121,27 +144,37 @@ def signature(fn, pointers: dict, constexprs: dict) -> dict:
     return types
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """Registers and spills (local memory in 4-byte words) per thread, from cuobjdump -res-usage."""
+def cuobjdump(cubin: bytes, flag: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([knobs.nvidia.cuobjdump.path, "-res-usage", f.name],
-                             check=True, capture_output=True, text=True).stdout
-    usage = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out)}
+        return subprocess.run([knobs.nvidia.cuobjdump.path, flag, f.name],
+                              check=True, capture_output=True, text=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and spills (local memory in 4-byte words) per thread, from cuobjdump -res-usage."""
+    usage = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", cuobjdump(cubin, "-res-usage"))}
     return {"regs": usage["REG"], "spills": (usage["STACK"] + usage["LOCAL"]) // 4}
+
+
+def async_copies(cubin: bytes) -> bool:
+    """Whether the SASS copies global to shared memory asynchronously: cp.async (LDGSTS) or TMA (UTMALDG)."""
+    return bool(re.search(r"\b(LDGSTS|UTMALDG)\b", cuobjdump(cubin, "-sass")))
 
 
 def compile_variant(family: str, variant: Variant) -> dict:
     fn = variant.kernel
-    source = ASTSource(fn, signature(fn, variant.pointers, variant.constexprs), variant.constexprs)
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in variant.aligned}
+    source = ASTSource(fn, signature(fn, variant.pointers, variant.constexprs), variant.constexprs, attrs)
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=variant.options)
     except Exception:
         print(f"failed to compile {family} {fn.__name__} {variant.label}", file=sys.stderr)
         raise
     return {"family": family, "kernel": fn.__name__, **variant.label, "shared": compiled.metadata.shared,
-            **resource_usage(compiled.asm["cubin"]), "cubin": len(compiled.asm["cubin"])}
+            **resource_usage(compiled.asm["cubin"]), "async": async_copies(compiled.asm["cubin"]),
+            "cubin": len(compiled.asm["cubin"]), "triton": triton.__version__}
 
 
 def main(families: list) -> None:

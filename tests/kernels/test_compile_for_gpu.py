@@ -1,6 +1,7 @@
 """The Triton kernels compile for an H100 (sm_90) on this GPU-less machine and fit its shared memory;
 the ridge kernel, which holds its whole system in registers, and the elementwise augment kernel must
-also not spill them."""
+also not spill them. The sim_xent kernels must neither spill nor load synchronously, under the venv's
+triton and under triton 3.6 (the GPU machine's), which CI installs in .triton36."""
 import json
 import os
 import subprocess
@@ -10,20 +11,29 @@ from pathlib import Path
 import pytest
 
 H100_SHARED_PER_BLOCK = 227 * 1024  # bytes an sm_90 block may opt into
+TRITON_36 = Path(__file__).resolve().parents[2] / ".triton36"
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family, n_variants, must_not_spill", [
-    ("sim_xent", 3 * 6, False),   # 3 kernels x (4 tile configs in bf16 + fp16 + fp32); spills reported only
-    ("ridge", 3 * 2 * (2 * 6 + 2), True),  # 3 kernels x 2 forms x (6 systems in fp32 and bf16 + fp16, bf16/fp32)
-    ("augment", 2 * 3 + 2, True),  # main kernel (uint8, fp32 in) x (fp32, bf16, fp16 out) + 2 partial-sum kernels
-], ids=["sim_xent", "ridge", "augment"])
-def test_every_variant_compiles_to_sm90_and_fits_the_chip(family, n_variants, must_not_spill):
-    """Ridge keeps its whole system in registers: kernels/ridge.tiles() is chosen so nothing spills."""
+
+def compile_family(family: str, triton_dir: Path | None = None) -> list:
+    """The compile script's JSON lines for one family, under the venv's triton or the one in triton_dir."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(triton_dir), env.get("PYTHONPATH"))))
     script = Path(__file__).with_name("compile_for_gpu.py")
     out = subprocess.run([sys.executable, str(script), family], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    variants = [json.loads(line) for line in out.stdout.splitlines()]
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, n_variants, must_not_spill", [
+    ("ridge", 3 * 2 * (2 * 6 + 2), True),  # 3 kernels x 2 forms x (6 systems in fp32 and bf16 + fp16, bf16/fp32)
+    ("augment", 2 * 3 * 4 + 2, True),  # main kernel (uint8, fp32 in) x (fp32, bf16, fp16 out) x (one pass at
+                                       # 3 blocks, split) + 2 partial-sum kernels
+], ids=["ridge", "augment"])
+def test_every_variant_compiles_to_sm90_and_fits_the_chip(family, n_variants, must_not_spill):
+    """Ridge keeps its whole system in registers: kernels/ridge.tiles() is chosen so nothing spills."""
+    variants = compile_family(family)
     assert len(variants) == n_variants
     assert all(v["cubin"] > 10_000 for v in variants)
     too_big = [v for v in variants if v["shared"] > H100_SHARED_PER_BLOCK]
@@ -31,3 +41,24 @@ def test_every_variant_compiles_to_sm90_and_fits_the_chip(family, n_variants, mu
     if must_not_spill:
         spilling = {(v["kernel"], v["dtype"], v["config"]): v["spills"] for v in variants if v["spills"]}
         assert not spilling, spilling
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("triton_dir", [None, TRITON_36], ids=["venv-triton", "triton-3.6"])
+def test_sim_xent_compiles_to_sm90_without_spills_and_with_async_copies(triton_dir):
+    """Every tile config sim_xent may autotune to, in every dtype and both feature paths, keeps its
+    tiles in registers and streams them with cp.async or TMA (see sim_xent._configs)."""
+    if triton_dir is not None and not triton_dir.is_dir():
+        pytest.skip(f"no triton 3.6 at {triton_dir}: pip install --no-deps --target .triton36 triton==3.6.0")
+    variants = compile_family("sim_xent", triton_dir)
+    # 3 kernels x 2 tile configs x (bf16, fp16, fp32 ieee, fp32 tf32) x (one feature chunk, several)
+    assert len(variants) == 3 * 2 * 4 * 2
+    if triton_dir is not None:
+        assert {v["triton"] for v in variants} == {"3.6.0"}, "the venv's triton ran, not .triton36's"
+    assert all(v["cubin"] > 10_000 for v in variants)
+    too_big = [v for v in variants if v["shared"] > H100_SHARED_PER_BLOCK]
+    assert not too_big, too_big
+    spilling = {(v["kernel"], v["dtype"], v["config"]): v["spills"] for v in variants if v["spills"]}
+    assert not spilling, spilling
+    synchronous = [(v["kernel"], v["dtype"], v["config"]) for v in variants if not v["async"]]
+    assert not synchronous, synchronous
