@@ -42,7 +42,7 @@ def test_rehearsal_runs_every_step_and_a_broken_step_does_not_stop_the_next(tmp_
                      "train_resnet18/train_throughput_cpu.png", "ridge/kernels_ridge_cpu.csv"):
         assert expected in members, members
     assert not any(m.startswith("sim_xent/") for m in members)
-    assert took < 240, f"the rehearsal took {took:.0f} s"
+    assert took < 180, f"the rehearsal took {took:.0f} s (the acceptance: under 3 minutes on 2 cores)"
 
 
 def test_a_step_past_its_cap_is_killed_with_its_children(tmp_path):
