@@ -1,24 +1,20 @@
 """fastssl: self-supervised representation learning at maximum GPU throughput."""
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# kernels/, loaders/ and bench/ stay top-level folders but install inside the fastssl namespace: a PyPI
+# package called `kernels` exists, so they must not be top-level names. Sub-packages are found, not
+# listed: a hand-kept list once left fastssl.evaluation out of every non-editable install.
+ROOTS = {"fastssl": "fastssl", "fastssl.kernels": "kernels", "fastssl.loaders": "loaders", "fastssl.bench": "bench"}
+PACKAGES = [name for root, folder in ROOTS.items()
+            for name in [root] + [f"{root}.{sub}" for sub in find_packages(folder)]]
 
 setup(
     name="fastssl",
     version="0.1.0",
     description="Fast trainer for contrastive and meta-learning self-supervised image representations",
     python_requires=">=3.10",
-    # kernels/, loaders/ and bench/ stay top-level folders but install inside the fastssl
-    # namespace: a PyPI package called `kernels` exists, so they must not be top-level names.
-    packages=[
-        "fastssl", "fastssl.models", "fastssl.heads", "fastssl.engine", "fastssl.optim",
-        "fastssl.kernels", "fastssl.loaders", "fastssl.loaders.datasets", "fastssl.bench",
-    ],
-    package_dir={
-        "fastssl": "fastssl",
-        "fastssl.kernels": "kernels",
-        "fastssl.loaders": "loaders",
-        "fastssl.loaders.datasets": "loaders/datasets",
-        "fastssl.bench": "bench",
-    },
+    packages=PACKAGES,
+    package_dir=ROOTS,
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

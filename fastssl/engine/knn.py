@@ -29,13 +29,16 @@ def extract_features(encoder: nn.Module, batches, autocast_ctx,
 @torch.no_grad()
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
                 k: int, temperature: float, chunk: int = 1024) -> torch.Tensor:
-    """Predicted class of each query: argmax over classes of sum_{top-k} exp(cos / T)."""
+    """Predicted class of each query: argmax over classes of sum_{top-k} exp(cos / T), computed as
+    exp((cos - max cos) / T) so that small temperatures do not overflow."""
     k = min(k, bank.shape[0])
     predictions = []
     for start in range(0, queries.shape[0], chunk):
         sim = queries[start:start + chunk] @ bank.T
         top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
+        # exp(cos / T) overflows float32 once cos / T > 88 (T < 0.011 at cos 1): every vote would be inf.
+        # Shifting by the row's largest cos (column 0, topk sorts) scales a query's votes alike: same argmax.
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=bank.device)
         votes.scatter_add_(1, bank_labels[top_idx], weights)
         predictions.append(votes.argmax(dim=1))

@@ -17,7 +17,9 @@ from PIL import Image
 
 from .base import DataError
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# torchvision's ImageFolder list (torchvision.datasets.folder.IMG_EXTENSIONS), all decodable by PIL: the
+# torchvision baseline and the fastssl backends must index a folder alike.
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ON_ERROR = ("raise", "skip")
 # PIL releases the GIL while decoding and resizing, so threads pay off for real photos (1.6x with 2
 # threads on 2 cores at 384 px); for 32 px images Python-side header parsing dominates and they break even.
