@@ -5,7 +5,6 @@ to what produced it (DESIGN.md section 8).
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import platform
 from dataclasses import asdict, dataclass, fields
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from fastssl import envinfo
+from fastssl.loaders import atomic
 
 
 @dataclass
@@ -63,10 +63,7 @@ def context(device: torch.device) -> dict[str, str]:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    atomic.write_csv(path, [fl.name for fl in fields(Row)], (asdict(r) for r in rows))
 
 
 def write_markdown(rows: list[Row], path: Path, title: str, baseline: str) -> None:
@@ -82,7 +79,7 @@ def write_markdown(rows: list[Row], path: Path, title: str, baseline: str) -> No
         ratio = f"{r.median / base[r.shape]:.2f}x" if r.shape in base else "—"   # baseline not run
         lines.append(f"| {r.provider} | {r.shape} | {r.median:,.1f} {r.unit} | {r.p20:,.1f} | {r.p80:,.1f} | "
                      f"{ratio} |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_bars(rows: list[Row], path: Path, title: str) -> None:
@@ -99,5 +96,5 @@ def plot_bars(rows: list[Row], path: Path, title: str) -> None:
     ax.set(title=title, ylabel=rows[0].unit)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)

@@ -9,7 +9,6 @@ spread over seeds, which this budget cannot pay for.
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from fastssl.config import Config, load_config
 from fastssl.engine.trainer import Trainer
 from fastssl.evaluation import run_protocol
+from fastssl.loaders import atomic
 
 RANDOM_INIT = "random init"
 # Variant name parts -> the config fragments they layer (under --configs), the same files the README's
@@ -85,7 +85,7 @@ def run_variant(name: str, base: list[str], config: str, configs: Path, work: Pa
     n_test = linear["num_test"]
     result = Result(name, knn, linear["top1"], _ci95(knn, n_test), _ci95(linear["top1"], n_test), seconds, steps,
                     knn_start)
-    done.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    atomic.write_text(done, json.dumps(asdict(result), indent=2) + "\n")
     progress(f"{name}: knn {knn:.4f} linear {linear['top1']:.4f} ({seconds:.0f} s training)")
     return result
 
@@ -94,10 +94,7 @@ def write_all(results: list[Result], out: Path, command: str, ctx: dict[str, str
     """CSV (with ctx: device, versions, commit and date, taken when the runs started), Markdown table, PNG."""
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path = out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".png")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])) + list(ctx))
-        writer.writeheader()
-        writer.writerows({**asdict(r), **ctx} for r in results)
+    atomic.write_csv(csv_path, list(asdict(results[0])) + list(ctx), ({**asdict(r), **ctx} for r in results))
     base = next((r for r in results if r.variant == RANDOM_INIT), None)
     lines = ["# Heads compared on CIFAR-10 JPEG (CPU budget)", "",
              f"{ctx['device']}; torch {ctx['torch']}; commit {ctx['commit']}; {ctx['date']} (of this command: "
@@ -112,7 +109,7 @@ def write_all(results: list[Result], out: Path, command: str, ctx: dict[str, str
         lines.append(f"| {r.variant} | {r.knn_top1:.4f} ± {r.knn_ci95:.4f} | {r.linear_top1:.4f} ± {r.linear_ci95:.4f} "
                      f"| {beats} | {r.train_seconds / 60:.1f} min ({r.steps} steps) |")
     lines += ["", "± is the 95% binomial interval of the test estimate (one seed per variant, not a seed spread)."]
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic.write_text(md_path, "\n".join(lines) + "\n")
     _plot(results, png_path)
     return [csv_path, md_path, png_path]
 
@@ -137,5 +134,5 @@ def _plot(results: list[Result], path: Path) -> None:
     ax.legend(loc="lower right", framealpha=0.9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)

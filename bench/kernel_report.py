@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from .harness import Row, device_slug, write_csv
+from fastssl.loaders import atomic
 
 PER_MODE = ("time", "peak extra memory", "TFLOP/s", "GB/s")
 MIB = 2 ** 20
@@ -121,7 +122,7 @@ def write_markdown(rows: list[Row], path: Path, title: str, notes: list[str], su
         for shape, dtype, provider in _ordered((r.shape, r.dtype, r.provider) for r in other):
             lines.append(f"| {shape} | {dtype} | {provider} | "
                          + " | ".join(cell(per_input.get((shape, dtype, provider, m))) for m in metrics) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def plot(rows: list[Row], path: Path, title: str, mode: str) -> None:
@@ -156,5 +157,5 @@ def plot(rows: list[Row], path: Path, title: str, mode: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)

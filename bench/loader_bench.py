@@ -21,6 +21,7 @@ import torch
 
 from fastssl.config import Config, ConfigError
 from fastssl.loaders.datasets import build_dataset
+from fastssl.loaders import atomic
 from fastssl.loaders.factory import build_train_loader
 
 from .harness import Row, context, device_slug, plot_bars, summarize, write_csv
@@ -159,10 +160,10 @@ def write_all(rows: list[Row], out_dir: Path, json_path: Path | None = None) -> 
     stem = out_dir / f"loader_{device_slug(rows[0].device)}"
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
     write_csv(rows, paths[0])
-    paths[1].write_text(markdown(rows))
+    atomic.write_text(paths[1], markdown(rows))
     plot_bars([r for r in rows if r.metric == "images/s"], paths[2], "Data loader throughput (images/s)")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
+        atomic.write_text(json_path, json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
         paths.append(json_path)
     return paths

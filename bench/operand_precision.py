@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fastssl.kernels.reference import sim_xent_reference
+from fastssl.loaders import atomic
 
 from .harness import Row, context, device_slug, write_csv
 
@@ -89,7 +90,7 @@ def write_all(rows: list[Row], out_dir: Path) -> list[Path]:
         for name in OPERANDS:
             lines.append(f"| {shape} | {name} | {by_key[(shape, name, 'rel error loss')]:.1e} | "
                          f"{by_key[(shape, name, 'rel error grad')]:.1e} |")
-    paths[1].write_text("\n".join(lines) + "\n")
+    atomic.write_text(paths[1], "\n".join(lines) + "\n")
     _plot(rows, paths[2])
     return paths
 
@@ -114,5 +115,5 @@ def _plot(rows: list[Row], path: Path) -> None:
     axes[0].set_ylabel("relative error vs float64")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)

@@ -1,8 +1,9 @@
 """Checkpoints that survive a crash mid-write and load without executing pickled code.
 
 Written to a temporary file in the same folder, flushed to disk, then renamed over the old one: a kill
-at any moment leaves either the previous checkpoint or the new one, never a torn file. Loaded with
-`weights_only=True`, so everything inside is tensors and plain Python values.
+at any moment leaves either the previous checkpoint or the new one, never a torn file; a full disk is
+an error naming the file and the size it needed. Loaded with `weights_only=True`, so everything
+inside is tensors and plain Python values.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastssl.loaders.atomic import atomic_path
+
 FORMAT = "fastssl-checkpoint-v1"
 
 
@@ -20,19 +23,22 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or not ours; the message names the file."""
 
 
+def _tensor_bytes(value) -> int:
+    """Bytes of every tensor in a nested state: about what torch.save writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    """Atomically (loaders/atomic.py): a failed save leaves the previous checkpoint and no temporary file."""
+    with atomic_path(path, _tensor_bytes(state)) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:

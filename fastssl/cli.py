@@ -7,12 +7,32 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from fastssl import config as config_mod
 from fastssl.checkpoint import CheckpointError
+from fastssl.engine.metrics import MetricsError
+from fastssl.engine.nonfinite import NonFiniteError
+from fastssl.loaders.atomic import NoSpaceError
 from fastssl.loaders.datasets.base import DataError
+
+# Failures of a run rather than of its inputs: a diverged loss, a full disk, a metrics file changed by
+# hand. Each message names the file or step; the exit code is 2 like every other clear error.
+RUN_ERRORS = (NonFiniteError, MetricsError, NoSpaceError)
+
+
+def _writable_run_dir(out: Path) -> None:
+    """Create the run directory and write a file in it now: an unwritable --out must fail in
+    milliseconds, not with a traceback after the data are built."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out) as probe:
+            probe.write(b"probe")
+    except OSError as e:
+        raise config_mod.ConfigError(f"run directory {config_mod.shown(str(out))}: cannot be written "
+                                     f"({e.strerror or e})") from None
 
 
 def _cmd_train(args) -> int:
@@ -28,11 +48,13 @@ def _cmd_train(args) -> int:
     else:
         cfg = config_mod.load_config(args.config, args.set)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    _writable_run_dir(out)
     from fastssl.engine.trainer import Trainer  # after validation: a bad config fails in milliseconds
 
     print(f"run directory: {out}", file=sys.stderr)
     result = Trainer(cfg, out, resume=bool(args.resume)).fit()
-    print(f"knn_top1={result.knn_top1:.4f} (random init: {result.knn_start:.4f})")
+    if result.is_main:   # under torchrun: one result line, rank 0's
+        print(f"knn_top1={result.knn_top1:.4f} (random init: {result.knn_start:.4f})")
     return 0
 
 
@@ -392,6 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (config_mod.ConfigError, DataError, CheckpointError, FileExistsError) as e:
+    except (config_mod.ConfigError, DataError, CheckpointError, FileExistsError, *RUN_ERRORS) as e:
         print(f"fastssl {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,14 +31,151 @@ DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder", "fashion_mnist", "om
 GENERATED = ("shapes", "random")   # made by the project: no path, sized by num_train / num_test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSS_DTYPES = ("auto", "fp32", "bf16")
+ON_NONFINITE = ("stop", "skip_step")
 VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
+# Upper bounds: far beyond any real run, low enough that a typo fails here, not after minutes of data
+# building, in a 56 GiB allocation or in an integer overflow inside torch.
+MAX_IMAGE_SIZE = 4096               # one image is S^2 x 3 bytes: 48 MiB at 4096 px
+MAX_GENERATED_BYTES = 16 * 2**30    # shapes and random hold all their N images x S^2 x 3 bytes in memory
+MAX_IMAGES = 10_000_000             # data.num_train, num_test, num_classes
+MAX_BATCH = 65536
+MAX_VIEWS = 32
+MAX_WORKERS = 256
+MAX_PREFETCH = 64
+MAX_JITTER = 10                     # colour factors are drawn from [max(0, 1 - s), 1 + s]
+MAX_WIDTH = 8                       # 8x the standard ResNet widths
+MAX_DIM = 65536                     # projector and predictor widths
+MAX_PROJECTOR_LAYERS = 16
+MAX_SVM_ITERS = 1000                # unrolled: memory grows with every step
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10**9
+MAX_SEED = 2**32 - 1                # numpy and torch generators both take it
+MAX_KNN_K = 100_000
 
 
 class ConfigError(ValueError):
     """A config value breaks a rule; the message names the key, the value and the rule."""
+
+
+MAX_SHOWN = 200          # characters of a value an error message echoes
+MAX_EXPANDED = 1_000_000  # nodes + scalar characters of a YAML document with its aliases expanded
+
+
+def cut(text: str) -> str:
+    """`text` cut to MAX_SHOWN characters, saying how long it was: one hostile value must not make a
+    megabyte error message."""
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text):,} characters)"
+
+
+def shown(value: Any) -> str:
+    """repr(value) for an error message, cut to MAX_SHOWN characters."""
+    return cut(repr(value))
+
+
+class _Yaml12:
+    """YAML 1.2 core-schema tags for plain scalars. PyYAML implements 1.1, where `yes` and `on` are
+    true, `1e3` and `0o10` are strings, `010` is octal and `2001-12-14` a date."""
+    INT = r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+    FLOAT = (r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+             r"|[-+]?(\.inf|\.Inf|\.INF)|\.nan|\.NaN|\.NAN")
+    RESOLVERS = [("null", r"null|Null|NULL|~|"), ("bool", r"true|True|TRUE|false|False|FALSE"),
+                 ("int", INT), ("float", FLOAT)]   # in this order: `1` is an int, not a float
+
+    @staticmethod
+    def to_int(text: str) -> int:
+        base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+        return int(text[2:] if base != 10 else text, base)
+
+    @staticmethod
+    def to_float(text: str) -> float:
+        special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+        return special[text.lower()] if text.lower() in special else float(text)
+
+    @staticmethod
+    def to_bool(text: str) -> bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{shown(text)} is not true or false")
+        return text.lower() == "true"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no object tags) reading YAML 1.2 core-schema scalars, refusing duplicate keys, and
+    refusing documents whose aliases expand beyond MAX_EXPANDED (a "billion laughs" file is small
+    on disk and huge once echoed)."""
+    yaml_implicit_resolvers: dict = {}
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        mapping = super().construct_mapping(node, deep)
+        if len(mapping) < len(node.value):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return mapping
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes bare only the strings that _Loader reads back as strings (`1e3` gets quotes)."""
+    yaml_implicit_resolvers: dict = {}
+
+
+for _tag, _regex in _Yaml12.RESOLVERS:
+    for _cls in (_Loader, _Dumper):
+        _cls.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_regex})$"), None)
+for _tag, _parse in (("int", _Yaml12.to_int), ("float", _Yaml12.to_float), ("bool", _Yaml12.to_bool)):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}",
+                            lambda loader, node, parse=_parse: parse(loader.construct_scalar(node)))
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes plus scalar characters under `node`, each alias counted in full; ConfigError beyond
+    MAX_EXPANDED or on an alias inside the collection it names."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise ConfigError("an alias refers to itself (a collection that contains itself)")
+    open_.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        size = 1 + len(node.value)
+    else:
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        size = 1 + sum(_expanded_size(child, sizes, open_) for child in children)
+    open_.discard(id(node))
+    if size > MAX_EXPANDED:
+        raise ConfigError(f"with its aliases expanded it holds more than {MAX_EXPANDED:,} nodes and characters "
+                          "(an alias bomb?)")
+    sizes[id(node)] = size
+    return size
+
+
+def load_yaml(text: str | bytes, source: str) -> Any:
+    """Parse one YAML 1.2 document; any failure is a one-line ConfigError naming `source`."""
+    try:
+        return yaml.load(text, _Loader)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
+    except (yaml.YAMLError, ValueError) as e:
+        if isinstance(e, yaml.MarkedYAMLError):
+            mark = e.problem_mark or e.context_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = f"{e.context + ': ' if e.context else ''}{e.problem or ''}{where}"
+        else:
+            problem = str(e)
+        raise ConfigError(f"{source}: not valid YAML ({cut(' '.join(problem.split()))})") from None
 
 
 @dataclass
@@ -159,6 +297,8 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 0              # steps between checkpoints; 0: only at the end
     cudnn_benchmark: bool = True
+    on_nonfinite: str = "stop"       # a NaN/inf loss: stop (nothing non-finite is saved), or skip_step
+    max_skipped_steps: int = 10      # skip_step: stop once this many steps were skipped
 
 
 @dataclass
@@ -199,26 +339,25 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if not items:
             raise ConfigError(f"{key}=[]: must hold at least one value")
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(items)]
+    # Exact types: YAML 1.2 has already told numbers, booleans and strings apart, so nothing is parsed here.
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}={value!r}: must be true or false")
+        raise ConfigError(f"{key}={shown(value)}: must be true or false")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r}: must be an integer")
+            raise ConfigError(f"{key}={shown(value)}: must be an integer")
         return value
     if typ is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value.strip().lstrip("."))
-            except ValueError:
-                raise ConfigError(f"{key}={value!r}: must be a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r}: must be a number")
-        return float(value)
+            raise ConfigError(f"{key}={shown(value)}: must be a number")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}={shown(value)}: must be a number in the float range") from None
     if typ is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r}: must be a string")
+            raise ConfigError(f"{key}={shown(value)}: must be a string")
         return value
     raise ConfigError(f"{key}: unsupported schema type {typ}")
 
@@ -228,26 +367,27 @@ def _apply(obj: Any, values: dict, prefix: str = "") -> None:
     for name, value in values.items():
         key = f"{prefix}{name}"
         if name not in types_:
-            raise ConfigError(f"unknown key '{key}' (known in {prefix.rstrip('.') or 'the config'}: "
+            raise ConfigError(f"unknown key {shown(key)} (known in {prefix.rstrip('.') or 'the config'}: "
                               f"{', '.join(types_)})")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{key}={value!r}: must be a mapping of {', '.join(_field_types(type(current)))}")
+                raise ConfigError(f"{key}={shown(value)}: must be a mapping of "
+                                  f"{', '.join(_field_types(type(current)))}")
             _apply(current, value, key + ".")
         else:
             setattr(obj, name, _coerce(key, value, types_[name]))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (["a", "b"], value parsed as a YAML scalar)."""
+    """`a.b=value` -> (["a", "b"], value parsed as YAML 1.2, as in a config file)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: must look like key.sub=value")
+        raise ConfigError(f"--set {shown(text)}: must look like key.sub=value")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"--set {text!r}: empty key component")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
+        raise ConfigError(f"--set {shown(text)}: empty key component")
+    return parts, load_yaml(raw, f"--set {shown(text)}") if raw.strip() else ""
 
 
 def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
@@ -258,14 +398,17 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
     paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
     for path in paths:
         p = Path(path)
+        source = f"config file {shown(str(p))}"
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r}: does not exist")
+            raise ConfigError(f"{source}: does not exist")
         try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r}: not valid YAML ({e})") from e
+            data = p.read_bytes()   # bytes: the YAML reader decodes UTF-8/16/32 and names a bad byte
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot be read ({e.strerror})") from None
+        values = load_yaml(data, source)
+        values = {} if values is None else values
         if not isinstance(values, dict):
-            raise ConfigError(f"config file {str(p)!r}: must hold a mapping at the top level")
+            raise ConfigError(f"{source}: must hold a mapping at the top level")
         _apply(cfg, values)
     for text in overrides:
         parts, value = parse_override(text)
@@ -287,7 +430,16 @@ def world_size() -> int:
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r}: {rule}")
+        raise ConfigError(f"{key}={shown(value)}: {rule}")
+
+
+def _int_in(key: str, value: int, low: int, high: int, why: str = "") -> None:
+    _require(value >= low, key, value, f"must be >= {low}")
+    _require(value <= high, key, value, f"must be <= {high}{why}")
+
+
+def _finite_in(key: str, value: float, low: float, high: float) -> None:
+    _require(math.isfinite(value) and low <= value <= high, key, value, f"must be a finite number in [{low}, {high}]")
 
 
 def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -308,13 +460,22 @@ def validate(cfg: Config, world: int | None = None) -> None:
     d, ld, m = cfg.data, cfg.loader, cfg.model
     _one_of("data.dataset", d.dataset, DATASETS)
     _one_of("data.on_error", d.on_error, ON_ERROR)
-    _require(d.image_size >= 8, "data.image_size", d.image_size, "must be >= 8")
+    _int_in("data.image_size", d.image_size, 8, MAX_IMAGE_SIZE, " (the data take N images x S^2 x 3 bytes of "
+            f"memory: {MAX_IMAGE_SIZE ** 2 * 3 / 2**20:.0f} MiB per image at {MAX_IMAGE_SIZE} px)")
+    _int_in("data.seed", d.seed, 0, MAX_SEED)
+    for name in ("num_train", "num_test"):
+        _require(getattr(d, name) <= MAX_IMAGES, f"data.{name}", getattr(d, name), f"must be <= {MAX_IMAGES}")
     if d.dataset in GENERATED:
         _require(d.num_train >= 2, "data.num_train", d.num_train, "must be >= 2")
         _require(d.num_test >= 1, "data.num_test", d.num_test, "must be >= 1")
         if d.dataset == "random":
             _require(1 <= d.num_classes <= d.num_train, "data.num_classes", d.num_classes,
                      f"must be in [1, data.num_train = {d.num_train}]")
+        n = d.num_train + d.num_test
+        _require(n * d.image_size ** 2 * 3 <= MAX_GENERATED_BYTES, "data.image_size", d.image_size,
+                 f"the {n:,} generated images (data.num_train + data.num_test) take N images x S^2 x 3 bytes = "
+                 f"{n * d.image_size ** 2 * 3 / 2**30:.1f} GiB of memory: "
+                 f"must be <= {MAX_GENERATED_BYTES // 2**30} GiB")
     else:
         path = d.path if d.path is not None else (FASHION_MNIST_DEFAULT if d.dataset == "fashion_mnist" else None)
         _require(path is not None, "data.path", d.path, f"is required for data.dataset={d.dataset}")
@@ -323,33 +484,41 @@ def validate(cfg: Config, world: int | None = None) -> None:
         _require(exists, "data.path", path, "must be an existing directory"
                  + (" or .zip file" if d.dataset == "omniglot" else "")
                  + (" (or set data.download=true)" if d.dataset.startswith("cifar") else ""))
+    _int_in("data.num_classes", d.num_classes, 1, MAX_IMAGES)
     _one_of("loader.backend", ld.backend, BACKENDS)
     if ld.backend == "ffcv":
         _require(ld.beton is not None and Path(ld.beton).is_file(), "loader.beton", ld.beton,
                  "must be an existing .beton file for loader.backend=ffcv (fastssl data convert writes it)")
-    _require(ld.batch_size >= 2, "loader.batch_size", ld.batch_size, "must be >= 2")
+    _int_in("loader.batch_size", ld.batch_size, 2, MAX_BATCH)
     _require(ld.batch_size % world == 0, "loader.batch_size", ld.batch_size,
              f"must be divisible by the world size ({world})")
     _require(ld.views >= 2, "loader.views", ld.views, "must be >= 2 (a positive pair needs two views)")
-    _require(ld.workers >= 0, "loader.workers", ld.workers, "must be >= 0")
+    _require(ld.views <= MAX_VIEWS, "loader.views", ld.views, f"must be <= {MAX_VIEWS}")
+    _int_in("loader.workers", ld.workers, 0, MAX_WORKERS)
     _require(0 <= ld.hw_decoder_load <= 1, "loader.hw_decoder_load", ld.hw_decoder_load, "must be in [0, 1]")
-    _require(ld.prefetch >= 1, "loader.prefetch", ld.prefetch, "must be >= 1")
+    _int_in("loader.prefetch", ld.prefetch, 1, MAX_PREFETCH)
     _one_of("loader.dtype", ld.dtype, ("auto",) + tuple(VIEW_DTYPES))
     if ld.dtype in ("bfloat16", "float16"):
         _require(cfg.train.precision in ("auto", VIEW_DTYPES[ld.dtype]), "loader.dtype", ld.dtype,
                  f"half-precision views need train.precision={VIEW_DTYPES[ld.dtype]} (or auto), "
                  f"not {cfg.train.precision}")
     a = cfg.augment
+    _require(0 < a.crop_scale_max <= 1, "augment.crop_scale_max", a.crop_scale_max, "must be in (0, 1]")
     _require(0 < a.crop_scale_min <= a.crop_scale_max <= 1, "augment.crop_scale_min",
              (a.crop_scale_min, a.crop_scale_max), "must satisfy 0 < crop_scale_min <= crop_scale_max <= 1")
     for name in ("flip_p", "jitter_p", "grayscale_p"):
         _probability(f"augment.{name}", getattr(a, name))
     for name in ("brightness", "contrast", "saturation"):
-        _require(getattr(a, name) >= 0, f"augment.{name}", getattr(a, name), "must be >= 0")
+        _finite_in(f"augment.{name}", getattr(a, name), 0, MAX_JITTER)
     _require(0 <= a.hue <= 0.5, "augment.hue", a.hue, "must be in [0, 0.5]")
     for name in ("blur_p", "solarize_p"):
+        _require(len(getattr(a, name)) <= MAX_VIEWS, f"augment.{name}", getattr(a, name),
+                 f"must hold at most {MAX_VIEWS} values (one per view)")
         for i, p in enumerate(getattr(a, name)):
             _probability(f"augment.{name}[{i}]", p)
+    _require(math.isfinite(a.blur_sigma_max) and a.blur_sigma_max <= d.image_size, "augment.blur_sigma_max",
+             a.blur_sigma_max, f"must be a finite number <= data.image_size ({d.image_size}): a wider Gaussian "
+             "flattens the view to its mean")
     _require(0 < a.blur_sigma_min <= a.blur_sigma_max, "augment.blur_sigma_min", (a.blur_sigma_min, a.blur_sigma_max),
              "must satisfy 0 < blur_sigma_min <= blur_sigma_max")
     _require(0 < a.blur_kernel_frac <= 1, "augment.blur_kernel_frac", a.blur_kernel_frac, "must be in (0, 1]")
@@ -360,22 +529,27 @@ def validate(cfg: Config, world: int | None = None) -> None:
     # (torch 2.14.1, measured: a width-1/16 ResNet-18 spins forever in backward); 1/8 is fine.
     _require(math.isfinite(m.width) and m.width >= 0.125, "model.width", m.width,
              "must be >= 0.125 (stems under 8 channels hang oneDNN's CPU convolution backward)")
-    _require(m.projector_layers >= 1, "model.projector_layers", m.projector_layers, "must be >= 1")
-    _require(m.projector_hidden >= 1, "model.projector_hidden", m.projector_hidden, "must be >= 1")
-    _require(m.projector_out >= 1, "model.projector_out", m.projector_out, "must be >= 1")
+    _require(m.width <= MAX_WIDTH, "model.width", m.width, f"must be <= {MAX_WIDTH} ({MAX_WIDTH}x the standard widths)")
+    _int_in("model.projector_layers", m.projector_layers, 1, MAX_PROJECTOR_LAYERS)
+    _int_in("model.projector_hidden", m.projector_hidden, 1, MAX_DIM)
+    _int_in("model.projector_out", m.projector_out, 1, MAX_DIM)
     _one_of("method.head", cfg.method.head, HEADS)
     _finite_positive("method.temperature", cfg.method.temperature)
     _one_of("method.loss_impl", cfg.method.loss_impl, LOSS_IMPLS)
     _one_of("method.loss_dtype", cfg.method.loss_dtype, LOSS_DTYPES)
-    _require(cfg.method.n_supp >= 1, "method.n_supp", cfg.method.n_supp, "must be >= 1")
-    _require(cfg.method.n_query >= 1, "method.n_query", cfg.method.n_query, "must be >= 1")
+    _one_of("train.on_nonfinite", cfg.train.on_nonfinite, ON_NONFINITE)
+    _require(cfg.train.max_skipped_steps >= 1, "train.max_skipped_steps", cfg.train.max_skipped_steps, "must be >= 1")
+    _int_in("method.n_supp", cfg.method.n_supp, 1, MAX_VIEWS - 1)
+    _int_in("method.n_query", cfg.method.n_query, 1, MAX_VIEWS - 1)
     _require(ld.views == cfg.method.n_supp + cfg.method.n_query, "loader.views", ld.views,
              f"must equal method.n_supp + method.n_query = {cfg.method.n_supp} + {cfg.method.n_query} "
              "(every view of an image is a support or a query view)")
     _finite_positive("method.ridge_lambda", cfg.method.ridge_lambda)
     _finite_positive("method.svm_c", cfg.method.svm_c)
-    _require(cfg.method.svm_iters >= 1, "method.svm_iters", cfg.method.svm_iters, "must be >= 1")
+    _int_in("method.svm_iters", cfg.method.svm_iters, 1, MAX_SVM_ITERS)
     _require(cfg.method.svm_tasks >= 1, "method.svm_tasks", cfg.method.svm_tasks, "must be >= 1")
+    _require(cfg.method.svm_tasks <= ld.batch_size, "method.svm_tasks", cfg.method.svm_tasks,
+             f"must be <= loader.batch_size ({ld.batch_size}): a task holds at least one image")
     if cfg.method.head == "svm":
         _require(ld.batch_size % cfg.method.svm_tasks == 0, "method.svm_tasks", cfg.method.svm_tasks,
                  f"must divide loader.batch_size ({ld.batch_size}): each task holds batch_size / svm_tasks images")
@@ -395,26 +569,30 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _probability("method.query_mix_p", cfg.method.query_mix_p)
     _finite_positive("method.query_mix_alpha", cfg.method.query_mix_alpha)
     _require(0 <= cfg.method.byol_momentum <= 1, "method.byol_momentum", cfg.method.byol_momentum, "must be in [0, 1]")
-    _require(cfg.method.predictor_hidden >= 1, "method.predictor_hidden", cfg.method.predictor_hidden, "must be >= 1")
+    _int_in("method.predictor_hidden", cfg.method.predictor_hidden, 1, MAX_DIM)
     o = cfg.optim
     _one_of("optim.name", o.name, OPTIMIZERS)
     _finite_positive("optim.lr", o.lr)
-    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _finite_in("optim.weight_decay", o.weight_decay, 0, 1)
     _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
-    _finite_positive("optim.trust_coefficient", o.trust_coefficient)
-    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    _require(math.isfinite(o.trust_coefficient) and 0 < o.trust_coefficient <= 1, "optim.trust_coefficient",
+             o.trust_coefficient, "must be a finite number in (0, 1]")
+    _finite_in("optim.warmup_epochs", o.warmup_epochs, 0, MAX_EPOCHS)
     t = cfg.train
-    _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-    _require(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0")
+    _int_in("train.epochs", t.epochs, 1, MAX_EPOCHS)
+    _int_in("train.max_steps", t.max_steps, 0, MAX_STEPS)
+    _int_in("train.seed", t.seed, 0, MAX_SEED)
+    _require(t.max_skipped_steps <= MAX_STEPS, "train.max_skipped_steps", t.max_skipped_steps,
+             f"must be <= {MAX_STEPS}")
     _one_of("train.precision", t.precision, PRECISIONS)
     _one_of("train.device", t.device, DEVICES)
-    _require(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
-    _require(t.ckpt_every >= 0, "train.ckpt_every", t.ckpt_every, "must be >= 0")
+    _int_in("train.log_every", t.log_every, 1, MAX_STEPS)
+    _int_in("train.ckpt_every", t.ckpt_every, 0, MAX_STEPS)
     k = cfg.knn
-    _require(k.k >= 1, "knn.k", k.k, "must be >= 1")
+    _int_in("knn.k", k.k, 1, MAX_KNN_K)
     _finite_positive("knn.temperature", k.temperature)
-    _require(k.every_epochs >= 0, "knn.every_epochs", k.every_epochs, "must be >= 0")
+    _int_in("knn.every_epochs", k.every_epochs, 0, MAX_EPOCHS)
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False)

@@ -5,7 +5,7 @@ is checked (every file decoded) before writing, which fixes the index -> label m
 `"raise"` the first bad file stops the conversion with its path. FFCV's writer decodes in worker
 processes and waits for a sample count, so an exception in a worker would hang it: samples never
 raise there, a failure only sets a flag, and a flagged conversion is deleted and reported. The file is
-written as `DST.part` and renamed at the end, so an interrupted run never leaves a `.beton` behind.
+written as `DST.tmp` and renamed at the end (loaders/atomic.py), so an interrupted run never leaves a `.beton` behind.
 
 `raw` stores uint8 RGB (decoding is a memcpy: the choice for CIFAR-scale images); otherwise JPEG.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .datasets import ImageFolderDataset, load_cifar, load_fashion_mnist
 from .datasets.base import DataError, ImageDataset
 
@@ -90,18 +91,14 @@ def convert(dataset: ImageDataset, dst: str | os.PathLike, raw: bool = False,
         raise DataError("nothing to convert: the dataset holds no images")
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(dst.name + ".part")
     samples = _Samples(dataset)
     fields = {IMAGE: RGBImageField(write_mode="raw" if raw else "jpg", max_resolution=max_res,
                                    jpeg_quality=jpeg_quality), LABEL: IntField()}
-    try:
+    with atomic_path(dst) as part:
         DatasetWriter(str(part), fields, num_workers=workers or os.cpu_count() or 1).from_indexed_dataset(samples)
         failed = np.flatnonzero(np.frombuffer(samples.failed, dtype=np.bool_))
         if len(failed):
             dataset.load_pil(int(failed[0]))   # raises a DataError naming the file, where it still fails
             raise DataError(f"image {failed[0]} failed to load during conversion ({len(failed)} in all); "
                             f"nothing was written")
-        os.replace(part, dst)
-    finally:
-        part.unlink(missing_ok=True)
     return ConvertResult(dst, len(dataset), list(getattr(dataset, "skipped", [])))

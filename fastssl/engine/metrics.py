@@ -3,18 +3,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
+
+from fastssl.loaders import atomic
+
+
+class MetricsError(ValueError):
+    """metrics.jsonl is corrupt where a checkpoint says it was complete; the message names the line."""
 
 
 class MetricsLog:
     """Appends records to RUN/metrics.jsonl, flushed per line so a killed run keeps what it logged.
 
-    `lines` counts the records written; a checkpoint stores it and a resume truncates the file back to
-    it, so records logged after the checkpoint by the killed run are not duplicated. With path None
-    (ranks other than 0 under DDP) it only counts.
+    `lines` counts the records written; a checkpoint stores it and a resume cuts the file back to it,
+    so records logged after the checkpoint by the killed run are not duplicated. Those lines are not
+    even parsed: the last of them may be torn by a kill or a full disk. A corrupt line before that
+    count is an error. Non-finite numbers are written as null: the file is always valid JSON lines.
+    With path None (ranks other than 0 under DDP) it only counts.
     """
 
     def __init__(self, path: Path | None, keep_lines: int | None = None):
@@ -22,19 +29,34 @@ class MetricsLog:
         if path is None:
             self.lines = keep_lines or 0
             return
-        records = read_metrics(path) if path.exists() else []
-        if keep_lines is not None:
-            records = records[:keep_lines]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-            os.replace(tmp, path)
-        self.lines = len(records)
+        if keep_lines is None:
+            self.lines = len(read_metrics(path)) if path.exists() else 0
+            return
+        text = path.read_text(errors="replace") if path.exists() else ""
+        kept = text.splitlines(keepends=True)[:keep_lines]
+        for number, line in enumerate(kept, 1):
+            try:
+                json.loads(line)
+            except ValueError as e:
+                raise MetricsError(f"{path}: line {number} is not JSON ({e}), but the checkpoint counts "
+                                   f"{keep_lines} complete lines: the file was changed after it was written") from e
+        if len(kept) < keep_lines:
+            raise MetricsError(f"{path}: {len(kept)} lines, but the checkpoint counts {keep_lines}: lines were "
+                               "removed after it was written")
+        if "".join(kept) != text:
+            atomic.write_text(path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
+        self.lines = keep_lines
 
     def write(self, record: dict) -> None:
         if self.path is not None:
+            line = json.dumps({k: _finite(v) for k, v in record.items()}, allow_nan=False)
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(line + "\n")
         self.lines += 1
+
+
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fastssl.loaders import atomic  # noqa: E402
+
 
 def plot_curves(records: list[dict], out: Path) -> None:
     steps = [r for r in records if "loss" in r]
@@ -22,5 +24,5 @@ def plot_curves(records: list[dict], out: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic.save_figure(fig, out)
     plt.close(fig)

@@ -7,21 +7,24 @@ model, optimizer, scheduler, scaler, RNG and loader state plus the running loss 
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fastssl import compat, envinfo
 from fastssl import config as config_mod
-from fastssl import envinfo
 from fastssl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
+from fastssl.engine.nonfinite import NonFiniteGuard
 from fastssl.engine.plots import plot_curves
 from fastssl.engine.precision import (autocast, grad_scaler, loss_operand_dtype, resolve_device, resolve_precision,
                                      view_dtype)
@@ -29,6 +32,7 @@ from fastssl.engine.task_builder import TaskBatch, TaskBuilder
 from fastssl.heads import build_head
 from fastssl.heads.byol import ema_update_, make_target, momentum_at
 from fastssl.heads.rotation import RotationPredictor
+from fastssl.loaders import atomic
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
 from fastssl.models import build_model
@@ -48,6 +52,7 @@ class RunResult:
     knn_start: float
     steps: int
     out_dir: Path
+    is_main: bool = True        # rank 0 (or one process): the one that reports the result
 
 
 class Trainer:
@@ -60,9 +65,15 @@ class Trainer:
         if not resume and (self.out_dir / CHECKPOINT).exists():
             raise FileExistsError(f"run directory {str(self.out_dir)!r} already holds {CHECKPOINT}: continue "
                                   f"it with --resume {self.out_dir}, or choose another --out")
+        # A checkpoint continues only the run it was trained as: changed fields that would alter the
+        # model, the method or the data order are an error; the others are reported.
+        self.config_changes = (compat.check(restored.get("config"), cfg, str(self.out_dir / CHECKPOINT))
+                               if restored is not None else [])
         self.dist, self.device = setup_distributed(resolve_device(cfg.train.device))
         self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)          # restored from the checkpoint on resume, like torch's
+        np.random.seed(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.deterministic
@@ -104,6 +115,9 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         self.aux_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
+        self.guard = NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps, self.device)
+        self.saved_step = None   # the step of the last checkpoint this run wrote or resumed from
+        self.finished = False    # the final evaluation is logged: the checkpoint is the run's end
         if restored is not None:
             self._restore(restored)
         else:
@@ -115,8 +129,8 @@ class Trainer:
         """Rank 0 owns the run directory; under DDP the other ranks write nothing."""
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(config_mod.dump_yaml(self.cfg))
-            (self.out_dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=2) + "\n")
+            atomic.write_text(self.out_dir / "config.yaml", config_mod.dump_yaml(self.cfg))
+            atomic.write_text(self.out_dir / "env.json", json.dumps(envinfo.collect(), indent=2) + "\n")
         self.metrics = MetricsLog(self._metrics_path(), keep_lines=0)
 
     def _metrics_path(self) -> Path | None:
@@ -130,12 +144,21 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(), "loader": self.loader.state_dict(), "knn_start": self.knn_start,
                 "loss_sum": self.loss_sum.detach().cpu(), "aux_sum": self.aux_sum.detach().cpu(),
-                "loss_count": self.loss_count,
+                "loss_count": self.loss_count, "skipped_steps": self.guard.skipped, "finished": self.finished,
                 "metrics_lines": self.metrics.lines, "config": config_mod.to_dict(self.cfg)}
 
+    def _last_good(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {self.out_dir / CHECKPOINT} (step {self.saved_step})"
+
     def save(self) -> None:
+        self.guard.check(self._last_good())   # never write non-finite state over a good checkpoint
+        self.guard.check_weights([m for m in (self.model, self.head, self.target, self.rotation) if m is not None],
+                                 self.step, self._last_good())
         if self.dist.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT, self._state())
+        self.saved_step = self.step
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -153,6 +176,9 @@ class Trainer:
         self.loss_sum = state["loss_sum"].to(self.device)
         self.aux_sum = state["aux_sum"].to(self.device)
         self.loss_count = state["loss_count"]
+        self.guard.skipped = state.get("skipped_steps", 0)
+        self.finished = state.get("finished", False)
+        self.saved_step = self.step
         self.metrics = MetricsLog(self._metrics_path(), keep_lines=state["metrics_lines"])
 
     # -- training ----------------------------------------------------------------------------------
@@ -184,6 +210,11 @@ class Trainer:
         if self.rotation is not None:
             aux = self.rotation(z, layout, self.dist.gather_images(task.rotations))
             loss = loss + self.cfg.method.rotation_weight * aux
+        if not self.guard.admit(loss, self.step):   # skip_step: the batch is used up, the model untouched
+            self.scheduler.step()
+            self.step += 1
+            return
+        if self.rotation is not None:
             self.aux_sum += aux.detach()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -204,15 +235,19 @@ class Trainer:
         return None if logits is None else float(logits(*self._last_task).top1())
 
     def _log(self, epoch: int, progress: Progress, images: int, seconds: float) -> None:
-        loss = float(self.loss_sum) / self.loss_count  # the one host sync of the interval
+        self.guard.check(self._last_good())   # the interval's host sync reads the guard's flag too
+        count = max(self.loss_count, 1)        # 0 when skip_step dropped every step of the interval
+        loss = float(self.loss_sum) / count if self.loss_count else float("nan")
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images / seconds}
-        top1 = self._task_top1()
+        top1 = self._task_top1() if self.loss_count else None
         if top1 is not None:
             record["task_top1"] = top1
         if self.rotation is not None:   # the rotation-prediction term alone (unweighted), also in `loss`
-            record["rotation_loss"] = float(self.aux_sum) / self.loss_count
+            record["rotation_loss"] = float(self.aux_sum) / count
             self.aux_sum.zero_()
+        if self.guard.skipped:
+            record["skipped_steps"] = self.guard.skipped
         self.metrics.write(record)
         progress.update(self.step, epoch, self.cfg.train.epochs, loss, lr, record["images_per_s"])
         self.loss_sum.zero_()
@@ -221,6 +256,10 @@ class Trainer:
     def fit(self) -> RunResult:
         cfg = self.cfg.train
         progress = Progress(self.total_steps, self.step, stream=sys.stderr if self.dist.is_main else None)
+        for change in self.config_changes:
+            progress.message(f"resuming with a changed config: {change}")
+        if self.finished and self.step >= self.total_steps:
+            return self._finished()
         if self.step == 0 and self.metrics.lines == 0:
             self.knn_start = self._evaluate(epoch=0)
             progress.message(f"knn_top1 at random init: {self.knn_start:.4f}")
@@ -247,7 +286,18 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
         final = self._evaluate(epoch)
+        self.finished = True
         self.save()
         if self.dist.is_main:
             plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
-        return RunResult(knn_top1=final, knn_start=self.knn_start, steps=self.step, out_dir=self.out_dir)
+        return RunResult(knn_top1=final, knn_start=self.knn_start, steps=self.step, out_dir=self.out_dir,
+                         is_main=self.dist.is_main)
+
+    def _finished(self) -> RunResult:
+        """A resumed run that had already ended: its result, from its metrics; nothing is written."""
+        if not self.dist.is_main:
+            return RunResult(float("nan"), self.knn_start, self.step, self.out_dir, is_main=False)
+        records = read_metrics(self.out_dir / "metrics.jsonl")[:self.metrics.lines]
+        final = [r["knn_top1"] for r in records if "knn_top1" in r and r["step"] == self.step]
+        return RunResult(knn_top1=final[-1] if final else float("nan"), knn_start=self.knn_start, steps=self.step,
+                         out_dir=self.out_dir, is_main=self.dist.is_main)

@@ -16,11 +16,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fastssl import compat
 from fastssl import config as config_mod
 from fastssl.checkpoint import CheckpointError, load_checkpoint
 from fastssl.engine.knn import extract_features
 from fastssl.engine.precision import autocast, resolve_device, resolve_precision
 from fastssl.loaders.datasets import build_dataset
+from fastssl.loaders import atomic
 from fastssl.loaders.factory import build_eval_batches
 from fastssl.models import build_model
 
@@ -67,6 +69,7 @@ def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
         raise config_mod.ConfigError(f"--ckpt {str(ckpt)!r}: its folder holds no config.yaml, so it is not "
                                      "a fastssl run directory")
     cfg = config_mod.load_config(saved, list(overrides))
+    compat.check(state.get("config"), cfg, str(ckpt), scope="model.")   # the weights must fit the model
     model = build_model(cfg.model)
     try:
         model.load_state_dict(state["model"])
@@ -109,7 +112,5 @@ def write_result(run: Run, protocol: str, settings: dict, results: dict, seconds
               "device": str(run.device), "precision": run.precision, "settings": settings,
               "results": results, "seconds": round(seconds, 3), **(extra or {})}
     path = run.run_dir / f"eval_{protocol}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(record, indent=2) + "\n")
     return path

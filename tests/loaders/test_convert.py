@@ -84,7 +84,7 @@ def test_imagefolder_skip_converts_modes_to_rgb_and_counts_bad_files(tmp_path, c
     # Folder order: cmyk, gray, rgb, rgba, z_png (a), then 4_good (b); every pixel as PIL's RGB.
     firsts = [tuple(int(c) for c in im[0, 0]) for im in images]
     assert firsts == [(255, 255, 255), (77, 77, 77), (1, 2, 3), (10, 20, 30), (4, 5, 6), (7, 8, 9)]
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 @pytest.mark.parametrize("kind", ["truncated", "zero_bytes", "not_image"])

@@ -1,0 +1,55 @@
+"""Which config changes a checkpoint survives, checked on `--resume` and `fastssl eval`.
+
+A checkpoint holds the config it was trained with. Resuming it under another model width used to end
+in a 119-line state-dict traceback, and under another batch size it resumed silently into a
+different run. Fields that only say how long, how often or with how many workers a run goes (and
+where its data now live) may change and are reported; every other field changes the model, the
+method or the data order, so a difference is an error naming each field with both values.
+"""
+from __future__ import annotations
+
+from fastssl import config as config_mod
+from fastssl.checkpoint import CheckpointError
+
+# May differ between the checkpoint and the run that continues or evaluates it.
+SAFE_TO_CHANGE = ("train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every", "train.on_nonfinite",
+                  "train.max_skipped_steps", "train.device", "train.compile", "train.cudnn_benchmark",
+                  "train.deterministic", "loader.workers", "loader.prefetch", "loader.hw_decoder_load",
+                  "data.path", "knn.")
+VALUE_WIDTH = 60
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH] + "..."
+
+
+def differences(saved: dict, cfg: config_mod.Config) -> dict[str, tuple]:
+    """{field: (checkpoint's value, current value)} for every field that differs."""
+    old, new = _flat(saved), _flat(config_mod.to_dict(cfg))
+    return {key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
+            for key in sorted(set(old) | set(new)) if old.get(key, "<absent>") != new.get(key, "<absent>")}
+
+
+def check(saved: dict | None, cfg: config_mod.Config, checkpoint: str, scope: str = "") -> list[str]:
+    """Raise CheckpointError for changed fields under `scope` ("" = all; "model." for evaluation)
+    that are not safe to change; return one line per allowed change, to report."""
+    if saved is None:   # checkpoints written before they held their config
+        return [f"checkpoint {checkpoint}: holds no config, so it was not compared"]
+    changed = {k: v for k, v in differences(saved, cfg).items() if k.startswith(scope)}
+    unsafe = {k: v for k, v in changed.items() if not k.startswith(SAFE_TO_CHANGE)}
+    if unsafe:
+        lines = "; ".join(f"{k}: {_show(a)} in the checkpoint, {_show(b)} now" for k, (a, b) in unsafe.items())
+        raise CheckpointError(f"checkpoint {checkpoint}: was trained with another config, and these fields "
+                              f"change the model, the method or the data order: {lines}")
+    return [f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items()]

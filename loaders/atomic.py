@@ -1,0 +1,93 @@
+"""Files written all at once or not at all: checkpoints, .beton files, evaluation and benchmark results.
+
+Each is written to `NAME.tmp` beside its destination, flushed to disk and renamed over it, so a kill
+at any moment leaves the old file or the new one, never a torn one. A write that fails removes its
+temporary file (a half-written checkpoint would keep a full disk full), and a full disk is named as
+such, with the size the file needed, rather than surfacing as whatever the writer's library says.
+Lives in `loaders`, the lowest layer that writes files: `fastssl` and `bench` import it from here.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while writing PATH; nothing was left behind."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)   # makes the rename itself durable
+    finally:
+        os.close(fd)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC (or EDQUOT) anywhere in the exception's chain: libraries wrap it in their own errors."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_space(path: Path, needed: int | None) -> NoSpaceError:
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+    size = f" needs about {needed / 2**20:,.1f} MB" if needed else ""
+    return NoSpaceError(errno.ENOSPC, f"no space left on device: {path}{size} ({free / 2**20:,.1f} MB free); "
+                        "nothing was written, the previous file (if any) is intact")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yields the temporary path to write; on success it replaces `path`. `needed`: the expected size
+    in bytes, for the disk-full message."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _is_disk_full(e):
+            raise no_space(path, needed) from e
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path, len(data)) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_csv(path: str | os.PathLike, fieldnames: list[str], rows) -> None:
+    """Dict rows as CSV with a header, atomically."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, out.getvalue())
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """A matplotlib figure, atomically, in the format its file name says."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip("."))
