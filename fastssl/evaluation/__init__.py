@@ -11,22 +11,10 @@ import importlib
 import time
 from pathlib import Path
 
-import yaml
-
 from fastssl import config as config_mod
 from fastssl.evaluation.features import Progress, load_run, stderr_progress, write_result
 
 PROTOCOLS = ("knn", "linear", "semi", "fewshot")
-
-
-def _number(value):
-    """YAML 1.1 reads 1e-3 (no dot) as a string: numbers in that form become floats."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def settings_for(protocol: str, options: list[str] = ()):
@@ -44,12 +32,7 @@ def settings_for(protocol: str, options: list[str] = ()):
             raise config_mod.ConfigError(f"--opt {text!r}: must be KEY=VALUE with KEY one of the {protocol} "
                                          f"settings {', '.join(fields)}")
         default = fields[key].default
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise config_mod.ConfigError(f"--opt {text!r}: not a YAML value ({e})") from e
-        if not isinstance(default, str):
-            value = [_number(v) for v in value] if isinstance(value, list) else _number(value)
+        value = config_mod.load_yaml(raw, f"--opt {config_mod.cut(text)!r}")   # YAML 1.2, as the config
         if isinstance(default, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
             ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
