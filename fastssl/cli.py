@@ -242,7 +242,7 @@ def _cmd_data_photos(args) -> int:
     except ValueError as e:
         raise config_mod.ConfigError(f"fastssl data photos: {e}") from None
     print(f"wrote {made.files} JPEGs ({made.bytes / 2**20:,.1f} MiB, {made.source} sources) to {made.root}; "
-          f"use --data imagefolder:{made.root / 'train'} or data.path={made.root}")
+          f"use --data imagefolder:{made.root} or data.path={made.root}")
     return 0
 
 

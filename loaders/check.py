@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .datasets.base import DataError
-from .datasets.imagefolder import CHUNK, DECODE_ERRORS, DECODE_THREADS, EXTENSIONS, _list_dir, decode
+from .datasets.imagefolder import CHUNK, DECODE_ERRORS, DECODE_THREADS, EXTENSIONS, _list_dir, class_dirs, decode
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]   # (files done, files in all)
@@ -64,6 +64,7 @@ class Report:
     bad: list[tuple[Path, str]] = field(default_factory=list)     # image files that do not
     non_images: list[Path] = field(default_factory=list)          # files without an image extension
     empty_classes: list[Path] = field(default_factory=list)       # class folders with no image file
+    hidden: int = 0                                               # names starting with '.', in root and classes
 
     @property
     def ok(self) -> bool:
@@ -76,24 +77,28 @@ class Report:
         out += [f"not an image (ignored by the loaders): {p}" for p in self.non_images]
         verdict = "ok" if self.ok else "FAILED"
         out.append(f"{self.root}: {verdict}: {self.images} images decode, {len(self.bad)} bad, "
-                   f"{len(self.empty_classes)} empty class folders, {len(self.non_images)} non-image files")
+                   f"{len(self.empty_classes)} empty class folders, {len(self.non_images)} non-image files, "
+                   f"{self.hidden} hidden files/folders ignored (names starting with '.')")
         return out
 
 
 def check_folder(root: str | Path, progress: Progress | None = None) -> Report:
     """Decode every image file of `root/<class>/*`; report bad files, empty classes and non-image files.
 
-    A missing root or one without class folders is a DataError: there is nothing to check.
+    A missing root, one without class folders, or a split root (`train/`, `test/` holding class folders)
+    is a DataError: there is nothing to check, or the class folders are one level down.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"ImageFolder root {str(root)!r}: is not an existing directory")
-    class_dirs = [p for p in _list_dir(root) if p.is_dir()]
-    if not class_dirs:
+    folders = class_dirs(root)
+    if not folders:
         raise DataError(f"ImageFolder root {str(root)!r}: has no class folders (expected root/<class>/<files>)")
-    report = Report(root)
+    _refuse_split_root(root, folders)
+    report = Report(root, hidden=_hidden(root))
     paths: list[Path] = []
-    for folder in class_dirs:
+    for folder in folders:
+        report.hidden += _hidden(folder)
         files = [p for p in _list_dir(folder) if p.is_file()]
         images = [p for p in files if p.suffix.lower() in EXTENSIONS]
         report.non_images += [p for p in files if p.suffix.lower() not in EXTENSIONS]
@@ -104,6 +109,26 @@ def check_folder(root: str | Path, progress: Progress | None = None) -> Report:
     report.bad = [(paths[i], why) for i, why in failures]
     report.images = len(paths) - len(failures)
     return report
+
+
+def _hidden(folder: Path) -> int:
+    """Entries of `folder` the ImageFolder reader skips for their leading '.' (`.DS_Store`, `._x.jpg`)."""
+    return sum(1 for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _refuse_split_root(root: Path, folders: list[Path]) -> None:
+    """A DataError when no folder holds an image file and some hold folders: `root` holds splits.
+
+    Checked as a class root, `train/` and `test/` would each be reported as an empty class folder.
+    """
+    if any(p.is_file() and p.suffix.lower() in EXTENSIONS for folder in folders for p in _list_dir(folder)):
+        return
+    splits = [folder for folder in folders if class_dirs(folder)]
+    if splits:
+        named = ", ".join(f"{f.name}/" for f in splits)
+        checks = " and ".join(f"`fastssl data check {f}`" for f in splits)
+        raise DataError(f"{str(root)!r} looks like a split root ({named} hold class folders, not image "
+                        f"files): run {checks}")
 
 
 def usable(paths: Sequence[Path], on_error: str, root: Path, backend: str) -> tuple[np.ndarray, Decoded]:

@@ -18,7 +18,7 @@ from fastssl.config import AugmentConfig, LoaderConfig
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window
 from .batch import Batch
-from .datasets.base import ImageDataset
+from .datasets.base import DataError, ImageDataset
 from .sampler import EpochCursor, ShardedEpochs, ShardedSampler, derive_seed
 
 
@@ -53,7 +53,9 @@ class _Views(Dataset):
     """Item (seed, epoch, i) -> (V views (V,3,S,S), label, i), view v by transforms[v] from its own derived seed.
 
     Seed and epoch travel with the index (the batch sampler emits triples), so persistent workers
-    hold no state that set_epoch or load_state_dict would have to reach.
+    hold no state that set_epoch or load_state_dict would have to reach. A file that cannot be decoded
+    comes back as its DataError, raised by the loader in the main process: raised in a worker, the
+    DataLoader would re-raise it as a multi-line traceback in place of its one-line message.
     """
 
     def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose]):
@@ -62,9 +64,12 @@ class _Views(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, int] | DataError:
         seed, epoch, index = key
-        image = self.dataset.load_pil(index)
+        try:
+            image = self.dataset.load_pil(index)
+        except DataError as e:
+            return e
         views = []
         with torch.random.fork_rng(devices=[]):
             for view, transform in enumerate(self.transforms):
@@ -94,10 +99,13 @@ class _EpochBatches:
             yield [(seed, epoch, i) for i in self.sampler.indices(epoch, b).tolist()]
 
 
-def _collate_views(items: list[tuple[torch.Tensor, int, int]]
-                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+def _collate_views(items: list[tuple[torch.Tensor, int, int] | DataError]
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | DataError:
     """Stack per-image view stacks into V channels_last batches (laid out in the worker, so the
-    device copy needs no conversion)."""
+    device copy needs no conversion); a batch with an undecodable file is that file's DataError."""
+    failed = next((item for item in items if isinstance(item, DataError)), None)
+    if failed is not None:
+        return failed
     stacked = torch.stack([views for views, _, _ in items])                 # (B, V, 3, S, S)
     views = [stacked[:, v].contiguous(memory_format=torch.channels_last) for v in range(stacked.shape[1])]
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
@@ -132,7 +140,10 @@ class TorchvisionLoader(ShardedEpochs):
             generator=torch.Generator())
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, labels, index in self._loader:
+        for batch in self._loader:
+            if isinstance(batch, DataError):
+                raise batch
+            views, labels, index = batch
             self.cursor.advance()
             yield Batch([to_device(v, self.device) for v in views], to_device(labels, self.device),
                         to_device(index, self.device))

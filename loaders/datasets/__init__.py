@@ -1,14 +1,12 @@
 """Dataset readers behind one contract (`ImageDataset`), chosen by `data.dataset`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from .base import ArrayDataset, DataError, ImageDataset
 from .cifar import load_cifar
 from fastssl.config import FASHION_MNIST_DEFAULT
 
 from .fashion_mnist import load_fashion_mnist
-from .imagefolder import ImageFolderDataset
+from .imagefolder import ImageFolderDataset, split_roots
 from .omniglot import load_omniglot
 from .random_images import make_random
 from .synthetic import make_shapes
@@ -22,8 +20,10 @@ SPLITS = ("train", "test")
 def build_dataset(data_cfg, split: str) -> ImageDataset:
     """The `split` ("train" | "test") of the dataset a DataConfig names.
 
-    With `on_error="skip"` an ImageFolder is checked (every file decoded once) here, so bad files are
-    dropped before any backend reads an index: afterwards the index -> label mapping never changes.
+    An ImageFolder's train and test splits must hold the same class folders (`split_roots`; `val`
+    stands in for a missing default `test`). With `on_error="skip"` an ImageFolder is checked (every
+    file decoded once) here, so bad files are dropped before any backend reads an index: afterwards the
+    index -> label mapping never changes.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
@@ -31,8 +31,10 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
     if name in ("cifar10", "cifar100"):
         return load_cifar(data_cfg.path, name, split, download=data_cfg.download)
     if name == "imagefolder":
-        sub = data_cfg.train_split if split == "train" else data_cfg.test_split
-        dataset = ImageFolderDataset(Path(data_cfg.path) / sub, on_error=data_cfg.on_error)
+        # Both splits are located and their class folders compared on every build, before any file is
+        # read: the trainer and `fastssl eval` fail at once rather than after an epoch or a decode pass.
+        roots = split_roots(data_cfg.path, data_cfg.train_split, data_cfg.test_split)
+        dataset = ImageFolderDataset(roots[split], on_error=data_cfg.on_error)
         if data_cfg.on_error == "skip":
             dataset.check()
         return dataset

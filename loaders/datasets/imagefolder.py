@@ -60,6 +60,67 @@ def _list_dir(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def class_dirs(root: Path) -> list[Path]:
+    """The class folders of an ImageFolder root, in label order."""
+    return [p for p in _list_dir(root) if p.is_dir()]
+
+
+def capped(names: list[str], limit: int = 10) -> str:
+    """A long name list shortened to its first `limit` and a count, so an error stays one readable line."""
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+_announced: set[Path] = set()   # roots whose `val` stand-in for `test` was already logged
+
+
+def _split_folder(root: Path, name: str, key: str) -> Path:
+    """`root/name`; for the default test split, `root/val` when only that exists (ImageNet's layout)."""
+    folder = root / name
+    if folder.exists():
+        return folder
+    if key == "data.test_split" and name == "test" and (root / "val").is_dir():
+        if root not in _announced:
+            _announced.add(root)
+            log.warning("ImageFolder %s: no test/ split, using %s as the test split "
+                        "(set data.test_split to choose another)", root, root / "val")
+        return root / "val"
+    if key == "data.test_split" and name == "test":
+        absent = f"neither {str(folder)!r} nor {str(root / 'val')!r} exists"
+    else:
+        absent = f"{str(folder)!r} does not exist"
+    present = [d.name for d in class_dirs(root)]
+    holds = f"sub-folders there: {capped(present)}" if present else "it has no sub-folders"
+    raise DataError(f"{key}={name!r}: {absent} ({holds}); data.path must hold one folder per split: "
+                    f"pick it with --set {key}=NAME")
+
+
+def split_roots(path: str | os.PathLike, train_split: str, test_split: str) -> dict[str, Path]:
+    """{"train": folder, "test": folder} under data.path, checked to hold the same class folders.
+
+    Labels are class-folder positions, so a class missing from one split shifts or drops labels in the
+    other and kNN or linear accuracy silently compares the wrong classes. Only folder names are read.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"data.path {str(root)!r}: is not an existing directory")
+    roots = {"train": _split_folder(root, train_split, "data.train_split"),
+             "test": _split_folder(root, test_split, "data.test_split")}
+    for folder in roots.values():
+        if not folder.is_dir():
+            raise DataError(f"ImageFolder root {str(folder)!r}: is not a directory")
+    train, test = ([d.name for d in class_dirs(roots[s])] for s in ("train", "test"))
+    if train != test:
+        in_train, in_test = set(train), set(test)
+        missing = [c for c in train if c not in in_test]
+        extra = [c for c in test if c not in in_train]
+        found = "; ".join(f"{what}: {capped(names)}" for what, names in
+                          (("missing from test", missing), ("extra in test", extra)) if names)
+        raise DataError(f"test split {str(roots['test'])!r} and train split {str(roots['train'])!r}: must "
+                        f"hold the same class folders, as labels are class-folder positions ({found})")
+    return roots
+
+
 class ImageFolderDataset:
     """Labelled images in class sub-folders; implements the ImageDataset protocol.
 
@@ -85,14 +146,14 @@ class ImageFolderDataset:
             raise DataError(f"ImageFolder root {str(self.root)!r}: does not exist")
         if not self.root.is_dir():
             raise DataError(f"ImageFolder root {str(self.root)!r}: is not a directory")
-        class_dirs = [p for p in _list_dir(self.root) if p.is_dir()]
-        if not class_dirs:
+        folders = class_dirs(self.root)
+        if not folders:
             raise DataError(f"ImageFolder root {str(self.root)!r}: has no class folders "
                             f"(expected root/<class>/<image files>)")
-        self.classes = [d.name for d in class_dirs]
+        self.classes = [d.name for d in folders]
         self.paths: list[Path] = []
         labels: list[int] = []
-        for label, folder in enumerate(class_dirs):
+        for label, folder in enumerate(folders):
             files = [p for p in _list_dir(folder) if p.suffix.lower() in EXTENSIONS and p.is_file()]
             if not files:
                 raise DataError(f"class folder {str(folder)!r}: holds no image files "
@@ -110,8 +171,11 @@ class ImageFolderDataset:
         try:
             return decode(path)
         except DECODE_ERRORS as e:
-            hint = ("; on_error=skip drops bad files only in check() or to_array(), "
-                    "call check() before reading images one by one") if self.on_error == "skip" else ""
+            if self.on_error == "skip":
+                hint = ("; on_error=skip drops bad files only in check() or to_array(), "
+                        "call check() before reading images one by one")
+            else:
+                hint = " (data.on_error=skip drops and counts such files)"
             raise DataError(f"image file {str(path)!r}: cannot be decoded ({e}){hint}") from e
 
     def check(self) -> None:

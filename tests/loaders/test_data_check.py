@@ -58,3 +58,24 @@ def test_usable_raises_naming_files_or_skips_and_logs(bad_folder, caplog):
     assert sorted(paths[i] for i in set(range(len(paths))) - set(keep.tolist())) == sorted(bad_folder["bad"])
     assert (decoded.sizes[keep] == 8).all()
     assert "skipped 3 file(s)" in caplog.text
+
+
+def test_cli_data_check_on_a_split_root_points_to_each_split(tmp_path, capsys):
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / split / "a" / "0.png")
+    assert main(["data", "check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "looks like a split root (test/, train/" in err
+    assert f"fastssl data check {tmp_path / 'train'}" in err and f"fastssl data check {tmp_path / 'test'}" in err
+    assert main(["data", "check", str(tmp_path / "train")]) == 0
+
+
+def test_check_folder_counts_hidden_files(bad_folder):
+    root = bad_folder["root"]
+    (root / ".DS_Store").write_bytes(b"\0")
+    (root / "a" / "._0_rgb.png").write_bytes(b"\0\5\26\7")
+    (root / ".ipynb_checkpoints").mkdir()
+    report = check.check_folder(root)
+    assert report.hidden == 3 and report.non_images == [bad_folder["non_image"]]
+    assert report.lines()[-1].endswith("1 non-image files, 3 hidden files/folders ignored (names starting with '.')")

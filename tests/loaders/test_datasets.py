@@ -509,11 +509,12 @@ def test_build_dataset_dispatches(tmp_path):
     fashion = build_dataset(DataConfig(dataset="fashion_mnist", path=str(tmp_path / "f")), "train")
     assert fashion.labels.tolist() == [0, 1, 2]
 
-    save(tmp_path / "i" / "tr" / "a" / "0.png", encoded(0, 0))
+    for label, name in enumerate("abc"):   # the splits must hold the same classes
+        save(tmp_path / "i" / "tr" / name / "0.png", encoded(label, 0))
     make_tree_with_bad_files(tmp_path / "i" / "te")
     cfg = DataConfig(dataset="imagefolder", path=str(tmp_path / "i"), train_split="tr", test_split="te",
                      on_error="skip")
-    assert build_dataset(cfg, "train").labels.tolist() == [0]
+    assert build_dataset(cfg, "train").labels.tolist() == [0, 1, 2]
     test = build_dataset(cfg, "test")  # skip: checked on build, bad files already dropped
     assert len(test.skipped) == 3 and test.labels.tolist() == [0, 0, 1, 2]
 
