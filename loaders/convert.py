@@ -8,6 +8,8 @@ raise there, a failure only sets a flag, and a flagged conversion is deleted and
 written as `DST.tmp` and renamed at the end (loaders/atomic.py), so an interrupted run never leaves a `.beton` behind.
 
 `raw` stores uint8 RGB (decoding is a memcpy: the choice for CIFAR-scale images); otherwise JPEG.
+FFCV's writer cannot store a sample larger than its page (8 MiB by default; a worker fails and the
+writer hangs), and a raw 4000x3000 photo is 36 MB, so raw files get pages that fit their largest image.
 """
 from __future__ import annotations
 
@@ -18,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .atomic import atomic_path
 from .datasets import ImageFolderDataset, load_cifar, load_fashion_mnist
 from .datasets.base import DataError, ImageDataset
+from .datasets.imagefolder import DECODE_ERRORS
 
 IMAGE, LABEL = "image", "label"          # the .beton's field names, read back by the ffcv backend
 SOURCES = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 SPLITS = ("train", "test")
 DEFAULT_JPEG_QUALITY = 90
+PAGE_SIZE = 1 << 23                      # FFCV's default page, 8 MiB: ample for a JPEG sample
 
 
 def parse_source(text: str) -> tuple[str, Path]:
@@ -70,6 +75,27 @@ class _Samples:
             return np.zeros((1, 1, 3), np.uint8), -1
 
 
+def _page_size(dataset: ImageDataset, raw: bool, max_res: int | None) -> int:
+    """A page that holds the largest sample: in raw mode 3 bytes per pixel of the largest image (as
+    --max-res leaves it), rounded up to a power of two; otherwise FFCV's default. ImageFolder sizes come
+    from the file headers (an unreadable one is left to the writer, which reports it)."""
+    if not raw:
+        return PAGE_SIZE
+    if hasattr(dataset, "images"):
+        pixels = int(np.prod(dataset.images.shape[1:3]))
+    else:
+        pixels = 0
+        for path in getattr(dataset, "paths", []):
+            try:
+                with Image.open(path) as image:
+                    pixels = max(pixels, image.width * image.height)
+            except DECODE_ERRORS:
+                continue
+    if max_res is not None:
+        pixels = min(pixels, max_res * max_res)
+    return max(PAGE_SIZE, 1 << (3 * pixels - 1).bit_length())
+
+
 @dataclass
 class ConvertResult:
     path: Path
@@ -95,7 +121,8 @@ def convert(dataset: ImageDataset, dst: str | os.PathLike, raw: bool = False,
     fields = {IMAGE: RGBImageField(write_mode="raw" if raw else "jpg", max_resolution=max_res,
                                    jpeg_quality=jpeg_quality), LABEL: IntField()}
     with atomic_path(dst) as part:
-        DatasetWriter(str(part), fields, num_workers=workers or os.cpu_count() or 1).from_indexed_dataset(samples)
+        DatasetWriter(str(part), fields, page_size=_page_size(dataset, raw, max_res),
+                      num_workers=workers or os.cpu_count() or 1).from_indexed_dataset(samples)
         failed = np.flatnonzero(np.frombuffer(samples.failed, dtype=np.bool_))
         if len(failed):
             dataset.load_pil(int(failed[0]))   # raises a DataError naming the file, where it still fails

@@ -19,6 +19,12 @@ DALI stops the pipeline on a file it cannot decode, so every file is decoded onc
 (`check.usable`): data.on_error=raise names the bad files and points to `fastssl data check`,
 skip leaves them out of the sampled set. That check also gives the image sizes the crop boxes need.
 In-memory datasets (CIFAR pickles, shapes) are fed as pixels and skip the decoder.
+
+EXIF orientation follows torchvision's convention, as every backend does: its default loader (PIL's
+Image.open + convert("RGB")) ignores the orientation tag, so a file is read as stored. DALI's decoder
+would rotate such a file, CPU and nvJPEG alike, while the crop boxes are drawn from PIL's unrotated
+size: the views would come out rotated and smeared on one side. So the decoder runs with
+adjust_orientation=False.
 """
 from __future__ import annotations
 
@@ -114,7 +120,7 @@ def _graph(source: Iterator[list], encoded: bool, decoder: dict, gpu: bool, view
         dtype=[types.UINT8, types.INT64] + PARAM_TYPES * views,
         ndim=[1 if encoded else 3, 0] + PARAM_NDIM * views, layout=[None if encoded else "HWC"])
     if encoded:
-        images = fn.decoders.image(data, output_type=types.RGB, **decoder)
+        images = fn.decoders.image(data, output_type=types.RGB, adjust_orientation=False, **decoder)
     else:
         images = data.gpu() if gpu else data
     outputs = [_view(images, params[PARAMS * v:PARAMS * (v + 1)], recipe) for v in range(views)]
