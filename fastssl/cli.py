@@ -53,7 +53,9 @@ def _cmd_train(args) -> int:
 
     print(f"run directory: {out}", file=sys.stderr)
     result = Trainer(cfg, out, resume=bool(args.resume)).fit()
-    if result.is_main:   # under torchrun: one result line, rank 0's
+    if result.is_main and not result.knn_meaningful:   # under torchrun: one result line, rank 0's
+        print("knn_top1=n/a (train and test classes are disjoint)")
+    elif result.is_main:
         print(f"knn_top1={result.knn_top1:.4f} (random init: {result.knn_start:.4f})")
     return 0
 
@@ -394,9 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "projection); writes RUN/eval_<protocol>.json and prints a one-line summary.")
     ev.add_argument("--ckpt", required=True, help="the run's checkpoint, e.g. runs/x/last.pt (the run's "
                     "config.yaml is read from its folder)")
-    ev.add_argument("--protocol", required=True, choices=("knn", "linear", "semi", "fewshot"),
+    ev.add_argument("--protocol", required=True, choices=("knn", "linear", "semi", "fewshot", "oneshot"),
                     help="knn: weighted kNN; linear: logistic regression on frozen features; semi: fine-tune "
-                    "on 1%%/10%% labels; fewshot: N-way K-shot episodes (prototype and ridge)")
+                    "on 1%%/10%% labels; fewshot: N-way K-shot episodes (prototype and ridge); oneshot: Omniglot's "
+                    "20 one-shot runs, --opt runs=all_runs.zip (error rate, with a raw-pixel baseline)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the run's config, e.g. --set data.path=... --set train.device=cpu (repeatable)")
     ev.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

@@ -53,6 +53,7 @@ class RunResult:
     steps: int
     out_dir: Path
     is_main: bool = True        # rank 0 (or one process): the one that reports the result
+    knn_meaningful: bool = True  # False where the splits share no class: knn_top1 is NaN, not a score
 
 
 class Trainer:
@@ -83,8 +84,11 @@ class Trainer:
         self.loader = build_train_loader(cfg, train_set, self.device, self.dist.rank, self.dist.world,
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
         self.tasks = TaskBuilder(cfg.method, len(train_set), cfg.train.seed, self.dist.world)
-        self.knn_train = build_eval_batches(cfg, train_set, self.device)
-        self.knn_test = build_eval_batches(cfg, test_set, self.device)
+        # A dataset whose splits share no class (`disjoint_classes`) has no kNN score: none is computed.
+        self.knn_meaningful = not getattr(train_set, "disjoint_classes", False)
+        if self.knn_meaningful:
+            self.knn_train = build_eval_batches(cfg, train_set, self.device)
+            self.knn_test = build_eval_batches(cfg, test_set, self.device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
@@ -260,11 +264,11 @@ class Trainer:
             progress.message(f"resuming with a changed config: {change}")
         if self.finished and self.step >= self.total_steps:
             return self._finished()
-        if self.step == 0 and self.metrics.lines == 0:
+        if self.step == 0 and self.metrics.lines == 0 and self.knn_meaningful:
             self.knn_start = self._evaluate(epoch=0)
             progress.message(f"knn_top1 at random init: {self.knn_start:.4f}")
         per_batch = self.cfg.loader.batch_size
-        every = self.cfg.knn.every_epochs
+        every = self.cfg.knn.every_epochs if self.knn_meaningful else 0
         epoch = self.step // self.steps_per_epoch
         while self.step < self.total_steps:
             self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
@@ -285,19 +289,20 @@ class Trainer:
                     self.save()
                 if self.step >= self.total_steps:
                     break
-        final = self._evaluate(epoch)
+        final = self._evaluate(epoch) if self.knn_meaningful else float("nan")
         self.finished = True
         self.save()
         if self.dist.is_main:
             plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
         return RunResult(knn_top1=final, knn_start=self.knn_start, steps=self.step, out_dir=self.out_dir,
-                         is_main=self.dist.is_main)
+                         is_main=self.dist.is_main, knn_meaningful=self.knn_meaningful)
 
     def _finished(self) -> RunResult:
         """A resumed run that had already ended: its result, from its metrics; nothing is written."""
         if not self.dist.is_main:
-            return RunResult(float("nan"), self.knn_start, self.step, self.out_dir, is_main=False)
+            return RunResult(float("nan"), self.knn_start, self.step, self.out_dir, is_main=False,
+                             knn_meaningful=self.knn_meaningful)
         records = read_metrics(self.out_dir / "metrics.jsonl")[:self.metrics.lines]
         final = [r["knn_top1"] for r in records if "knn_top1" in r and r["step"] == self.step]
         return RunResult(knn_top1=final[-1] if final else float("nan"), knn_start=self.knn_start, steps=self.step,
-                         out_dir=self.out_dir, is_main=self.dist.is_main)
+                         out_dir=self.out_dir, is_main=self.dist.is_main, knn_meaningful=self.knn_meaningful)

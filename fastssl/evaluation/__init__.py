@@ -1,8 +1,10 @@
 """`fastssl eval`: protocols that score a trained encoder's features h (not the projection).
 
-One module per protocol (knn, linear, fewshot, semi), each with a `Settings` dataclass and
+One module per protocol (knn, linear, fewshot, semi, oneshot), each with a `Settings` dataclass and
 `evaluate(run, settings, progress) -> (settings used, results, one-line summary)`; features.py holds what
-they share. `run_protocol` writes RUN/eval_<protocol>.json with the numbers and the settings.
+they share. `run_protocol` writes RUN/eval_<protocol>.json with the numbers and the settings
+(eval_<protocol>_<data tag>.json when the data is not the run's own: `--set data.*`, or a module's
+`result_tag(settings)` for data of its own, such as oneshot's runs).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from fastssl import config as config_mod
 from fastssl.evaluation.features import Progress, load_run, stderr_progress, write_result
 
-PROTOCOLS = ("knn", "linear", "semi", "fewshot")
+PROTOCOLS = ("knn", "linear", "semi", "fewshot", "oneshot")
 
 
 def settings_for(protocol: str, options: list[str] = ()):
@@ -60,5 +62,6 @@ def run_protocol(ckpt: str | Path, protocol: str, overrides: list[str] = (), opt
     run = load_run(ckpt, overrides)
     module = importlib.import_module(f"fastssl.evaluation.{protocol}")
     used, results, summary = module.evaluate(run, settings, progress)
-    path = write_result(run, protocol, used, results, time.perf_counter() - tick)
+    tag = module.result_tag(settings) if hasattr(module, "result_tag") else None
+    path = write_result(run, protocol, used, results, time.perf_counter() - tick, tag=tag)
     return path, results, summary

@@ -6,7 +6,10 @@ with weights_only=True through fastssl.checkpoint; `split_features` computes h =
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ class Run:
     device: torch.device
     precision: str
     overrides: list[str] = field(default_factory=list)
+    data_tag: str | None = None   # None: the data the run trained on; else names the data `--set` chose
     _datasets: dict = field(default_factory=dict, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
 
@@ -76,11 +80,22 @@ def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {str(ckpt)!r}: its weights do not fit the model of "
                               f"{str(saved)!r} (model.* overridden?): {e}") from e
+    own = config_mod.load_config(saved).data
+    tag = None if cfg.data == own else data_tag(cfg.data.dataset, json.dumps(
+        {**dataclasses.asdict(cfg.data), "path": cfg.data.path and str(Path(cfg.data.path).resolve())},
+        sort_keys=True))
     device = resolve_device(cfg.train.device)
     encoder = model.encoder.to(device).eval()
     return Run(cfg=cfg, run_dir=ckpt.parent, ckpt=ckpt, step=int(state.get("step", 0)), encoder=encoder,
                device=device, precision=resolve_precision(cfg.train.precision, device),
-               overrides=list(overrides))
+               overrides=list(overrides), data_tag=tag)
+
+
+def data_tag(name: str, identity: str) -> str:
+    """`name-<8 hex>`: a readable, file-name-safe label of evaluated data, stable for the same identity
+    (e.g. a resolved path), so results on different data do not overwrite each other."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "data"
+    return f"{slug}-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 
 
 def encode(encoder: nn.Module, batches, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,12 +120,14 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def write_result(run: Run, protocol: str, settings: dict, results: dict, seconds: float,
-                 extra: dict | None = None) -> Path:
-    """RUN/eval_<protocol>.json: the numbers, the settings, and what was evaluated."""
+                 extra: dict | None = None, tag: str | None = None) -> Path:
+    """RUN/eval_<protocol>.json on the run's own data, RUN/eval_<protocol>_<tag>.json on other data
+    (`tag`, else run.data_tag): the numbers, the settings, and what was evaluated."""
     record = {"protocol": protocol, "checkpoint": str(run.ckpt), "step": run.step,
               "dataset": run.cfg.data.dataset, "data_path": run.cfg.data.path, "overrides": run.overrides,
               "device": str(run.device), "precision": run.precision, "settings": settings,
               "results": results, "seconds": round(seconds, 3), **(extra or {})}
-    path = run.run_dir / f"eval_{protocol}.json"
+    tag = tag or run.data_tag
+    path = run.run_dir / (f"eval_{protocol}_{tag}.json" if tag else f"eval_{protocol}.json")
     atomic.write_text(path, json.dumps(record, indent=2) + "\n")
     return path

@@ -141,3 +141,68 @@ def test_generated_zip_and_folder_agree(tmp_path):
     with zipfile.ZipFile(path) as z:
         z.extractall(tmp_path / "x")
     assert np.array_equal(load_omniglot(tmp_path / "x" / ROOT, "test").images, test.images)
+
+
+def drawings(root: str, alphabets: str, value: int) -> dict[str, bytes]:
+    return {f"{root}/{a}/character01/1.png": png(value) for a in alphabets}
+
+
+@pytest.mark.parametrize("form", ["one zip", "two zips", "two folders"])
+@pytest.mark.parametrize("background", ["images_background", "images_background_small1"])
+def test_background_trains_and_evaluation_tests(tmp_path, form, background):
+    """The community's split: every background alphabet trains, every evaluation alphabet tests."""
+    members = {**drawings(background, "AB", 1), **drawings("images_evaluation", "CD", 0)}
+    if form == "one zip":
+        path = write_zip(tmp_path / "omniglot.zip", members)
+    else:
+        path = tmp_path / "omniglot"
+        path.mkdir()
+        for root in (background, "images_evaluation"):
+            part = {n: d for n, d in members.items() if n.startswith(root + "/")}
+            write_zip(path / f"{root}.zip", part)
+            if form == "two folders":
+                with zipfile.ZipFile(path / f"{root}.zip") as z:
+                    z.extractall(path)
+                (path / f"{root}.zip").unlink()
+    train, test = load_omniglot(path, "train"), load_omniglot(path, "test")
+    assert train.classes == ["A/character01", "B/character01"] and test.classes == ["C/character01", "D/character01"]
+    assert train.images.min() == 255 and test.images.max() == 0
+    assert train.disjoint_classes and test.disjoint_classes
+    if form != "one zip":
+        assert load_config(None, ["data.dataset=omniglot", f"data.path={path}"]).data.path == str(path)
+
+
+def test_an_evaluation_folder_alone_holds_out_alphabets(tmp_path):
+    path = write_zip(tmp_path / "e.zip", drawings("images_evaluation", "CD", 0))
+    assert load_omniglot(path, "train").classes == ["C/character01"]
+    assert load_omniglot(path, "test").classes == ["D/character01"]
+
+
+def test_two_background_sets_next_to_evaluation_are_ambiguous(tmp_path):
+    write_zip(tmp_path / "images_background.zip", drawings("images_background", "AB", 1))
+    write_zip(tmp_path / "images_background_small1.zip", drawings("images_background_small1", "AB", 1))
+    write_zip(tmp_path / "images_evaluation.zip", drawings("images_evaluation", "C", 0))
+    with pytest.raises(DataError, match="images_background, images_background_small1") as info:
+        load_omniglot(tmp_path, "train")
+    assert str(tmp_path) in str(info.value)
+
+
+TRAIN = ["data.dataset=omniglot", "data.image_size=16", "loader.batch_size=8", "train.max_steps=2",
+         "train.log_every=1", "train.precision=fp32", "train.device=cpu", "knn.k=2", "knn.every_epochs=1",
+         "model.width=0.125", "model.projector_hidden=16", "model.projector_out=8", "augment.impl=reference",
+         "method.loss_impl=reference"]
+
+
+def test_training_reports_no_knn_score_across_disjoint_alphabets(tmp_path, capsys):
+    """kNN compares test drawings with train classes: with no class shared, there is no score to print."""
+    from fastssl.cli import main
+    from fastssl.engine.metrics import read_metrics
+
+    members = {f"{ROOT}/{a}/character0{c}/{k}.png": png(k % 2) for a in "ABC" for c in (1, 2) for k in range(4)}
+    path = write_zip(tmp_path / "tiny.zip", members)
+    args = ["train", "--out", str(tmp_path / "run")] + [a for o in TRAIN + [f"data.path={path}"] for a in ("--set", o)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "knn_top1" not in err
+    assert out.strip() == "knn_top1=n/a (train and test classes are disjoint)"
+    assert not [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "knn_top1" in r]
