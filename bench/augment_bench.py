@@ -5,7 +5,7 @@ Why these providers: `eager` (kernels.reference, what the tensor backend ran bef
 the baseline the kernel replaces; `copy` (uint8 NHWC -> out dtype, torch's own elementwise
 conversion) moves exactly the bytes the kernel must move and computes nothing, so it shows the
 bandwidth a well-tuned torch kernel reaches on this device. The target is stated against the
-device's peak DRAM bandwidth: the kernel must reach 70% of it (issue 5). Why this problem: decoder
+device's peak DRAM bandwidth: the kernel must reach 70% of it. Why this problem: decoder
 output (uint8 NHWC, already at the view size), every colour op on with SimCLR's strengths in the
 order brightness, contrast, saturation, hue (above 64 x 64 pixels contrast's mean costs the extra
 read of the partial-sum kernel; smaller images are read once), flags drawn at SimCLR's rates.
@@ -107,10 +107,10 @@ def _target(rows: list[Row], peak: float | None) -> list[str]:
     """The issue's target per (shape, dtype): triton's GB/s as a share of the peak."""
     rates = [r for r in rows if r.provider == "triton" and r.metric == "GB/s"]
     if peak is None or not rates:
-        return [f"Target (issue 5, on one H100): the kernel at >= {TARGET:.0%} of peak DRAM bandwidth; "
+        return [f"Target (on one H100): the kernel at >= {TARGET:.0%} of peak DRAM bandwidth; "
                 "owed: GB/s are measured on a GPU only." if not rates else
                 "Target: no peak bandwidth known for this device."]
-    lines = [f"Target (issue 5, on one H100): triton at >= {TARGET:.0%} of peak DRAM bandwidth "
+    lines = [f"Target (on one H100): triton at >= {TARGET:.0%} of peak DRAM bandwidth "
              f"({peak / 1e9:,.0f} GB/s from the memory clock and bus width).", "",
              "| shape | dtype | triton GB/s | share of peak | verdict |", "|---|---|---|---|---|"]
     for r in rates:

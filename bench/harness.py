@@ -1,7 +1,7 @@
 """What every benchmark shares: timing summaries, the result row, and its CSV/Markdown/PNG outputs.
 
 Rows carry the device, versions, git commit and date, so a committed number can always be traced
-to what produced it (DESIGN.md section 8).
+to what produced it (docs/architecture.md, Benchmarks).
 """
 from __future__ import annotations
 

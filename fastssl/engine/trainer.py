@@ -240,15 +240,16 @@ class Trainer:
 
     def _log(self, epoch: int, progress: Progress, images: int, seconds: float) -> None:
         self.guard.check(self._last_good())   # the interval's host sync reads the guard's flag too
-        count = max(self.loss_count, 1)        # 0 when skip_step dropped every step of the interval
-        loss = float(self.loss_sum) / count if self.loss_count else float("nan")
+        # loss_count is 0 when skip_step dropped every step of the interval: no mean, logged as null
+        mean = lambda total: float(total) / self.loss_count if self.loss_count else float("nan")  # noqa: E731
+        loss = mean(self.loss_sum)
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images / seconds}
         top1 = self._task_top1() if self.loss_count else None
         if top1 is not None:
             record["task_top1"] = top1
         if self.rotation is not None:   # the rotation-prediction term alone (unweighted), also in `loss`
-            record["rotation_loss"] = float(self.aux_sum) / count
+            record["rotation_loss"] = mean(self.aux_sum)
             self.aux_sum.zero_()
         if self.guard.skipped:
             record["skipped_steps"] = self.guard.skipped
@@ -294,15 +295,16 @@ class Trainer:
         self.save()
         if self.dist.is_main:
             plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
+        return self._result(final)
+
+    def _result(self, final: float) -> RunResult:
         return RunResult(knn_top1=final, knn_start=self.knn_start, steps=self.step, out_dir=self.out_dir,
                          is_main=self.dist.is_main, knn_meaningful=self.knn_meaningful)
 
     def _finished(self) -> RunResult:
-        """A resumed run that had already ended: its result, from its metrics; nothing is written."""
+        """A resumed run that had already ended: its result, from its metrics (rank 0's); nothing is written."""
         if not self.dist.is_main:
-            return RunResult(float("nan"), self.knn_start, self.step, self.out_dir, is_main=False,
-                             knn_meaningful=self.knn_meaningful)
+            return self._result(float("nan"))
         records = read_metrics(self.out_dir / "metrics.jsonl")[:self.metrics.lines]
         final = [r["knn_top1"] for r in records if "knn_top1" in r and r["step"] == self.step]
-        return RunResult(knn_top1=final[-1] if final else float("nan"), knn_start=self.knn_start, steps=self.step,
-                         out_dir=self.out_dir, is_main=self.dist.is_main, knn_meaningful=self.knn_meaningful)
+        return self._result(final[-1] if final else float("nan"))

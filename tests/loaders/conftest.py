@@ -1,4 +1,4 @@
-"""An ImageFolder holding every kind of bad data the loaders must answer for (issue 5), shared by the
+"""An ImageFolder holding every kind of bad data the loaders must answer for, shared by the
 `fastssl data check` and DALI backend tests."""
 import io
 from pathlib import Path
