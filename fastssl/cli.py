@@ -222,18 +222,31 @@ def _cmd_data_convert(args) -> int:
 
 def _cmd_data_check(args) -> int:
     from fastssl.loaders import check
+    from fastssl.loaders.progress import ProgressBar
 
-    start = time.monotonic()
-
-    def progress(done: int, total: int) -> None:   # a bar on a terminal; logs get the summary only
-        bar = "#" * (30 * done // total)
-        rate = done / max(time.monotonic() - start, 1e-9)
-        print(f"\r[{bar:<30}] {done}/{total} files, {rate:,.0f}/s", end="\n" if done == total else "",
-              file=sys.stderr, flush=True)
-
-    report = check.check_folder(args.path, progress=progress if sys.stderr.isatty() else None)
+    report = check.check_folder(args.path, progress=ProgressBar(f"checking {args.path}"))
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _cmd_data_index(args) -> int:
+    from fastssl.loaders import check
+    from fastssl.loaders.datasets.base import DataError
+    from fastssl.loaders.datasets.index import index_path, load_index
+    from fastssl.loaders.progress import ProgressBar
+
+    root = Path(args.path)
+    if not root.is_dir():
+        raise DataError(f"ImageFolder root {str(root)!r}: is not an existing directory")
+    for folder in check.split_folders(root) or [root]:
+        start = time.monotonic()
+        index = load_index(folder, rebuild=args.rebuild, progress=ProgressBar(f"indexing {folder}"))
+        bad = index.bad()
+        print(f"{folder}: {len(index):,} files in {len(index.classes):,} classes, {index.header_reads:,} headers "
+              f"read in {time.monotonic() - start:.1f} s, {len(bad):,} known bad -> {index_path(folder)}")
+        for position, why in bad:
+            print(f"bad image: {folder / index.files[position]}: {why}")
+    return 0
 
 
 def _cmd_data_photos(args) -> int:
@@ -381,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and non-image files; exits 1 when a bad file or an empty class exists.")
     chk.add_argument("path", help="the folder that holds the class folders")
     chk.set_defaults(func=_cmd_data_check)
+    idx = data_verbs.add_parser("index", help="build or refresh the dataset index that start-up reads",
+                                description="Build or bring up to date the index of an ImageFolder (or of each "
+                                "split of PATH/train, PATH/test): file list, labels and image sizes from the "
+                                "headers, read over all cores. Runs do this themselves at start; later starts "
+                                "re-read only new or changed files. The index lives under $FASTSSL_INDEX_DIR "
+                                "(default ~/.cache/fastssl/index).")
+    idx.add_argument("path", help="a folder of class folders, or one of split folders")
+    idx.add_argument("--rebuild", action="store_true", help="forget the stored index and read every header")
+    idx.set_defaults(func=_cmd_data_index)
     photos = data_verbs.add_parser("photos", help="write a data-free JPEG ImageFolder at photo sizes (decoder "
                                    "benchmarks)", description="Write DST/train/<class>/*.jpg (and DST/test) of "
                                    "full-size photographs: scikit-image's sample photos where it is installed, "

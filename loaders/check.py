@@ -1,58 +1,23 @@
-"""Validate an ImageFolder up front: `fastssl data check PATH`, and the DALI backend's start-up check.
+"""`fastssl data check PATH`: decode every file of an ImageFolder and report what would stop or change a run.
 
-DALI stops its whole pipeline on the first file it cannot decode, so a bad file must be found before
-the pipeline sees it. Each file is decoded fully by PIL with the ImageFolder reader's own `decode`
-(stricter than DALI: PIL also rejects truncated JPEGs), so "passes the check" means the same as
-"loads under the torchvision backend". The decoded sizes come back too: the DALI backend draws its
-crop boxes on the host and needs them.
+Start-up reads headers only (the folder's index), so a file whose header parses but whose pixels do
+not (a truncated JPEG) is met mid-run. This is the pass that finds all of them up front: each file is
+decoded fully by PIL with the ImageFolder reader's own `decode`, so "passes the check" means "loads
+under the torchvision backend", and the outcome is recorded in the index, so that the next run names
+or skips the bad files at start-up without reading them.
 """
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
 
 from .datasets.base import DataError
-from .datasets.imagefolder import CHUNK, DECODE_ERRORS, DECODE_THREADS, EXTENSIONS, _list_dir, class_dirs, decode
+from .datasets.files import EXTENSIONS, class_dirs, decode_many, is_image_name, list_dir
+from .datasets.index import load_index
+from .progress import Progress
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]   # (files done, files in all)
-
-
-@dataclass
-class Decoded:
-    """What decoding every file found: (N, 2) heights and widths (0 where bad), and the bad ones."""
-
-    sizes: np.ndarray
-    failures: list[tuple[int, str]]     # (position in the path list, reason)
-
-
-def decode_all(paths: Sequence[Path], progress: Progress | None = None) -> Decoded:
-    """Decode every file in threads (PIL releases the GIL), recording sizes and failures in order."""
-    sizes = np.zeros((len(paths), 2), dtype=np.int64)
-
-    def decode_chunk(start: int) -> list[tuple[int, str]]:
-        failures = []
-        for i in range(start, min(start + CHUNK, len(paths))):
-            try:
-                width, height = decode(paths[i]).size
-            except DECODE_ERRORS as e:
-                failures.append((i, f"{type(e).__name__}: {e}"))
-                continue
-            sizes[i] = height, width
-        return failures
-
-    failures: list[tuple[int, str]] = []
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        for start, chunk in zip(range(0, len(paths), CHUNK), pool.map(decode_chunk, range(0, len(paths), CHUNK))):
-            failures += chunk
-            if progress is not None:
-                progress(min(start + CHUNK, len(paths)), len(paths))
-    return Decoded(sizes, failures)
 
 
 @dataclass
@@ -94,21 +59,34 @@ def check_folder(root: str | Path, progress: Progress | None = None) -> Report:
     folders = class_dirs(root)
     if not folders:
         raise DataError(f"ImageFolder root {str(root)!r}: has no class folders (expected root/<class>/<files>)")
-    _refuse_split_root(root, folders)
+    _refuse_split_root(root)
     report = Report(root, hidden=_hidden(root))
     paths: list[Path] = []
     for folder in folders:
         report.hidden += _hidden(folder)
-        files = [p for p in _list_dir(folder) if p.is_file()]
-        images = [p for p in files if p.suffix.lower() in EXTENSIONS]
-        report.non_images += [p for p in files if p.suffix.lower() not in EXTENSIONS]
+        files = [p for p in list_dir(folder) if p.is_file()]
+        images = [p for p in files if is_image_name(p.name)]
+        report.non_images += [p for p in files if not is_image_name(p.name)]
         if not images:
             report.empty_classes.append(folder)
         paths += images
-    failures = decode_all(paths, progress).failures
+    failures = decode_many(paths, progress=progress)
+    if not report.empty_classes:       # an index exists only for a folder a run can read
+        _record(root, paths, failures)
     report.bad = [(paths[i], why) for i, why in failures]
     report.images = len(paths) - len(failures)
     return report
+
+
+def _record(root: Path, paths: list[Path], failures: list[tuple[int, str]]) -> None:
+    """Note in the folder's index which files decode and which do not (unless files moved meanwhile)."""
+    index = load_index(root)
+    if index.files != [f"{p.parent.name}/{p.name}" for p in paths]:
+        log.warning("%s changed during the check: its index records nothing of it", root)
+        return
+    bad = {i for i, _ in failures}
+    index.record([i for i in range(len(paths)) if i not in bad], failures)
+    index.save()
 
 
 def _hidden(folder: Path) -> int:
@@ -116,37 +94,22 @@ def _hidden(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.name.startswith("."))
 
 
-def _refuse_split_root(root: Path, folders: list[Path]) -> None:
-    """A DataError when no folder holds an image file and some hold folders: `root` holds splits.
+def split_folders(root: Path) -> list[Path]:
+    """The split folders of `root` when it holds splits (no sub-folder holds an image file, some hold
+    folders: `train/`, `test/`), else []."""
+    folders = class_dirs(root)
+    if any(p.is_file() and is_image_name(p.name) for folder in folders for p in list_dir(folder)):
+        return []
+    return [folder for folder in folders if class_dirs(folder)]
 
-    Checked as a class root, `train/` and `test/` would each be reported as an empty class folder.
-    """
-    if any(p.is_file() and p.suffix.lower() in EXTENSIONS for folder in folders for p in _list_dir(folder)):
-        return
-    splits = [folder for folder in folders if class_dirs(folder)]
+
+def _refuse_split_root(root: Path) -> None:
+    """A DataError when `root` holds splits: checked as a class root, `train/` and `test/` would each be
+    reported as an empty class folder."""
+    splits = split_folders(root)
     if splits:
         named = ", ".join(f"{f.name}/" for f in splits)
         checks = " and ".join(f"`fastssl data check {f}`" for f in splits)
         raise DataError(f"{str(root)!r} looks like a split root ({named} hold class folders, not image "
                         f"files): run {checks}")
 
-
-def usable(paths: Sequence[Path], on_error: str, root: Path, backend: str) -> tuple[np.ndarray, Decoded]:
-    """Positions of the files a backend that cannot skip may read, and every file's size.
-
-    on_error="raise": a DataError naming the bad files and pointing to `fastssl data check`;
-    "skip": the bad files are left out, counted and logged.
-    """
-    decoded = decode_all(paths)
-    keep = np.ones(len(paths), dtype=bool)
-    if decoded.failures:
-        named = "; ".join(f"{paths[i]} ({why})" for i, why in decoded.failures[:5])
-        more = f" and {len(decoded.failures) - 5} more" if len(decoded.failures) > 5 else ""
-        if on_error == "raise":
-            raise DataError(f"{len(decoded.failures)} file(s) cannot be decoded: {named}{more}. The {backend} "
-                            f"backend stops on a bad file rather than skipping it: run `fastssl data check "
-                            f"{root}` to list them all, then remove them or set data.on_error=skip")
-        log.warning("%s backend: skipped %d file(s) that cannot be decoded: %s%s",
-                    backend, len(decoded.failures), named, more)
-        keep[[i for i, _ in decoded.failures]] = False
-    return np.flatnonzero(keep), decoded

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .atomic import atomic_path
 from .datasets import ImageFolderDataset, load_cifar, load_fashion_mnist
 from .datasets.base import DataError, ImageDataset
-from .datasets.imagefolder import DECODE_ERRORS
 
 IMAGE, LABEL = "image", "label"          # the .beton's field names, read back by the ffcv backend
 SOURCES = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
@@ -78,19 +76,13 @@ class _Samples:
 def _page_size(dataset: ImageDataset, raw: bool, max_res: int | None) -> int:
     """A page that holds the largest sample: in raw mode 3 bytes per pixel of the largest image (as
     --max-res leaves it), rounded up to a power of two; otherwise FFCV's default. ImageFolder sizes come
-    from the file headers (an unreadable one is left to the writer, which reports it)."""
+    from the index's header reads."""
     if not raw:
         return PAGE_SIZE
     if hasattr(dataset, "images"):
         pixels = int(np.prod(dataset.images.shape[1:3]))
     else:
-        pixels = 0
-        for path in getattr(dataset, "paths", []):
-            try:
-                with Image.open(path) as image:
-                    pixels = max(pixels, image.width * image.height)
-            except DECODE_ERRORS:
-                continue
+        pixels = int(np.prod(dataset.sizes, axis=1).max())
     if max_res is not None:
         pixels = min(pixels, max_res * max_res)
     return max(PAGE_SIZE, 1 << (3 * pixels - 1).bit_length())

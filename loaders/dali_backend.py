@@ -15,10 +15,9 @@ DALI's conditional execution: only the images their flags select go through them
 through the pipeline with its image, so a batch can never be paired with the wrong labels. Colour
 operations run in DALI's fixed order, not torchvision's random one, on uint8 (rounded between steps).
 
-DALI stops the pipeline on a file it cannot decode, so every file is decoded once at start-up
-(`check.usable`): data.on_error=raise names the bad files and points to `fastssl data check`,
-skip leaves them out of the sampled set. That check also gives the image sizes the crop boxes need.
-In-memory datasets (CIFAR pickles, shapes) are fed as pixels and skip the decoder.
+The image sizes the crop boxes need come from the ImageFolder's index (header reads, once per file
+and kept between runs); files the index knows to be bad were settled by data.on_error when the
+dataset was built. In-memory datasets (CIFAR pickles, shapes) are fed as pixels and skip the decoder.
 
 EXIF orientation follows torchvision's convention, as every backend does: its default loader (PIL's
 Image.open + convert("RGB")) ignores the orientation tag, so a file is read as stored. DALI's decoder
@@ -37,7 +36,6 @@ import torch
 
 from fastssl.config import AugmentConfig, LoaderConfig
 
-from . import check
 from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, sample_params
 from .batch import Batch
 from .datasets.base import DataError, ImageDataset
@@ -70,8 +68,7 @@ _DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.
 def _sources(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray, bool]:
     """(dataset indices the sampler draws from, their (H, W) sizes, whether they are encoded files)."""
     if hasattr(dataset, "paths"):
-        keep, decoded = check.usable(dataset.paths, dataset.on_error, dataset.root, "dali")
-        return keep, decoded.sizes[keep], True
+        return np.arange(len(dataset)), dataset.sizes, True
     if hasattr(dataset, "images"):
         n, height, width = dataset.images.shape[:3]
         return np.arange(n), np.tile([height, width], (n, 1)), False

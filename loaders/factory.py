@@ -5,13 +5,13 @@ import math
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fastssl.config import Config
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from .batch import Loader
-from .datasets.base import ImageDataset
+from .datasets.base import DataError, ImageDataset
 from .tensor_backend import TensorLoader
 from .torchvision_backend import TorchvisionLoader, to_device
 from .torchvision_backend import eval_transform as pil_eval_transform
@@ -68,14 +68,26 @@ class TensorEvalBatches:
 
 
 class _EvalImages(Dataset):
+    """Item i -> (image, label); a file that cannot be decoded comes back as its DataError, raised in the
+    main process (a worker's exception would become a multi-line traceback)."""
+
     def __init__(self, dataset: ImageDataset, transform):
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.dataset.load_pil(index)), int(self.dataset.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | DataError:
+        try:
+            image, index = self.dataset.load_usable(index)
+        except DataError as e:
+            return e
+        return self.transform(image), int(self.dataset.labels[index])
+
+
+def _collate_eval(items: list[tuple[torch.Tensor, int] | DataError]) -> tuple[torch.Tensor, torch.Tensor] | DataError:
+    failed = next((item for item in items if isinstance(item, DataError)), None)
+    return failed if failed is not None else default_collate(items)
 
 
 class TorchvisionEvalBatches:
@@ -85,7 +97,7 @@ class TorchvisionEvalBatches:
                  workers: int, pin_memory: bool, mean: Sequence[float], std: Sequence[float]):
         self.device = torch.device(device)
         self._loader = DataLoader(_EvalImages(dataset, pil_eval_transform(image_size, mean, std)),
-                                  batch_size=batch_size, num_workers=workers,
+                                  batch_size=batch_size, num_workers=workers, collate_fn=_collate_eval,
                                   pin_memory=pin_memory and self.device.type == "cuda",
                                   persistent_workers=workers > 0,
                                   generator=torch.Generator())   # keep the global RNG untouched
@@ -94,7 +106,10 @@ class TorchvisionEvalBatches:
         return len(self._loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self._loader:
+        for batch in self._loader:
+            if isinstance(batch, DataError):
+                raise batch
+            images, labels = batch
             yield to_device(images, self.device), to_device(labels, self.device)
 
 

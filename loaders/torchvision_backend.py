@@ -53,9 +53,11 @@ class _Views(Dataset):
     """Item (seed, epoch, i) -> (V views (V,3,S,S), label, i), view v by transforms[v] from its own derived seed.
 
     Seed and epoch travel with the index (the batch sampler emits triples), so persistent workers
-    hold no state that set_epoch or load_state_dict would have to reach. A file that cannot be decoded
-    comes back as its DataError, raised by the loader in the main process: raised in a worker, the
-    DataLoader would re-raise it as a multi-line traceback in place of its one-line message.
+    hold no state that set_epoch or load_state_dict would have to reach. Under data.on_error=skip a file
+    that cannot be decoded is replaced by the next good one (`load_usable`; the item carries that one's
+    label and index); under raise it comes back as its DataError, raised by the loader in the main
+    process: raised in a worker, the DataLoader would re-raise it as a multi-line traceback in place of
+    its one-line message.
     """
 
     def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose]):
@@ -67,7 +69,7 @@ class _Views(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, int] | DataError:
         seed, epoch, index = key
         try:
-            image = self.dataset.load_pil(index)
+            image, index = self.dataset.load_usable(index)
         except DataError as e:
             return e
         views = []

@@ -1,6 +1,8 @@
-"""Shared test set-up: Triton's interpreter on CPU, the `gpu` marker, and the real-data location."""
+"""Shared test set-up: Triton's interpreter on CPU, the `gpu` marker, the real-data location, and a
+private folder for dataset indexes."""
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,9 @@ import torch
 # set before any kernel is imported; with a GPU the real kernels run and the `gpu` tests check them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Dataset indexes of the tests' folders go to a folder of this run, not the user's cache (index.py).
+os.environ["FASTSSL_INDEX_DIR"] = tempfile.mkdtemp(prefix="fastssl-test-index-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -21,9 +21,8 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
     """The `split` ("train" | "test") of the dataset a DataConfig names.
 
     An ImageFolder's train and test splits must hold the same class folders (`split_roots`; `val`
-    stands in for a missing default `test`). With `on_error="skip"` an ImageFolder is checked (every
-    file decoded once) here, so bad files are dropped before any backend reads an index: afterwards the
-    index -> label mapping never changes.
+    stands in for a missing default `test`). An ImageFolder is read through its index: files it knows
+    to be bad are raised or dropped here, before any backend reads an index, and nothing is decoded.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
@@ -34,10 +33,7 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
         # Both splits are located and their class folders compared on every build, before any file is
         # read: the trainer and `fastssl eval` fail at once rather than after an epoch or a decode pass.
         roots = split_roots(data_cfg.path, data_cfg.train_split, data_cfg.test_split)
-        dataset = ImageFolderDataset(roots[split], on_error=data_cfg.on_error)
-        if data_cfg.on_error == "skip":
-            dataset.check()
-        return dataset
+        return ImageFolderDataset(roots[split], on_error=data_cfg.on_error)
     if name == "fashion_mnist":
         return load_fashion_mnist(data_cfg.path or FASHION_MNIST_DEFAULT, split)
     if name == "omniglot":

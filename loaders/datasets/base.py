@@ -16,8 +16,10 @@ class ImageDataset(Protocol):
     """What backends need from a dataset split.
 
     `labels` is int64 (N,); `classes` names each label. `load_pil(i)` returns image i as an RGB PIL
-    image (grayscale, CMYK, RGBA, palette converted). `to_array(size)` returns every image as one
-    uint8 (N, size, size, 3) array, for backends that keep the whole split on the device.
+    image (grayscale, CMYK, RGBA, palette converted). `load_usable(i)` returns (image, index): image
+    i, or where the dataset's bad-file policy says so another one in its place, for loaders that cannot
+    drop an index mid-epoch. `to_array(size)` returns every image as one uint8 (N, size, size, 3)
+    array, for backends that keep the whole split on the device.
     """
 
     labels: np.ndarray
@@ -25,6 +27,7 @@ class ImageDataset(Protocol):
 
     def __len__(self) -> int: ...
     def load_pil(self, index: int) -> Image.Image: ...
+    def load_usable(self, index: int) -> tuple[Image.Image, int]: ...
     def to_array(self, size: int) -> np.ndarray: ...
 
 
@@ -49,6 +52,9 @@ class ArrayDataset:
 
     def load_pil(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index])
+
+    def load_usable(self, index: int) -> tuple[Image.Image, int]:
+        return self.load_pil(index), index   # pixels in memory are always usable
 
     def to_array(self, size: int) -> np.ndarray:
         if self.images.shape[1:3] == (size, size):

@@ -2,73 +2,31 @@
 
 Labels are the index of the class folder in sorted order and files are sorted by name (code-point
 order, as torchvision sorts), so every backend and every run sees the same index -> (file, label)
-mapping. A file is only known to be bad once it is decoded, so validation happens where decoding does:
-`load_pil`, `to_array`, and `check`, which decodes everything once up front to fix the mapping.
+mapping. The file list, labels and image sizes come from the folder's index (index.py): start-up
+reads headers of new or changed files only and decodes nothing. A file known to be bad (its header
+does not parse, or a decode pass found it broken) is settled by the policy at construction; one
+whose header parses but whose pixels do not is met where it is decoded, with the same message.
 """
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..progress import ProgressBar
 from .base import DataError
+from .files import DECODE_ERRORS, EXTENSIONS, capped, class_dirs, decode, decode_many, reason, to_rgb
+from .index import BAD, DECODED, FolderIndex, load_index
 
-# torchvision's ImageFolder list (torchvision.datasets.folder.IMG_EXTENSIONS), all decodable by PIL: the
-# torchvision baseline and the fastssl backends must index a folder alike.
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["DECODE_ERRORS", "EXTENSIONS", "ImageFolderDataset", "decode", "split_roots", "to_rgb"]
 ON_ERROR = ("raise", "skip")
-# PIL releases the GIL while decoding and resizing, so threads pay off for real photos (1.6x with 2
-# threads on 2 cores at 384 px); for 32 px images Python-side header parsing dominates and they break even.
-DECODE_THREADS = min(4, max(2, os.cpu_count() or 2))
-CHUNK = 256  # images per thread task: amortises the executor's per-task cost over many small decodes
-# Exceptions PIL raises for unreadable, truncated, oversized or non-image files.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+SUBSTITUTE_TRIES = 64        # files tried in place of a bad one under on_error=skip before giving up
 
 log = logging.getLogger(__name__)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB.
-
-    Grayscale, bilevel, palette and CMYK go through PIL's conversion (CMYK: R = (255-C)(255-K)/255).
-    Alpha is dropped, not composited, as torchvision's default loader and DALI's decoder do, so every
-    backend sees the same pixels. 16-bit grayscale is rescaled to 8 bits; PIL's own conversion would
-    clip everything above 255 to white.
-    """
-    if image.mode.startswith("I;16"):
-        wide = np.asarray(image, dtype=np.uint32)
-        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def decode(path: Path, size: int | None = None) -> Image.Image:
-    """Fully decode one file as RGB (optionally bilinear-resized to size x size); PIL errors pass through."""
-    with Image.open(path) as image:
-        image.load()  # Image.open only parses the header: truncation shows up here
-        rgb = to_rgb(image)
-    if size is not None and rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return rgb
-
-
-def _list_dir(folder: Path) -> list[Path]:
-    """Visible entries only: `.DS_Store`, `._x.jpg` (macOS) and `.ipynb_checkpoints` are not data."""
-    return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
-
-
-def class_dirs(root: Path) -> list[Path]:
-    """The class folders of an ImageFolder root, in label order."""
-    return [p for p in _list_dir(root) if p.is_dir()]
-
-
-def capped(names: list[str], limit: int = 10) -> str:
-    """A long name list shortened to its first `limit` and a count, so an error stays one readable line."""
-    shown = ", ".join(names[:limit])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
 
 
 _announced: set[Path] = set()   # roots whose `val` stand-in for `test` was already logged
@@ -121,6 +79,21 @@ def split_roots(path: str | os.PathLike, train_split: str, test_split: str) -> d
     return roots
 
 
+class RootedPaths(Sequence):
+    """root / files[i], made on access: building 1.28 M Path objects would cost seconds at every start."""
+
+    def __init__(self, root: Path, files: list[str]):
+        self.root, self.files = root, files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.root / f for f in self.files[i]]
+        return self.root / self.files[i]
+
+
 class ImageFolderDataset:
     """Labelled images in class sub-folders; implements the ImageDataset protocol.
 
@@ -128,12 +101,13 @@ class ImageFolderDataset:
     - `root` must exist and hold at least one class folder; sub-folders of a class are not searched.
     - every class folder must hold at least one image file, under either policy: dropping an empty
       class would silently shift the labels of every later class.
-    - a file that does not decode (corrupt, truncated, zero bytes, not an image) raises under
-      `on_error="raise"`; under `"skip"` it is dropped from `paths`/`labels` by `check` or `to_array`,
-      recorded in `skipped` as (path, reason), and the count is logged once per pass; a class left
-      with no decodable file is an error, for the same reason as an empty class folder.
-    `load_pil` cannot drop an index mid-epoch, so it raises on a bad file under both policies; with
-    `"skip"`, call `check()` before reading images one at a time.
+    - a bad file (corrupt, truncated, zero bytes, not an image) raises under `on_error="raise"`; under
+      `"skip"` it is dropped from `paths`/`labels`/`sizes` where it is known (at construction, from the
+      index; by `check` or `to_array`, which decode), recorded in `skipped` as (path, reason), and
+      counted in one warning per pass; a class left with no good file is an error, for the same reason
+      as an empty class folder.
+    An index cannot be dropped mid-epoch, so a file found bad while training is replaced by the next
+    good one under `"skip"` (`load_usable`); `fastssl data check` records it so the next run leaves it out.
     """
 
     def __init__(self, root: str | os.PathLike, on_error: str = "raise"):
@@ -142,26 +116,30 @@ class ImageFolderDataset:
         self.root = Path(root)
         self.on_error = on_error
         self.skipped: list[tuple[Path, str]] = []
-        if not self.root.exists():
-            raise DataError(f"ImageFolder root {str(self.root)!r}: does not exist")
-        if not self.root.is_dir():
-            raise DataError(f"ImageFolder root {str(self.root)!r}: is not a directory")
-        folders = class_dirs(self.root)
-        if not folders:
-            raise DataError(f"ImageFolder root {str(self.root)!r}: has no class folders "
-                            f"(expected root/<class>/<image files>)")
-        self.classes = [d.name for d in folders]
-        self.paths: list[Path] = []
-        labels: list[int] = []
-        for label, folder in enumerate(folders):
-            files = [p for p in _list_dir(folder) if p.suffix.lower() in EXTENSIONS and p.is_file()]
-            if not files:
-                raise DataError(f"class folder {str(folder)!r}: holds no image files "
-                                f"({' '.join(EXTENSIONS)}, sub-folders not searched); an empty class "
-                                f"would shift the labels of every later class")
-            self.paths += files
-            labels += [label] * len(files)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self._warned: set[int] = set()
+        self.index: FolderIndex = load_index(self.root, progress=ProgressBar(f"indexing {self.root}"))
+        self.classes = self.index.classes
+        known_bad = self.index.bad()
+        if known_bad:
+            self._apply_policy([(self.root / self.index.files[i], why) for i, why in known_bad])
+        self._keep(np.flatnonzero(self.index.status != BAD))
+
+    def _keep(self, positions: np.ndarray) -> None:
+        """Serve the index's files at `positions` (ascending); a class left without files is an error."""
+        index = self.index
+        if len(positions) == len(index):
+            files = index.files
+        else:
+            files = [index.files[i] for i in positions]
+        emptied = np.flatnonzero(np.bincount(index.labels[positions], minlength=len(self.classes)) == 0)
+        if len(emptied):
+            folder = self.root / self.classes[emptied[0]]
+            raise DataError(f"class folder {str(folder)!r}: none of its files can be decoded "
+                            f"(see the warning above); a class without images would be silently missing")
+        self.positions = positions
+        self.paths = RootedPaths(self.root, files)
+        self.labels = index.labels[positions]
+        self.sizes = np.stack([index.height[positions], index.width[positions]], 1)   # (N, 2) heights, widths
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -171,59 +149,66 @@ class ImageFolderDataset:
         try:
             return decode(path)
         except DECODE_ERRORS as e:
-            if self.on_error == "skip":
-                hint = ("; on_error=skip drops bad files only in check() or to_array(), "
-                        "call check() before reading images one by one")
-            else:
-                hint = " (data.on_error=skip drops and counts such files)"
-            raise DataError(f"image file {str(path)!r}: cannot be decoded ({e}){hint}") from e
+            raise DataError(f"image file {str(path)!r}: cannot be decoded ({reason(e)}) "
+                            f"(data.on_error=skip drops and counts such files)") from e
+
+    def load_usable(self, index: int) -> tuple[Image.Image, int]:
+        """(image, its index): image `index`, or under on_error=skip the next one that decodes.
+
+        For loaders that cannot drop an index mid-epoch: the batch keeps its size and the returned index
+        carries the substitute's label. Each bad file is named once per process.
+        """
+        if self.on_error == "raise":
+            return self.load_pil(index), index
+        for step in range(SUBSTITUTE_TRIES):
+            at = (index + step) % len(self)
+            try:
+                return self.load_pil(at), at
+            except DataError as e:
+                if at not in self._warned:
+                    self._warned.add(at)
+                    log.warning("%s; data.on_error=skip: the next good file takes its place (run `fastssl data "
+                                "check %s` to record it, so that later runs leave it out)", e, self.root)
+        raise DataError(f"ImageFolder {str(self.root)!r}: {SUBSTITUTE_TRIES} files in a row from "
+                        f"{str(self.paths[index])!r} cannot be decoded: run `fastssl data check {self.root}`")
 
     def check(self) -> None:
-        """Decode every file once and apply the policy now, so the index -> label mapping is final."""
-        self._decode_all(None)
+        """Decode every file not yet known to decode, and apply the policy now, so the index -> label
+        mapping is final; what it finds is recorded in the index."""
+        todo = np.flatnonzero(self.index.status[self.positions] != DECODED)
+        self._decode(todo, None)
 
     def to_array(self, size: int) -> np.ndarray:
         """Every image as uint8 (N, size, size, 3), bilinear-resized where not already that size."""
-        return self._decode_all(size)
+        return self._decode(np.arange(len(self)), size)
 
-    def _decode_all(self, size: int | None) -> np.ndarray | None:
-        out = None if size is None else np.empty((len(self.paths), size, size, 3), dtype=np.uint8)
-
-        def decode_chunk(start: int) -> list[tuple[int, str]]:
-            failures = []
-            for i in range(start, min(start + CHUNK, len(self.paths))):
-                try:
-                    image = decode(self.paths[i], size)
-                except DECODE_ERRORS as e:
-                    failures.append((i, f"{type(e).__name__}: {e}"))
-                    continue
-                if out is not None:
-                    out[i] = np.asarray(image)
-            return failures
-
-        with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            failures = [f for chunk in pool.map(decode_chunk, range(0, len(self.paths), CHUNK)) for f in chunk]
+    def _decode(self, rows: np.ndarray, size: int | None) -> np.ndarray | None:
+        """Decode the files at `rows` (all of them when `size` asks for the pixels), record the outcome
+        in the index, apply the policy to failures."""
+        out = None if size is None else np.empty((len(self), size, size, 3), dtype=np.uint8)
+        paths = [self.paths[int(r)] for r in rows]
+        failures = [(int(rows[i]), why) for i, why in decode_many(paths, size, out)]
+        before = self.index.status.copy()
+        self.index.record(self.positions[rows], [(self.positions[r], why) for r, why in failures])
+        if not np.array_equal(before, self.index.status):
+            self.index.save()
         if not failures:
             return out
-        self._apply_policy(failures)
-        keep = np.ones(len(self.paths), dtype=bool)
-        keep[[i for i, _ in failures]] = False
-        emptied = np.flatnonzero(np.bincount(self.labels[keep], minlength=len(self.classes)) == 0)
-        if len(emptied):
-            folder = self.root / self.classes[emptied[0]]
-            raise DataError(f"class folder {str(folder)!r}: none of its files can be decoded "
-                            f"(see the warning above); a class without images would be silently missing")
-        self.paths = [p for p, k in zip(self.paths, keep) if k]
-        self.labels = self.labels[keep]
+        self._apply_policy([(self.paths[r], why) for r, why in failures])
+        keep = np.ones(len(self), dtype=bool)
+        keep[[r for r, _ in failures]] = False
+        self._keep(self.positions[keep])
         return None if out is None else out[keep]
 
-    def _apply_policy(self, failures: list[tuple[int, str]]) -> None:
+    def _apply_policy(self, failures: list[tuple[Path, str]]) -> None:
         """Raise for the first bad file, or record and log all of them (the caller drops them)."""
-        first, reason = failures[0]
+        first, why = failures[0]
         if self.on_error == "raise":
             more = f"; {len(failures) - 1} more bad files in {str(self.root)!r}" if len(failures) > 1 else ""
-            raise DataError(f"image file {str(self.paths[first])!r}: cannot be decoded ({reason}){more} "
-                            f"(data.on_error=skip drops and counts such files)")
-        self.skipped += [(self.paths[i], why) for i, why in failures]
+            raise DataError(f"image file {str(first)!r}: cannot be decoded ({why}){more} "
+                            f"(data.on_error=skip drops and counts such files; `fastssl data check "
+                            f"{self.root}` lists them all)")
+        self.skipped += failures
         log.warning("ImageFolder %s: skipped %d file(s) that cannot be decoded (first: %s: %s)",
-                    self.root, len(failures), self.paths[first], reason)
+                    self.root, len(failures), first, why)
+
