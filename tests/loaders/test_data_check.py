@@ -1,5 +1,5 @@
 """`fastssl data check` and loaders/check.py: every bad file named with its reason, exit code set."""
-from pathlib import Path
+import io
 
 import numpy as np
 import pytest
@@ -7,7 +7,10 @@ from PIL import Image
 
 from fastssl.cli import main
 from fastssl.loaders import check
+from fastssl.loaders.datasets import ImageFolderDataset
 from fastssl.loaders.datasets.base import DataError
+from fastssl.loaders.datasets.files import decode_many
+from fastssl.loaders.datasets.index import BAD, DECODED, load_index
 
 
 def test_check_folder_reports_each_kind_of_bad_data(bad_folder):
@@ -22,14 +25,15 @@ def test_check_folder_reports_each_kind_of_bad_data(bad_folder):
     assert calls[-1] == (9, 9)
 
 
-def test_decode_all_gives_sizes_and_failures(tmp_path):
+def test_decode_many_gives_pixels_and_failures_in_order(tmp_path):
     good = tmp_path / "g.png"
-    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(good)
+    Image.fromarray(np.full((5, 7, 3), 9, np.uint8)).save(good)
     bad = tmp_path / "b.jpg"
     bad.write_bytes(b"")
-    decoded = check.decode_all([good, bad, good])
-    assert decoded.sizes.tolist() == [[5, 7], [0, 0], [5, 7]]
-    assert [i for i, _ in decoded.failures] == [1]
+    out = np.zeros((3, 4, 4, 3), np.uint8)
+    failures = decode_many([good, bad, good], size=4, out=out)
+    assert [i for i, _ in failures] == [1] and failures[0][1].startswith("UnidentifiedImageError")
+    assert (out[[0, 2]] == 9).all() and (out[1] == 0).all()
 
 
 def test_cli_data_check_exit_codes_and_paths(bad_folder, tmp_path, capsys):
@@ -49,15 +53,23 @@ def test_cli_data_check_exit_codes_and_paths(bad_folder, tmp_path, capsys):
     assert "is not an existing directory" in capsys.readouterr().err
 
 
-def test_usable_raises_naming_files_or_skips_and_logs(bad_folder, caplog):
-    paths = sorted(Path(bad_folder["root"]).glob("[abc]/*.*g"))
-    with pytest.raises(DataError, match="fastssl data check") as err:
-        check.usable(paths, "raise", bad_folder["root"], "dali")
-    assert all(str(p) in str(err.value) for p in bad_folder["bad"])
-    keep, decoded = check.usable(paths, "skip", bad_folder["root"], "dali")
-    assert sorted(paths[i] for i in set(range(len(paths))) - set(keep.tolist())) == sorted(bad_folder["bad"])
-    assert (decoded.sizes[keep] == 8).all()
-    assert "skipped 3 file(s)" in caplog.text
+def test_data_check_records_in_the_index_what_start_up_cannot_see(tmp_path, capsys):
+    """A pixel-truncated JPEG passes the start-up header read; after `data check` the next start names it."""
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a" / "0.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    cut = root / "a" / "1.jpg"
+    cut.write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    assert len(ImageFolderDataset(root)) == 2
+    assert main(["data", "check", str(root)]) == 1
+    assert f"bad image: {cut}" in capsys.readouterr().out
+    with pytest.raises(DataError, match="cannot be decoded") as err:
+        ImageFolderDataset(root)
+    assert str(cut) in str(err.value)
+    index = load_index(root)
+    assert index.status.tolist() == [DECODED, BAD] and index.header_reads == 0
 
 
 def test_cli_data_check_on_a_split_root_points_to_each_split(tmp_path, capsys):

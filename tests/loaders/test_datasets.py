@@ -125,18 +125,54 @@ def write_bad(path: Path, kind: str) -> Path:
     return path
 
 
+def pixel_truncated_jpeg() -> bytes:
+    """A JPEG whose header parses (PIL reports its size) but whose pixel data is cut short."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()[:len(buf.getvalue()) * 6 // 10]
+
+
 @pytest.mark.parametrize("kind", ["truncated", "zero_bytes", "text"])
-def test_imagefolder_bad_file_raises_naming_it(tmp_path, kind):
+def test_imagefolder_header_bad_file_raises_at_construction_naming_it(tmp_path, kind):
     save(tmp_path / "a" / "0.png", encoded(0, 0))
     bad = write_bad(tmp_path / "a" / "1.jpg", kind)
     save(tmp_path / "b" / "0.png", encoded(1, 0))
-    ds = ImageFolderDataset(tmp_path)  # raise is the default
-    assert len(ds) == 3  # bad files are only found by decoding
-    for call in (lambda: ds.load_pil(1), ds.check, lambda: ds.to_array(SIDE)):
+    with pytest.raises(DataError, match="cannot be decoded") as err:
+        ImageFolderDataset(tmp_path)  # raise is the default; the index's header read finds it
+    assert str(bad) in str(err.value) and f"fastssl data check {tmp_path}" in str(err.value)
+
+
+def test_imagefolder_pixel_bad_file_raises_where_decoded_and_is_then_known_at_start(tmp_path):
+    save(tmp_path / "a" / "0.png", encoded(0, 0))
+    bad = tmp_path / "a" / "1.jpg"
+    bad.write_bytes(pixel_truncated_jpeg())
+    save(tmp_path / "b" / "0.png", encoded(1, 0))
+    assert Image.open(bad).size == (64, 64)
+    ds = ImageFolderDataset(tmp_path)
+    assert len(ds) == 3 and ds.sizes.tolist() == [[SIDE, SIDE], [64, 64], [SIDE, SIDE]]
+    for call in (lambda: ds.load_pil(1), lambda: ds.load_usable(1), ds.check, lambda: ds.to_array(SIDE)):
         with pytest.raises(DataError, match="cannot be decoded") as err:
             call()
-        assert str(bad) in str(err.value)
+        assert str(bad) in str(err.value) and "\n" not in str(err.value)
     assert np.array_equal(np.asarray(ds.load_pil(2)), encoded(1, 0))
+    with pytest.raises(DataError, match="cannot be decoded"):   # the decode pass recorded it in the index
+        ImageFolderDataset(tmp_path)
+    assert ImageFolderDataset(tmp_path, on_error="skip").labels.tolist() == [0, 1]
+
+
+def test_imagefolder_skip_substitutes_the_next_good_file_mid_run(tmp_path, caplog):
+    save(tmp_path / "a" / "0.png", encoded(0, 0))
+    bad = tmp_path / "a" / "1.jpg"
+    bad.write_bytes(pixel_truncated_jpeg())
+    save(tmp_path / "b" / "0.png", encoded(1, 0))
+    ds = ImageFolderDataset(tmp_path, on_error="skip")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            image, index = ds.load_usable(1)
+            assert index == 2 and np.array_equal(np.asarray(image), encoded(1, 0))
+    named = [r for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(named) == 1 and "fastssl data check" in named[0].getMessage()   # once per file
+    assert ds.load_usable(0)[1] == 0 and len(ds) == 3   # nothing dropped mid-epoch
 
 
 def make_tree_with_bad_files(root: Path) -> list[Path]:
@@ -165,15 +201,16 @@ def test_imagefolder_skip_drops_counts_and_logs_once(tmp_path, caplog):
 
 
 def test_imagefolder_check_fixes_the_mapping_before_reading(tmp_path):
-    make_tree_with_bad_files(tmp_path)
+    make_tree_with_bad_files(tmp_path)      # header-bad files: dropped at construction
+    late = tmp_path / "c" / "2.jpg"         # pixel-bad: found by check()
+    late.write_bytes(pixel_truncated_jpeg())
     ds = ImageFolderDataset(tmp_path, on_error="skip")
-    with pytest.raises(DataError, match="call check"):
-        ds.load_pil(1)  # an unchecked bad file cannot be dropped mid-epoch
+    assert len(ds.skipped) == 3 and ds.labels.tolist() == [0, 0, 1, 2, 2]
     ds.check()
-    assert len(ds.skipped) == 3 and ds.labels.tolist() == [0, 0, 1, 2]
+    assert len(ds.skipped) == 4 and ds.skipped[-1][0] == late and ds.labels.tolist() == [0, 0, 1, 2]
     assert [np.asarray(ds.load_pil(i))[0, 0, :2].tolist() for i in range(4)] == [[0, 0], [2, 0], [1, 1], [0, 2]]
     ds.check()  # nothing new to drop: the mapping stays
-    assert len(ds.skipped) == 3 and len(ds) == 4
+    assert len(ds.skipped) == 4 and len(ds) == 4
 
 
 def test_imagefolder_skip_refuses_a_class_left_without_images(tmp_path):

@@ -1,16 +1,18 @@
 """ImageFolder splits at real scale: train and test must name the same classes, ImageNet's `val/` stands in
 for a missing `test/`, and a bad file under the torchvision backend is a one-line error with the hint."""
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastssl.cli import main
 from fastssl.config import Config, DataConfig
 from fastssl.loaders.datasets import DataError, ImageFolderDataset, build_dataset
-from fastssl.loaders.factory import build_train_loader
+from fastssl.loaders.factory import build_eval_batches, build_train_loader
 
 # A tiny, fast training run; the data options come with each test.
 RUN = ["data.dataset=imagefolder", "data.image_size=16", "loader.batch_size=4", "train.max_steps=1",
@@ -114,16 +116,44 @@ def test_missing_test_split_names_both_and_suggests_the_option(tmp_path):
     assert "sub-folders there: holdout, train" in message and "--set data.test_split=NAME" in message
 
 
+def pixel_truncated_jpeg() -> bytes:
+    """A JPEG whose header parses but whose pixels are cut short: met only where it is decoded."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()[:len(buf.getvalue()) * 6 // 10]
+
+
+def torchvision_cfg(workers: int) -> Config:
+    cfg = Config()
+    cfg.data.image_size = 16
+    cfg.loader.backend, cfg.loader.batch_size, cfg.loader.workers = "torchvision", 4, workers
+    return cfg
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_torchvision_bad_file_is_one_line_with_the_skip_hint(tmp_path, workers):
     tree(tmp_path, "a", per_class=3)
     bad = tmp_path / "a" / "x.jpg"
-    bad.write_bytes(b"\xff\xd8garbage")
-    cfg = Config()
-    cfg.data.image_size = 16
-    cfg.loader.backend, cfg.loader.batch_size, cfg.loader.workers = "torchvision", 4, workers
-    loader = build_train_loader(cfg, ImageFolderDataset(tmp_path), "cpu")
-    with pytest.raises(DataError) as err:
-        list(loader)
-    message = str(err.value)
-    assert "\n" not in message and str(bad) in message and "data.on_error=skip" in message
+    bad.write_bytes(pixel_truncated_jpeg())
+    dataset = ImageFolderDataset(tmp_path)
+    cfg = torchvision_cfg(workers)
+    for batches in (build_train_loader(cfg, dataset, "cpu"), build_eval_batches(cfg, dataset, "cpu", batch_size=4)):
+        with pytest.raises(DataError) as err:
+            list(batches)
+        message = str(err.value)
+        assert "\n" not in message and str(bad) in message and "data.on_error=skip" in message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_torchvision_skip_puts_the_next_good_file_in_a_bad_ones_place(tmp_path, workers):
+    tree(tmp_path, "ab", per_class=3)
+    (tmp_path / "a" / "x.jpg").write_bytes(pixel_truncated_jpeg())   # index 3 of 7: a/0-2, a/x, b/0-2
+    dataset = ImageFolderDataset(tmp_path, on_error="skip")
+    cfg = torchvision_cfg(workers)
+    cfg.loader.batch_size = 7
+    batch, = list(build_train_loader(cfg, dataset, "cpu"))
+    assert sorted(batch.index.tolist()) == [0, 1, 2, 4, 4, 5, 6]     # b/0 read in x.jpg's place
+    assert batch.labels.tolist() == dataset.labels[batch.index.numpy()].tolist()
+    images, labels = next(iter(build_eval_batches(cfg, dataset, "cpu", batch_size=7)))
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    torch.testing.assert_close(images[3], images[4])
