@@ -19,6 +19,16 @@ The image sizes the crop boxes need come from the ImageFolder's index (header re
 and kept between runs); files the index knows to be bad were settled by data.on_error when the
 dataset was built. In-memory datasets (CIFAR pickles, shapes) are fed as pixels and skip the decoder.
 
+A file whose header parses but whose pixels do not (a truncated JPEG) is met by DALI's decoder, which
+stops the pipeline and names only the sample's position in its batch, not which of the prefetched
+batches it was in. The feeder keeps the dataset indices of the batches in flight, so the loader decodes
+those files with PIL to find the culprits and applies data.on_error as the other backends do: raise
+gives the dataset's one-line DataError for the first of them; skip feeds each one's substitute
+(`load_usable`: the next good file, its bytes, size, index and label) from then on and rebuilds the
+pipeline at the batch that failed. Substitution only changes what the sampler's rows point to, so the
+batches that follow are those a loader that knew it from the start gives. When PIL decodes every file
+in flight, DALI's error comes back as a DataError listing them.
+
 EXIF orientation follows torchvision's convention, as every backend does: its default loader (PIL's
 Image.open + convert("RGB")) ignores the orientation tag, so a file is read as stored. DALI's decoder
 would rotate such a file, CPU and nvJPEG alike, while the crop boxes are drawn from PIL's unrotated
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -39,6 +50,7 @@ from fastssl.config import AugmentConfig, LoaderConfig
 from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, sample_params
 from .batch import Batch
 from .datasets.base import DataError, ImageDataset
+from .datasets.files import capped
 from .sampler import ShardedEpochs, ShardedSampler, cpu_generator
 
 try:
@@ -63,12 +75,13 @@ PARAMS = len(PARAM_TYPES)
 _DRAWN = ("boxes", "flip", "jitter", "factors", "gray", "blur_sigma", "solarize")   # AugmentParams fields fed
 # crop_mirror_normalize writes float32 or float16; bfloat16 views are cast from float32 in torch.
 _DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT}
+_DECODER = "fn.decoders.image"   # how DALI names the operator in the error it stops the pipeline with
 
 
 def _sources(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray, bool]:
     """(dataset indices the sampler draws from, their (H, W) sizes, whether they are encoded files)."""
     if hasattr(dataset, "paths"):
-        return np.arange(len(dataset)), dataset.sizes, True
+        return np.arange(len(dataset)), dataset.sizes.copy(), True   # a copy: substitution edits it
     if hasattr(dataset, "images"):
         n, height, width = dataset.images.shape[:3]
         return np.arange(n), np.tile([height, width], (n, 1)), False
@@ -128,13 +141,16 @@ class _Feeder:
     """What batch (epoch, b) is made of, computed on the host: the pipeline's source.
 
     Kept apart from the loader so that the pipeline, whose source this is, does not reference the
-    loader: without that cycle a dropped loader frees its pipeline and threads at once.
+    loader: without that cycle a dropped loader frees its pipeline and threads at once. `positions[row]`
+    is the dataset index the sampler's row stands for, `sizes[row]` its image size; `in_flight` holds
+    the indices fed for each (epoch, batch) the pipeline has not yet given back.
     """
 
     def __init__(self, dataset: ImageDataset, sampler: ShardedSampler, positions: np.ndarray, sizes: np.ndarray,
                  encoded: bool, augment_cfg: AugmentConfig, views: int):
         self.dataset, self.sampler, self.positions, self.sizes = dataset, sampler, positions, sizes
         self.encoded, self.augment_cfg, self.views = encoded, augment_cfg, views
+        self.in_flight: dict[tuple[int, int], np.ndarray] = {}
 
     def view_params(self, epoch: int, batch: int, view: int, rows: np.ndarray) -> list[np.ndarray]:
         """One view's DALI arguments for this rank, drawn for the whole global batch (world-invariant).
@@ -163,6 +179,7 @@ class _Feeder:
         """Everything the pipeline needs for (epoch, batch): images, indices, then PARAMS per view."""
         rows = self.sampler.global_indices(epoch, batch).numpy()
         index = self.positions[rows[self.sampler.rank_slice()]]
+        self.in_flight[epoch, batch] = index
         if self.encoded:
             images = [np.fromfile(self.dataset.paths[i], dtype=np.uint8) for i in index]
         else:
@@ -173,11 +190,45 @@ class _Feeder:
         return out
 
     def batches(self, epoch: int, start: int) -> Iterator[list]:
-        """Batches from (epoch, start) onwards, on into later epochs."""
+        """Batches from (epoch, start) onwards, on into later epochs, for a new pipeline: nothing of
+        the one it replaces is in flight any more."""
+        self.in_flight.clear()
         while True:
             for b in range(start, self.sampler.num_batches):
                 yield self.inputs(epoch, b)
             epoch, start = epoch + 1, 0
+
+    def substitute(self, index: int, substitute: int) -> None:
+        """Feed dataset image `substitute` wherever `index` was drawn: its bytes, index (so its label)
+        and size (the crop boxes are drawn from sizes)."""
+        rows = self.positions == index
+        self.positions[rows] = substitute
+        self.sizes[rows] = self.dataset.sizes[substitute]
+
+    def settle(self, error: RuntimeError, epoch: int, batch: int) -> None:
+        """After DALI's decoder stopped the pipeline at (epoch, batch): find the files in flight that PIL
+        cannot decode either and apply data.on_error (raise: the first one's DataError; skip: substitute
+        each one). DataError when PIL decodes them all."""
+        fed = list(dict.fromkeys(int(i) for index in self.in_flight.values() for i in index))
+        with ThreadPoolExecutor() as pool:   # PIL decodes with the GIL released
+            failures = [(i, e) for i, e in zip(fed, pool.map(self._decode_error, fed)) if e is not None]
+        if not failures:
+            names = [str(self.dataset.paths[i]) for i in fed]
+            raise DataError(f"loader.backend=dali: DALI could not decode a file that PIL can, in batch {batch} "
+                            f"of epoch {epoch} or one prefetched after it (files: {capped(names, 5)}); re-save "
+                            f"it as JPEG or PNG, or use loader.backend=torchvision") from error
+        if self.dataset.on_error == "raise":
+            raise failures[0][1] from None
+        for index, _ in failures:
+            self.substitute(index, self.dataset.load_usable(index)[1])
+
+    def _decode_error(self, index: int) -> DataError | None:
+        """The DataError the dataset gives for image `index`, or None when it decodes."""
+        try:
+            self.dataset.load_pil(index)
+        except DataError as e:
+            return e
+        return None
 
 
 class DaliLoader(ShardedEpochs):
@@ -229,13 +280,29 @@ class DaliLoader(ShardedEpochs):
         feed_ndarray(dense, out, cuda_stream=stream)   # a copy: DALI reuses its output buffers
         return out.permute(0, 3, 1, 2).to(self.out_dtype)
 
+    def _run(self, epoch: int, batch: int) -> list:
+        """The pipeline's outputs for (epoch, batch); where DALI cannot decode a file, data.on_error
+        settles it (`_Feeder.settle`) and, under skip, the pipeline is rebuilt at this batch."""
+        while True:
+            try:
+                outputs = self._pipe.run()
+            except RuntimeError as e:
+                self._pipe, self._at = None, None   # DALI invalidated it: free its threads, rebuild when resumed
+                if not (self.feeder.encoded and _DECODER in str(e)):
+                    raise
+                self.feeder.settle(e, epoch, batch)
+                self._pipe = self._build(epoch, batch)
+                continue
+            self.feeder.in_flight.pop((epoch, batch))
+            return outputs
+
     def __iter__(self) -> Iterator[Batch]:
         seed, epoch, start = self.sampler.seed, self.cursor.epoch, self.cursor.batch
         if self._at != (seed, epoch, start):
             self._pipe = None                  # frees the old pipeline's threads first
             self._pipe = self._build(epoch, start)
         for b in range(start, len(self)):
-            *views, index = self._pipe.run()
+            *views, index = self._run(epoch, b)
             index = torch.from_numpy(np.array(index.as_array()))
             self._at = (seed, epoch, b + 1) if b + 1 < len(self) else (seed, epoch + 1, 0)
             self.cursor.advance()

@@ -1,5 +1,5 @@
-"""An ImageFolder holding every kind of bad data the loaders must answer for, shared by the
-`fastssl data check` and DALI backend tests."""
+"""An ImageFolder holding every kind of bad data the loaders must answer for, and a JPEG that only a
+decode finds bad, shared by the loader tests."""
 import io
 from pathlib import Path
 
@@ -20,6 +20,14 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt)
     return buf.getvalue()
+
+
+@pytest.fixture
+def cut_jpeg() -> bytes:
+    """A JPEG whose header parses (PIL reports its 64 x 64 size) but whose pixel data is cut short: only
+    a decode finds it, not the start-up index's header read."""
+    whole = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
+    return whole[:len(whole) * 6 // 10]
 
 
 @pytest.fixture

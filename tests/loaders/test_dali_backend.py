@@ -1,5 +1,9 @@
-"""The `dali` backend on DALI's CPU operators: the shared Loader contract, and bad data handled up front."""
+"""The `dali` backend on DALI's CPU operators: the shared Loader contract, and bad data: settled when
+the dataset is built where its header shows it, by data.on_error where DALI's decoder meets it."""
 import dataclasses
+import io
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -133,18 +137,87 @@ def test_odd_images_decode_to_the_rgb_pil_gives(bad_folder):
             assert diff.mean() < 1.5 and diff.max() <= 12, ds.paths[i]   # JPEG decoders may round apart
 
 
-def test_bad_files_raise_naming_them_or_are_skipped_and_counted(bad_folder, caplog):
-    import shutil
-
+def test_header_bad_files_are_settled_when_the_dataset_is_built(bad_folder, caplog):
+    """Zero bytes, text and a JPEG cut inside its header never reach DALI: the dataset names one (raise)
+    or drops them all (skip), and the loader serves every good file."""
     shutil.rmtree(bad_folder["empty"])   # an empty class is refused by the ImageFolder reader itself
-    with pytest.raises(DataError, match="fastssl data check") as err:
-        loader(ImageFolderDataset(bad_folder["root"]), batch=2)
-    assert all(str(p) in str(err.value) for p in bad_folder["bad"])
-    ds = ImageFolderDataset(bad_folder["root"], on_error="skip")   # unchecked: the backend checks
-    ld = loader(ds, batch=2)
+    with pytest.raises(DataError, match="cannot be decoded") as err:
+        ImageFolderDataset(bad_folder["root"])
+    assert any(str(p) in str(err.value) for p in bad_folder["bad"])
+    ds = ImageFolderDataset(bad_folder["root"], on_error="skip")
     assert "skipped 3 file(s)" in caplog.text
-    seen = [i for b in ld for i in b.index.tolist()]
+    seen = [i for b in loader(ds, batch=2) for i in b.index.tolist()]
     assert sorted(ds.paths[i] for i in seen) == sorted(set(ds.paths) - set(bad_folder["bad"]))
+    assert len(seen) == bad_folder["images"]
+
+
+def folder_with_pixel_bad_file(root, cut_jpeg):
+    """index_folder's first N - 1 images and class0/bad.jpg, pixel-truncated: the last file of class 0
+    (dataset index 8), so its substitute under skip is class1/001.png, of another label and size."""
+    index_folder(root, N - 1)
+    bad = root / "class0" / "bad.jpg"
+    bad.write_bytes(cut_jpeg)
+    with Image.open(bad) as image, pytest.raises(OSError):
+        assert image.size == (64, 64)
+        image.load()
+    return bad
+
+
+SEED = 3   # puts the bad file in the last batch of epoch 0: batches come out before DALI meets it
+
+
+def test_a_pixel_bad_file_met_mid_run_raises_naming_it(tmp_path, cut_jpeg):
+    bad = folder_with_pixel_bad_file(tmp_path, cut_jpeg)
+    ds = ImageFolderDataset(tmp_path)
+    ld = loader(ds, seed=SEED)
+    assert ds.paths.index(bad) in ld.sampler.indices(0, 2)
+    with pytest.raises(DataError, match="cannot be decoded") as err:
+        batches(ld)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value.__context__, RuntimeError)   # DALI's error, not shown but kept
+    assert ld.state_dict() == {"epoch": 0, "batch": 2, "seed": SEED}   # two batches came out first
+    with pytest.raises(DataError, match="cannot be decoded"):  # iterated again: rebuilt, not left broken
+        batches(ld)
+
+
+def test_a_pixel_bad_file_met_mid_run_is_replaced_as_if_known_from_the_start(tmp_path, caplog, cut_jpeg):
+    """Under skip the next good file takes the bad one's place (its bytes, size, index and label), and the
+    batches are those of a folder where the bad file held the substitute's bytes from the start."""
+    bad = folder_with_pixel_bad_file(tmp_path / "met", cut_jpeg)
+    ds = ImageFolderDataset(tmp_path / "met", on_error="skip")
+    position = ds.paths.index(bad)
+    substitute = position + 1
+    assert ds.labels[substitute] != ds.labels[position] and ds.sizes[substitute].tolist() != [64, 64]
+    ld = loader(ds, AugmentConfig(), seed=SEED)
+    with caplog.at_level(logging.WARNING):
+        met = batches(ld) + batches(ld)                        # epochs 0 and 1
+    assert len([r for r in caplog.records if str(bad) in r.getMessage()]) == 1
+
+    known = tmp_path / "known"
+    shutil.copytree(tmp_path / "met", known)
+    shutil.copy(ds.paths[substitute], known / bad.relative_to(tmp_path / "met"))
+    reference = loader(ImageFolderDataset(known), AugmentConfig(), seed=SEED)
+    expected = batches(reference) + batches(reference)
+    assert len(met) == len(expected) == 2 * N // BATCH
+    for k, ((views, labels, index), (ref_views, _, ref_index)) in enumerate(zip(met, expected)):
+        drawn = ld.sampler.indices(k // len(ld), k % len(ld))
+        assert torch.equal(index, torch.where(drawn == position, substitute, drawn))
+        assert torch.equal(ref_index, drawn)
+        assert torch.equal(labels, torch.as_tensor(ds.labels)[index])
+        assert all(map(torch.equal, views, ref_views))
+    for epoch in (met[:len(ld)], met[len(ld):]):
+        seen = {i for _, _, index in epoch for i in index.tolist()}
+        assert seen == set(range(len(ds))) - {position}
+
+
+def test_a_file_dali_cannot_decode_but_pil_can_is_a_data_error_listing_the_files(tmp_path, monkeypatch, cut_jpeg):
+    folder_with_pixel_bad_file(tmp_path, cut_jpeg)
+    ds = ImageFolderDataset(tmp_path, on_error="skip")
+    monkeypatch.setattr(ds, "load_pil", lambda index: Image.new("RGB", (1, 1)))   # PIL decodes everything
+    with pytest.raises(DataError, match="DALI could not decode a file that PIL can") as err:
+        batches(loader(ds, seed=SEED))
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value.__cause__, RuntimeError)
 
 
 def test_empty_class_folder_is_an_error(bad_folder):

@@ -125,13 +125,6 @@ def write_bad(path: Path, kind: str) -> Path:
     return path
 
 
-def pixel_truncated_jpeg() -> bytes:
-    """A JPEG whose header parses (PIL reports its size) but whose pixel data is cut short."""
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()[:len(buf.getvalue()) * 6 // 10]
-
-
 @pytest.mark.parametrize("kind", ["truncated", "zero_bytes", "text"])
 def test_imagefolder_header_bad_file_raises_at_construction_naming_it(tmp_path, kind):
     save(tmp_path / "a" / "0.png", encoded(0, 0))
@@ -142,10 +135,10 @@ def test_imagefolder_header_bad_file_raises_at_construction_naming_it(tmp_path, 
     assert str(bad) in str(err.value) and f"fastssl data check {tmp_path}" in str(err.value)
 
 
-def test_imagefolder_pixel_bad_file_raises_where_decoded_and_is_then_known_at_start(tmp_path):
+def test_imagefolder_pixel_bad_file_raises_where_decoded_and_is_then_known_at_start(tmp_path, cut_jpeg):
     save(tmp_path / "a" / "0.png", encoded(0, 0))
     bad = tmp_path / "a" / "1.jpg"
-    bad.write_bytes(pixel_truncated_jpeg())
+    bad.write_bytes(cut_jpeg)
     save(tmp_path / "b" / "0.png", encoded(1, 0))
     assert Image.open(bad).size == (64, 64)
     ds = ImageFolderDataset(tmp_path)
@@ -160,10 +153,10 @@ def test_imagefolder_pixel_bad_file_raises_where_decoded_and_is_then_known_at_st
     assert ImageFolderDataset(tmp_path, on_error="skip").labels.tolist() == [0, 1]
 
 
-def test_imagefolder_skip_substitutes_the_next_good_file_mid_run(tmp_path, caplog):
+def test_imagefolder_skip_substitutes_the_next_good_file_mid_run(tmp_path, caplog, cut_jpeg):
     save(tmp_path / "a" / "0.png", encoded(0, 0))
     bad = tmp_path / "a" / "1.jpg"
-    bad.write_bytes(pixel_truncated_jpeg())
+    bad.write_bytes(cut_jpeg)
     save(tmp_path / "b" / "0.png", encoded(1, 0))
     ds = ImageFolderDataset(tmp_path, on_error="skip")
     with caplog.at_level(logging.WARNING):
@@ -200,10 +193,10 @@ def test_imagefolder_skip_drops_counts_and_logs_once(tmp_path, caplog):
     assert len(warnings) == 1 and "skipped 3 file(s)" in warnings[0].getMessage()
 
 
-def test_imagefolder_check_fixes_the_mapping_before_reading(tmp_path):
+def test_imagefolder_check_fixes_the_mapping_before_reading(tmp_path, cut_jpeg):
     make_tree_with_bad_files(tmp_path)      # header-bad files: dropped at construction
     late = tmp_path / "c" / "2.jpg"         # pixel-bad: found by check()
-    late.write_bytes(pixel_truncated_jpeg())
+    late.write_bytes(cut_jpeg)
     ds = ImageFolderDataset(tmp_path, on_error="skip")
     assert len(ds.skipped) == 3 and ds.labels.tolist() == [0, 0, 1, 2, 2]
     ds.check()

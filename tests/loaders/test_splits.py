@@ -116,13 +116,6 @@ def test_missing_test_split_names_both_and_suggests_the_option(tmp_path):
     assert "sub-folders there: holdout, train" in message and "--set data.test_split=NAME" in message
 
 
-def pixel_truncated_jpeg() -> bytes:
-    """A JPEG whose header parses but whose pixels are cut short: met only where it is decoded."""
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()[:len(buf.getvalue()) * 6 // 10]
-
-
 def torchvision_cfg(workers: int) -> Config:
     cfg = Config()
     cfg.data.image_size = 16
@@ -131,10 +124,10 @@ def torchvision_cfg(workers: int) -> Config:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_torchvision_bad_file_is_one_line_with_the_skip_hint(tmp_path, workers):
+def test_torchvision_bad_file_is_one_line_with_the_skip_hint(tmp_path, workers, cut_jpeg):
     tree(tmp_path, "a", per_class=3)
     bad = tmp_path / "a" / "x.jpg"
-    bad.write_bytes(pixel_truncated_jpeg())
+    bad.write_bytes(cut_jpeg)
     dataset = ImageFolderDataset(tmp_path)
     cfg = torchvision_cfg(workers)
     for batches in (build_train_loader(cfg, dataset, "cpu"), build_eval_batches(cfg, dataset, "cpu", batch_size=4)):
@@ -145,9 +138,9 @@ def test_torchvision_bad_file_is_one_line_with_the_skip_hint(tmp_path, workers):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_torchvision_skip_puts_the_next_good_file_in_a_bad_ones_place(tmp_path, workers):
+def test_torchvision_skip_puts_the_next_good_file_in_a_bad_ones_place(tmp_path, workers, cut_jpeg):
     tree(tmp_path, "ab", per_class=3)
-    (tmp_path / "a" / "x.jpg").write_bytes(pixel_truncated_jpeg())   # index 3 of 7: a/0-2, a/x, b/0-2
+    (tmp_path / "a" / "x.jpg").write_bytes(cut_jpeg)   # index 3 of 7: a/0-2, a/x, b/0-2
     dataset = ImageFolderDataset(tmp_path, on_error="skip")
     cfg = torchvision_cfg(workers)
     cfg.loader.batch_size = 7
