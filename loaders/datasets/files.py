@@ -24,9 +24,13 @@ DECODE_THREADS = min(4, max(2, os.cpu_count() or 2))
 CHUNK = 256  # images per thread task: amortises the executor's per-task cost over many small decodes
 
 
+_SUFFIXES = frozenset(e[1:] for e in EXTENSIONS)
+
+
 def is_image_name(name: str) -> bool:
     """A visible name with an image extension (case-insensitive), as the loaders select files."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in EXTENSIONS
+    stem, dot, suffix = name.rpartition(".")
+    return bool(dot) and not name.startswith(".") and suffix.lower() in _SUFFIXES
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -43,7 +43,8 @@ from .files import DECODE_ERRORS, EXTENSIONS, is_image_name, reason
 VERSION = 1
 HEADER, DECODED, BAD = 0, 1, 2
 HEADER_CHUNK = 512          # files per task of the parallel header pass
-PARALLEL_MIN = 4096         # below this a process pool costs more than it saves
+PARALLEL_MIN = 4096         # header reads: below this a process pool costs more than it saves
+PARALLEL_CLASSES = 64       # class folders from which listing and stat-ing is spread over processes
 PROGRESS_MIN = 2000         # header passes shorter than this run silently
 SEP = "\0"                  # the one character no file name can hold
 
@@ -79,8 +80,35 @@ class Listing:
     mtime_ns: np.ndarray
 
 
+def _list_class(root_and_name: tuple[str, str]) -> tuple[list[str], np.ndarray]:
+    """The image files of one class folder as 'class/name', in code-point name order, with (byte size,
+    mtime in ns)."""
+    root, name = root_and_name
+    with os.scandir(os.path.join(root, name)) as entries:
+        images = sorted((e for e in entries if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)
+    stats = [entry.stat() for entry in images]
+    sizes = np.fromiter([st.st_size for st in stats], np.int64, len(stats))
+    mtimes = np.fromiter([st.st_mtime_ns for st in stats], np.int64, len(stats))
+    prefix = name + "/"
+    return [prefix + e.name for e in images], np.stack([sizes, mtimes], 1)
+
+
+def _pool_map(function, items: list, parallel: bool) -> Iterator:
+    """`map` over forked processes on all cores where `parallel`, else in this process; in order.
+
+    Forked: the workers only need os and PIL, and a spawned one would import the whole package again.
+    """
+    workers = min(os.cpu_count() or 1, len(items))
+    if not parallel or workers < 2:
+        yield from map(function, items)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield from pool.map(function, items, chunksize=max(1, len(items) // (8 * workers)))
+
+
 def list_folder(root: Path) -> Listing:
-    """List and stat every image file of root/<class>/, in label order then code-point name order.
+    """List and stat every image file of root/<class>/, in label order then code-point name order;
+    class folders are spread over all cores when there are many (stat is most of a second start).
 
     DataError for a root that is missing, holds no class folder, or has a class folder without an image
     file (dropping it would shift the labels of every later class).
@@ -95,22 +123,19 @@ def list_folder(root: Path) -> Listing:
         raise DataError(f"ImageFolder root {str(root)!r}: has no class folders "
                         f"(expected root/<class>/<image files>)")
     files: list[str] = []
-    labels: list[int] = []
-    stats: list[tuple[int, int]] = []
-    for label, name in enumerate(classes):
-        with os.scandir(root / name) as entries:
-            images = sorted((e for e in entries if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)
-        if not images:
-            raise DataError(f"class folder {str(root / name)!r}: holds no image files "
+    labels: list[np.ndarray] = []
+    stats: list[np.ndarray] = []
+    folders = [(str(root), name) for name in classes]
+    for label, (names, stat) in enumerate(_pool_map(_list_class, folders, len(classes) >= PARALLEL_CLASSES)):
+        if not names:
+            raise DataError(f"class folder {str(root / classes[label])!r}: holds no image files "
                             f"({' '.join(EXTENSIONS)}, sub-folders not searched); an empty class "
                             f"would shift the labels of every later class")
-        for entry in images:
-            st = entry.stat()
-            stats.append((st.st_size, st.st_mtime_ns))
-        files += [f"{name}/{e.name}" for e in images]
-        labels += [label] * len(images)
-    stat = np.asarray(stats, dtype=np.int64).reshape(-1, 2)
-    return Listing(classes, files, np.asarray(labels, np.int64), stat[:, 0].copy(), stat[:, 1].copy())
+        files += names
+        labels.append(np.full(len(names), label, np.int64))
+        stats.append(stat)
+    stat = np.concatenate(stats)
+    return Listing(classes, files, np.concatenate(labels), stat[:, 0].copy(), stat[:, 1].copy())
 
 
 @dataclass
@@ -173,23 +198,13 @@ def _header_chunk(paths: list[str]) -> list[tuple[int, int, str]]:
 
 
 def read_headers(paths: list[str], progress: Progress | None = None) -> list[tuple[int, int, str]]:
-    """Every file's header, in order, over all cores for long lists (header parsing holds the GIL).
-
-    Forked workers: they only need PIL, and a spawned one would import the whole package again.
-    """
+    """Every file's header, in order, over all cores for long lists (header parsing holds the GIL)."""
     chunks = [paths[i:i + HEADER_CHUNK] for i in range(0, len(paths), HEADER_CHUNK)]
-    workers = min(os.cpu_count() or 1, len(chunks))
     out: list[tuple[int, int, str]] = []
-    with contextlib.ExitStack() as stack:
-        if len(paths) >= PARALLEL_MIN and workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
-            results: Iterator = pool.map(_header_chunk, chunks)
-        else:
-            results = map(_header_chunk, chunks)
-        for chunk in results:
-            out += chunk
-            if progress is not None:
-                progress(len(out), len(paths))
+    for chunk in _pool_map(_header_chunk, chunks, len(paths) >= PARALLEL_MIN):
+        out += chunk
+        if progress is not None:
+            progress(len(out), len(paths))
     return out
 
 
