@@ -112,6 +112,23 @@ def _cmd_bench_loader(args) -> int:
     return 0
 
 
+def _cmd_bench_startup(args) -> int:
+    backends = _backends(args.backends, need_baseline=False)
+    if args.classes < 1 or args.files < args.classes or args.repeats < 1:
+        raise config_mod.ConfigError(f"--files={args.files} --classes={args.classes} --repeats={args.repeats}: need "
+                                     "classes >= 1, files >= classes and repeats >= 1")
+    config_mod.load_config(None, args.set)   # a bad --set fails now, not in the first start's process
+    from fastssl.bench import startup_bench
+
+    root = Path(args.root) if args.root else startup_bench.default_root(args.files, args.classes)
+    result = startup_bench.run(root, args.files, args.classes, backends, args.repeats, args.set,
+                               progress=lambda line: print(line, file=sys.stderr))
+    paths = startup_bench.write_all(result, Path(args.out))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
 def _cmd_bench_heads(args) -> int:
     if args.epochs < 1:
         raise config_mod.ConfigError(f"--epochs={args.epochs}: must be >= 1")
@@ -330,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     loader_bench.add_argument("--json", help="also write the rows as JSON to this file")
     loader_bench.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     loader_bench.set_defaults(func=_cmd_bench_loader)
+    startup = suites.add_parser("startup", help="first and second start (no index, then the index) per backend "
+                                "over a generated ImageNet-layout tree", description="Start-up to the first batch "
+                                "per backend, each start a fresh process, over N small JPEGs in WordNet-id class "
+                                "folders (written once, reused); the index's pieces extrapolated to 1.28 M files.")
+    startup.add_argument("--files", type=int, default=100_000, help="train JPEGs (default: %(default)s)")
+    startup.add_argument("--classes", type=int, default=1000, help="class folders (default: %(default)s)")
+    startup.add_argument("--root", help="the tree's folder (default: <tmp>/fastssl-startup-bench/imagenet_FxC)")
+    startup.add_argument("--backends", default="tensor,torchvision,dali,ffcv", help="comma-separated; one whose "
+                         "package is missing is skipped and named (default: %(default)s)")
+    startup.add_argument("--repeats", type=int, default=3, help="first/second pairs per backend (median, min-max)")
+    startup.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config for every start")
+    startup.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
+    startup.set_defaults(func=_cmd_bench_startup)
     heads = suites.add_parser("heads", help="every head (and the meta-learning tricks) trained on one budget, "
                               "kNN and linear accuracy vs the random-init encoder",
                               description="Heads compared on equal footing: one training run per variant, "
