@@ -107,7 +107,7 @@ def measure(cfg: Config, backends: list[str], seconds: float, windows: int, prog
     for backend in backends:
         run_cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, backend=backend))
         start = time.perf_counter()
-        streams[backend] = _endless(build_train_loader(run_cfg, dataset, device))
+        streams[backend] = _endless(build_train_loader(run_cfg.load_settings(), dataset, device))
         next(streams[backend])
         _sync(device)
         startup[backend] = time.perf_counter() - start

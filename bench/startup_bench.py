@@ -172,7 +172,7 @@ def _child(spec: dict) -> None:
     ready = _now()
     dataset = build_dataset(cfg.data, "train")
     indexed = _now()
-    loader = build_train_loader(cfg, dataset, device)
+    loader = build_train_loader(cfg.load_settings(), dataset, device)
     loader.set_epoch(0)
     batches = iter(loader)
     batch = next(batches)

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from fastssl.config import Config
-from fastssl.engine.task_builder import TaskBatch
+from fastssl.task.builder import TaskBatch
 from fastssl.engine.trainer import Trainer
 
 from .harness import Row, context, device_slug, plot_bars, summarize, write_csv, write_markdown

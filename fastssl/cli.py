@@ -12,15 +12,19 @@ import time
 from pathlib import Path
 
 from fastssl import config as config_mod
-from fastssl.checkpoint import CheckpointError
-from fastssl.engine.metrics import MetricsError
-from fastssl.engine.nonfinite import NonFiniteError
-from fastssl.loaders.atomic import NoSpaceError
-from fastssl.loaders.datasets.base import DataError
 
-# Failures of a run rather than of its inputs: a diverged loss, a full disk, a metrics file changed by
-# hand. Each message names the file or step; the exit code is 2 like every other clear error.
-RUN_ERRORS = (NonFiniteError, MetricsError, NoSpaceError)
+# Errors that carry a complete one-line message (bad input, or a run's failure such as a diverged loss,
+# a full disk or a metrics file changed by hand): printed without a traceback, exit code 2. By module,
+# so that `fastssl --help` and a config error import neither torch nor the loaders: an error class can
+# only have been raised if its module was imported.
+USER_ERRORS = {"fastssl.checkpoint": "CheckpointError", "fastssl.engine.metrics": "MetricsError",
+               "fastssl.engine.nonfinite": "NonFiniteError", "fastssl.loaders.atomic": "NoSpaceError",
+               "fastssl.loaders.datasets.base": "DataError"}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules]
+    return (config_mod.ConfigError, FileExistsError, *loaded)
 
 
 def _writable_run_dir(out: Path) -> None:
@@ -469,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (config_mod.ConfigError, DataError, CheckpointError, FileExistsError, *RUN_ERRORS) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"fastssl {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ from typing import Sequence
 
 import torch
 
-from fastssl.config import AugmentConfig
+from .settings import AugmentConfig
 from fastssl.kernels import colour_augment
 from fastssl.kernels.reference import (COLOR_OPS, LUMA, adjust_brightness, adjust_contrast,  # noqa: F401
                                        adjust_hue, adjust_saturation, luma, solarize)

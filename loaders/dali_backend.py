@@ -45,7 +45,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from fastssl.config import AugmentConfig, LoaderConfig
+from .settings import AugmentConfig, LoaderConfig
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, sample_params
 from .batch import Batch

@@ -7,11 +7,10 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from fastssl.config import Config
-
 from .augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from .batch import Loader
 from .datasets.base import DataError, ImageDataset
+from .settings import BACKENDS, LoadSettings
 from .tensor_backend import TensorLoader
 from .torchvision_backend import TorchvisionLoader, to_device
 from .torchvision_backend import eval_transform as pil_eval_transform
@@ -33,18 +32,18 @@ TRAIN_BACKENDS = {"tensor": TensorLoader, "torchvision": TorchvisionLoader, "ffc
                   "dali": _dali_loader}
 
 
-def _backend(cfg: Config) -> str:
-    if cfg.loader.backend not in TRAIN_BACKENDS:
-        raise ValueError(f"loader.backend={cfg.loader.backend!r}: must be one of {', '.join(TRAIN_BACKENDS)}")
-    return cfg.loader.backend
+def _backend(settings: LoadSettings) -> str:
+    if settings.loader.backend not in TRAIN_BACKENDS:
+        raise ValueError(f"loader.backend={settings.loader.backend!r}: must be one of {', '.join(BACKENDS)}")
+    return settings.loader.backend
 
 
-def build_train_loader(cfg: Config, dataset: ImageDataset, device: torch.device | str, rank: int = 0,
+def build_train_loader(settings: LoadSettings, dataset: ImageDataset, device: torch.device | str, rank: int = 0,
                        world: int = 1, mean: Sequence[float] | None = None,
                        std: Sequence[float] | None = None, out_dtype: torch.dtype = torch.float32) -> Loader:
-    """The training Loader of cfg.loader.backend, views in out_dtype; mean/std default to ImageNet's."""
-    return TRAIN_BACKENDS[_backend(cfg)](
-        dataset, cfg.loader, cfg.augment, cfg.data.image_size, device, cfg.train.seed, rank, world,
+    """The training Loader of settings.loader.backend, views in out_dtype; mean/std default to ImageNet's."""
+    return TRAIN_BACKENDS[_backend(settings)](
+        dataset, settings.loader, settings.augment, settings.data.image_size, device, settings.seed, rank, world,
         mean=IMAGENET_MEAN if mean is None else mean, std=IMAGENET_STD if std is None else std,
         out_dtype=out_dtype)
 
@@ -113,7 +112,7 @@ class TorchvisionEvalBatches:
             yield to_device(images, self.device), to_device(labels, self.device)
 
 
-def build_eval_batches(cfg: Config, dataset: ImageDataset, device: torch.device | str, batch_size: int = 512,
+def build_eval_batches(settings: LoadSettings, dataset: ImageDataset, device: torch.device | str, batch_size: int = 512,
                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None
                        ) -> TensorEvalBatches | TorchvisionEvalBatches:
     """Re-iterable (images float32 normalised channels_last on device, labels) over all of `dataset`,
@@ -122,7 +121,7 @@ def build_eval_batches(cfg: Config, dataset: ImageDataset, device: torch.device 
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     mean = IMAGENET_MEAN if mean is None else tuple(mean)
     std = IMAGENET_STD if std is None else tuple(std)
-    if _backend(cfg) == "tensor":
-        return TensorEvalBatches(dataset, cfg.data.image_size, device, batch_size, mean, std)
-    return TorchvisionEvalBatches(dataset, cfg.data.image_size, device, batch_size, cfg.loader.workers,
-                                  cfg.loader.pin_memory, mean, std)
+    if _backend(settings) == "tensor":
+        return TensorEvalBatches(dataset, settings.data.image_size, device, batch_size, mean, std)
+    return TorchvisionEvalBatches(dataset, settings.data.image_size, device, batch_size, settings.loader.workers,
+                                  settings.loader.pin_memory, mean, std)

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numba
 import numpy as np
 import torch
-from fastssl.config import AugmentConfig, LoaderConfig
+from .settings import AugmentConfig, LoaderConfig
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_colour, sample_crop_boxes, sample_params
 from .batch import Batch

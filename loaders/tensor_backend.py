@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from fastssl.config import AugmentConfig, LoaderConfig
+from .settings import AugmentConfig, LoaderConfig
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_params
 from .batch import Batch

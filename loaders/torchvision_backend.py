@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from fastssl.config import AugmentConfig, LoaderConfig
+from .settings import AugmentConfig, LoaderConfig
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window
 from .batch import Batch

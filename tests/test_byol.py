@@ -13,7 +13,7 @@ from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
 from fastssl.heads import build_head
 from fastssl.heads.byol import BYOLHead, byol_loss, momentum_at
-from fastssl.heads.support_query import TaskLayout
+from fastssl.task.layout import TaskLayout
 
 
 def _resume_run() -> list[str]:

@@ -7,7 +7,7 @@ from fastssl.config import load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
 from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, SVMHead
-from fastssl.heads.support_query import TaskLayout
+from fastssl.task.layout import TaskLayout
 
 
 def _unit(z):

@@ -7,7 +7,7 @@ import torch
 
 from fastssl.config import MethodConfig
 from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, build_head
-from fastssl.heads.support_query import TaskLayout
+from fastssl.task.layout import TaskLayout
 from fastssl.kernels import runtime
 
 

@@ -12,7 +12,7 @@ from fastssl.config import ConfigError, load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
 from fastssl.heads import build_head
-from fastssl.heads.support_query import TaskLayout, split_views
+from fastssl.task.layout import TaskLayout, split_views
 from fastssl.heads.svm import SVMHead, lambda_max_bound, project_rows, split_tasks, svm_dual
 
 RIDGE = 1.0   # MetaOptNet's `+ 1.0 * I` on the kernel, the head's default

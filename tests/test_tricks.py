@@ -10,14 +10,14 @@ import torch
 from fastssl.checkpoint import load_checkpoint
 from fastssl.config import load_config
 from fastssl.engine.metrics import read_metrics
-from fastssl.engine.task_builder import TaskBuilder
+from fastssl.task.builder import TaskBuilder
 from fastssl.engine.trainer import Trainer
 from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, SVMHead
 from fastssl.heads.byol import byol_loss
 from fastssl.heads.rotation import RotationPredictor
-from fastssl.heads.support_query import QueryMix, TaskLayout, split_views
-from fastssl.loaders.query_mix import QueryMixer
-from fastssl.loaders.task_rotation import TaskRotation
+from fastssl.task.layout import QueryMix, TaskLayout, split_views
+from fastssl.task.query_mix import QueryMixer
+from fastssl.task.rotation import TaskRotation
 
 # -- the mixer: pixels and draws ---------------------------------------------------------------------
 

@@ -19,8 +19,6 @@ import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
-from fastssl.heads.support_query import QueryMix, TaskLayout
-
 
 @dataclass(frozen=True)
 class Dist:
@@ -46,15 +44,6 @@ class Dist:
         parts = [torch.empty_like(x) for _ in range(self.world)]
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
-
-    def global_layout(self, layout: TaskLayout, local_batch: int) -> TaskLayout:
-        """The layout of the global task: every rank drew the same mixing (a function of seed and step),
-        with partners among its own images, so rank w's image i is mixed with w*b + partner[i]."""
-        if self.world == 1 or layout.mix is None:
-            return layout
-        offsets = torch.arange(self.world, device=layout.mix.partner.device) * local_batch
-        partner = (offsets[:, None] + layout.mix.partner[None, :]).reshape(-1)
-        return TaskLayout(layout.n_supp, layout.n_query, QueryMix(partner, layout.mix.lam))
 
 
 def setup(device: torch.device) -> tuple[Dist, torch.device]:

@@ -28,7 +28,7 @@ from fastssl.engine.nonfinite import NonFiniteGuard
 from fastssl.engine.plots import plot_curves
 from fastssl.engine.precision import (autocast, grad_scaler, loss_operand_dtype, resolve_device, resolve_precision,
                                      view_dtype)
-from fastssl.engine.task_builder import TaskBatch, TaskBuilder
+from fastssl.task.builder import TaskBatch, TaskBuilder
 from fastssl.heads import build_head
 from fastssl.heads.byol import ema_update_, make_target, momentum_at
 from fastssl.heads.rotation import RotationPredictor
@@ -81,14 +81,14 @@ class Trainer:
 
         train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
         self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
-        self.loader = build_train_loader(cfg, train_set, self.device, self.dist.rank, self.dist.world,
+        self.loader = build_train_loader(cfg.load_settings(), train_set, self.device, self.dist.rank, self.dist.world,
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
         self.tasks = TaskBuilder(cfg.method, len(train_set), cfg.train.seed, self.dist.world)
         # A dataset whose splits share no class (`disjoint_classes`) has no kNN score: none is computed.
         self.knn_meaningful = not getattr(train_set, "disjoint_classes", False)
         if self.knn_meaningful:
-            self.knn_train = build_eval_batches(cfg, train_set, self.device)
-            self.knn_test = build_eval_batches(cfg, test_set, self.device)
+            self.knn_train = build_eval_batches(cfg.load_settings(), train_set, self.device)
+            self.knn_test = build_eval_batches(cfg.load_settings(), test_set, self.device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
@@ -204,7 +204,7 @@ class Trainer:
         # The task is the global batch: every rank's rows, gathered (a no-op on one process).
         n_views, local_batch = len(task.views), task.views[0].shape[0]
         z = self.dist.gather_rows(z, n_views)
-        layout = self.dist.global_layout(task.layout, local_batch)
+        layout = task.layout.across(self.dist.world, local_batch)
         # Outside autocast: the heads choose their own precision (fp32 rows; kernels accumulate in fp32),
         # where autocast would run a reference head's matmuls and solves in half precision.
         if self.target is None:

@@ -108,7 +108,7 @@ def split_features(run: Run, split: str, progress: Progress = stderr_progress
     """(features (N, D) float32, labels (N,) int64) of a split, on the run's device; computed once."""
     if split not in run._features:
         tick = time.perf_counter()
-        batches = build_eval_batches(run.cfg, run.dataset(split), run.device)
+        batches = build_eval_batches(run.cfg.load_settings(), run.dataset(split), run.device)
         run._features[split] = encode(run.encoder, batches, run.autocast)
         n, d = run._features[split][0].shape
         progress(f"features: {split} split, {n} images x {d} dims in {time.perf_counter() - tick:.1f}s")

@@ -55,7 +55,7 @@ def nearest(training: torch.Tensor, test: torch.Tensor, metric: str) -> torch.Te
 def error_rates(run: Run, encoder: nn.Module, runs: list[OneShotRun], metric: str) -> tuple[dict, int]:
     """({run name: error rate}, feature dim): every run's drawings encoded in one pass, then scored."""
     images = np.concatenate([x for r in runs for x in (r.training, r.test)])
-    batches = build_eval_batches(run.cfg, ArrayDataset(images, np.zeros(len(images))), run.device)
+    batches = build_eval_batches(run.cfg.load_settings(), ArrayDataset(images, np.zeros(len(images))), run.device)
     features, _ = encode(encoder, batches, run.autocast)
     rates, start = {}, 0
     for r in runs:

@@ -102,7 +102,7 @@ def evaluate(run: Run, settings: Settings, progress: Progress = stderr_progress)
     tick = time.perf_counter()
     train = run.dataset("train")
     pixels = train.to_array(run.cfg.data.image_size)
-    test_batches = build_eval_batches(run.cfg, run.dataset("test"), run.device)
+    test_batches = build_eval_batches(run.cfg.load_settings(), run.dataset("test"), run.device)
     results = {}
     for fraction in settings.fractions:
         fraction = float(fraction)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fastssl.models.projector import Projector
 
-from .support_query import TaskLayout
+from fastssl.task.layout import TaskLayout
 
 
 def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Tensor:

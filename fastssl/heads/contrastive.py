@@ -6,7 +6,7 @@ from torch import nn
 
 from fastssl.kernels import nt_xent, unit_rows
 
-from .support_query import TaskLayout, TaskLogits, mixed_loss
+from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss
 
 
 class ContrastiveHead(nn.Module):

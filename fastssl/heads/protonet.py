@@ -6,7 +6,7 @@ from torch import nn
 
 from fastssl.kernels import narrow, sim_xent
 
-from .support_query import TaskLayout, TaskLogits, mixed_loss, split_views
+from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss, split_views
 
 
 class ProtoNetHead(nn.Module):

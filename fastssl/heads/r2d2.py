@@ -9,7 +9,7 @@ from torch import nn
 
 from fastssl.kernels import ridge_solve, sim_xent
 
-from .support_query import TaskLayout, TaskLogits, mixed_loss, split_views
+from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss, split_views
 
 
 class R2D2Head(nn.Module):

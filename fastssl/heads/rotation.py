@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .support_query import TaskLayout, mixed_loss
+from fastssl.task.layout import TaskLayout, mixed_loss
 
 QUARTER_TURNS = 4
 

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .support_query import Task, TaskLayout, TaskLogits, mixed_loss, split_views
+from fastssl.task.layout import Task, TaskLayout, TaskLogits, mixed_loss, split_views
 
 LAMBDA_SQUARINGS = 5
 

@@ -77,6 +77,7 @@ class Bottleneck(ResidualBlock):
 
 
 # arch -> (block, blocks per stage), from Table 1 of the paper.
+# One entry per name of config.Arch (a test checks the two agree).
 ARCH_SPECS: dict[str, tuple[type[ResidualBlock], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),

@@ -11,12 +11,12 @@ import inspect
 import torch
 from torch import nn
 
+from fastssl.config import OPTIMIZERS
 from fastssl.optim.lars import LARS
 from fastssl.optim.schedule import build_scheduler, lr_at
 
 __all__ = ["LARS", "build_optimizer", "build_scheduler", "lr_at", "param_groups"]
 
-OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .base import ArrayDataset, DataError, ImageDataset
 from .cifar import load_cifar
-from fastssl.config import FASHION_MNIST_DEFAULT
+from ..settings import FASHION_MNIST_DEFAULT
 
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import ImageFolderDataset, split_roots

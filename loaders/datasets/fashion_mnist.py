@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastssl.config import FASHION_MNIST_DEFAULT
+from ..settings import FASHION_MNIST_DEFAULT
 
 from .base import ArrayDataset, DataError
 

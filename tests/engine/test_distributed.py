@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from fastssl.engine.distributed import Dist
 from fastssl.heads import ProtoNetHead
-from fastssl.heads.support_query import QueryMix, TaskLayout
+from fastssl.task.layout import QueryMix, TaskLayout
 
 WORLD, VIEWS, LOCAL, DIM = 2, 3, 4, 5
 
@@ -60,7 +60,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     local = z[_rows_of(rank)].clone().requires_grad_()
     ddp = Dist(rank, WORLD, rank)
     gathered = ddp.gather_rows(local, VIEWS)
-    layout = ddp.global_layout(TaskLayout(1, 2, QueryMix(partner, 0.3)), LOCAL)
+    layout = TaskLayout(1, 2, QueryMix(partner, 0.3)).across(WORLD, LOCAL)
     loss = ProtoNetHead(0.5)(gathered, layout)
     loss.backward()
     torch.save({"gathered": gathered.detach(), "partner": layout.mix.partner, "loss": loss.detach(),

@@ -30,8 +30,8 @@ def test_tensor_backend_writes_bf16_views_equal_to_the_fp32_views_rounded():
     cfg = Config()
     cfg.data.image_size, cfg.loader.batch_size = 12, 8
     cfg.augment.blur_p, cfg.augment.solarize_p = [1.0, 0.0], [0.0, 1.0]
-    full = next(iter(build_train_loader(cfg, data, "cpu")))
-    half = next(iter(build_train_loader(cfg, data, "cpu", out_dtype=torch.bfloat16)))
+    full = next(iter(build_train_loader(cfg.load_settings(), data, "cpu")))
+    half = next(iter(build_train_loader(cfg.load_settings(), data, "cpu", out_dtype=torch.bfloat16)))
     for v_half, v_full in zip(half.views, full.views, strict=True):
         assert v_half.dtype == torch.bfloat16 and v_half.is_contiguous(memory_format=torch.channels_last)
         assert ((v_half.float() - v_full).abs() <= torch.finfo(torch.bfloat16).eps * v_full.abs().clamp(min=1)).all()

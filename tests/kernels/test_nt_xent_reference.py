@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastssl.heads import build_head
-from fastssl.heads.support_query import TaskLayout
+from fastssl.task.layout import TaskLayout
 from fastssl.config import MethodConfig
 from fastssl.kernels import nt_xent, sim_xent
 

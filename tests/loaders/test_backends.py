@@ -43,7 +43,7 @@ def config(backend: str, workers: int = 0, batch: int = BATCH, seed: int = 0, id
 
 
 def loader(backend: str, rank: int = 0, world: int = 1, **kw):
-    return build_train_loader(config(backend, **kw), DATA, "cpu", rank, world)
+    return build_train_loader(config(backend, **kw).load_settings(), DATA, "cpu", rank, world)
 
 
 def assert_same_batches(a: list, b: list) -> None:
@@ -156,7 +156,7 @@ def test_eval_batches_cover_the_split_in_order_and_agree(size):
     for backend in BACKENDS:
         cfg = config(backend)
         cfg.data.image_size = size
-        batches = build_eval_batches(cfg, DATA, "cpu", batch_size=40)
+        batches = build_eval_batches(cfg.load_settings(), DATA, "cpu", batch_size=40)
         torch.manual_seed(0)
         rng = torch.get_rng_state()
         first, second = list(batches), list(batches)         # re-iterable
@@ -186,4 +186,4 @@ def test_bad_settings_are_named(backend):
     cfg = config(backend)
     cfg.loader.backend = "ffmpeg"
     with pytest.raises(ValueError, match="loader.backend='ffmpeg'"):
-        build_train_loader(cfg, DATA, "cpu")
+        build_train_loader(cfg.load_settings(), DATA, "cpu")

@@ -47,7 +47,7 @@ def make(beton, rank=0, world=1, seed=0, workers=0, identity=False, views=2, dat
     if identity:
         cfg.augment.crop_scale_min = 1.0
         cfg.augment.flip_p = cfg.augment.jitter_p = cfg.augment.grayscale_p = 0.0
-    return build_train_loader(cfg, data, "cpu", rank, world)
+    return build_train_loader(cfg.load_settings(), data, "cpu", rank, world)
 
 
 def pixel_index(view: torch.Tensor) -> torch.Tensor:
@@ -171,7 +171,7 @@ def test_per_view_blur_and_half_precision_views(beton):
         cfg.data.image_size = S
         cfg.loader.backend, cfg.loader.beton, cfg.loader.batch_size, cfg.loader.workers = "ffcv", str(beton), B, 0
         cfg.augment.blur_p, cfg.augment.blur_kernel_frac = blur_p, 0.3
-        return next(iter(build_train_loader(cfg, DATA, "cpu", out_dtype=dtype)))
+        return next(iter(build_train_loader(cfg.load_settings(), DATA, "cpu", out_dtype=dtype)))
 
     plain, blurred, half = first_batch([0.0]), first_batch([1.0, 0.0]), first_batch([1.0, 0.0], torch.bfloat16)
     assert torch.equal(blurred.views[1], plain.views[1])

@@ -92,7 +92,7 @@ def unaugmented(backend: str, ds: ImageFolderDataset, beton=None, device="cpu"):
     a = cfg.augment
     a.crop_scale_min = a.crop_scale_max = 1.0
     a.flip_p = a.jitter_p = a.grayscale_p = 0.0
-    return next(iter(build_train_loader(cfg, ds, device)))
+    return next(iter(build_train_loader(cfg.load_settings(), ds, device)))
 
 
 def assert_views_show_the_reference(batch, ds: ImageFolderDataset) -> None:

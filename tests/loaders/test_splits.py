@@ -130,7 +130,7 @@ def test_torchvision_bad_file_is_one_line_with_the_skip_hint(tmp_path, workers, 
     bad.write_bytes(cut_jpeg)
     dataset = ImageFolderDataset(tmp_path)
     cfg = torchvision_cfg(workers)
-    for batches in (build_train_loader(cfg, dataset, "cpu"), build_eval_batches(cfg, dataset, "cpu", batch_size=4)):
+    for batches in (build_train_loader(cfg.load_settings(), dataset, "cpu"), build_eval_batches(cfg.load_settings(), dataset, "cpu", batch_size=4)):
         with pytest.raises(DataError) as err:
             list(batches)
         message = str(err.value)
@@ -144,9 +144,9 @@ def test_torchvision_skip_puts_the_next_good_file_in_a_bad_ones_place(tmp_path, 
     dataset = ImageFolderDataset(tmp_path, on_error="skip")
     cfg = torchvision_cfg(workers)
     cfg.loader.batch_size = 7
-    batch, = list(build_train_loader(cfg, dataset, "cpu"))
+    batch, = list(build_train_loader(cfg.load_settings(), dataset, "cpu"))
     assert sorted(batch.index.tolist()) == [0, 1, 2, 4, 4, 5, 6]     # b/0 read in x.jpg's place
     assert batch.labels.tolist() == dataset.labels[batch.index.numpy()].tolist()
-    images, labels = next(iter(build_eval_batches(cfg, dataset, "cpu", batch_size=7)))
+    images, labels = next(iter(build_eval_batches(cfg.load_settings(), dataset, "cpu", batch_size=7)))
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
     torch.testing.assert_close(images[3], images[4])

@@ -1,4 +1,4 @@
-"""Task augmentation by large rotations (DESIGN.md section 3): with probability p an image is rotated
+"""Task augmentation by large rotations: with probability p an image is rotated
 by k x 90 degrees (k in 1..3) in all its views, and so becomes a new class for the heads.
 
 Applied on the device after loading, so every backend gets it alike. Each sample's k is a pure
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampler import cpu_generator
+from fastssl.loaders.sampler import cpu_generator
 
 
 class TaskRotation:

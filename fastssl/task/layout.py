@@ -1,4 +1,4 @@
-"""The task every head is given (DESIGN.md section 3): each image is a class, its first n_supp views are
+"""The task every head is given: each image is a class, its first n_supp views are
 the support set and the next n_query views the queries, rows view-major (row r is image r mod B).
 
 Query mixing (CutMix / Mixup between the query views of different images) is part of the task: a
@@ -7,6 +7,7 @@ head's loss becomes lam * L(i) + (1 - lam) * L(partner[i]) (`mixed_loss`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,10 +18,12 @@ from fastssl.kernels import unit_rows
 
 @dataclass(frozen=True)
 class QueryMix:
-    """partner: (B,) int64, the image mixed into each image's query views; lam: the share of the image itself."""
+    """One batch's query mixing: partner (B,) int64, the image mixed into each image's query views; lam,
+    the share of the image itself; box (y0, y1, x0, x1), CutMix's pasted region, or None for Mixup."""
 
     partner: torch.Tensor
     lam: float
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,16 @@ class TaskLayout:
     def row_images(self, batch: int, device: torch.device) -> torch.Tensor:
         """The image (class) of every row, support rows first: (n_views * B,)."""
         return torch.arange(batch, device=device).repeat(self.n_views)
+
+    def across(self, world: int, local_batch: int) -> TaskLayout:
+        """The layout of the global task under torchrun, rows gathered rank after rank: every rank drew
+        the same mixing (a function of seed and step), with partners among its own images, so rank w's
+        image i is mixed with w * b + partner[i]."""
+        if world == 1 or self.mix is None:
+            return self
+        offsets = torch.arange(world, device=self.mix.partner.device) * local_batch
+        partner = (offsets[:, None] + self.mix.partner[None, :]).reshape(-1)
+        return TaskLayout(self.n_supp, self.n_query, dataclasses.replace(self.mix, partner=partner))
 
 
 def mixed_loss(loss_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, layout: TaskLayout,

@@ -1,4 +1,4 @@
-"""Query mixing (DESIGN.md section 3): CutMix or Mixup between the query views of different images.
+"""Query mixing: CutMix or Mixup between the query views of different images.
 
 With probability p per batch, every query view of image i is mixed with the same view of image
 partner[i]: Mixup blends the pixels, lam x_i + (1 - lam) x_partner; CutMix pastes a box of the
@@ -12,23 +12,14 @@ uninterrupted one; the pixel work is one gather per query view on the device, no
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from fastssl.config import QUERY_MIXES
+from fastssl.loaders.sampler import derive_seed
 
-from .sampler import derive_seed
+from .layout import QueryMix
 
-
-@dataclass(frozen=True)
-class MixDraw:
-    """One batch's mixing: partner (B,) on the host, lam, and CutMix's box (y0, y1, x0, x1) or None."""
-
-    partner: torch.Tensor
-    lam: float
-    box: tuple[int, int, int, int] | None
 
 
 class QueryMixer:
@@ -40,8 +31,9 @@ class QueryMixer:
                              "alpha > 0, blocks >= 1")
         self.mode, self.p, self.alpha, self.seed, self.blocks = mode, p, alpha, seed, blocks
 
-    def draw(self, step: int, batch: int, side: tuple[int, int]) -> MixDraw | None:
-        """The mixing of training step `step` for a batch of `batch` images of side (H, W); None: no mixing."""
+    def draw(self, step: int, batch: int, side: tuple[int, int]) -> QueryMix | None:
+        """The mixing of training step `step` for a batch of `batch` images of side (H, W), partners on the
+        host; None: no mixing."""
         if batch % self.blocks:
             raise ValueError(f"query mixing: {self.blocks} task blocks must divide the batch of {batch} images")
         rng = np.random.default_rng(derive_seed("query-mix", self.seed, step))
@@ -52,16 +44,16 @@ class QueryMixer:
         local = rng.permuted(np.tile(np.arange(block), (self.blocks, 1)), axis=1)
         partner = torch.from_numpy((local + block * np.arange(self.blocks)[:, None]).reshape(-1))
         if self.mode == "mixup":
-            return MixDraw(partner, lam, None)
+            return QueryMix(partner, lam)
         h, w = side
         cut_h, cut_w = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
         cy, cx = int(rng.integers(h)), int(rng.integers(w))
         y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
         x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
-        return MixDraw(partner, 1 - (y1 - y0) * (x1 - x0) / (h * w), (y0, y1, x0, x1))
+        return QueryMix(partner, 1 - (y1 - y0) * (x1 - x0) / (h * w), (y0, y1, x0, x1))
 
     @staticmethod
-    def apply(views: list[torch.Tensor], n_supp: int, draw: MixDraw) -> list[torch.Tensor]:
+    def apply(views: list[torch.Tensor], n_supp: int, draw: QueryMix) -> list[torch.Tensor]:
         """Views with every query view (index >= n_supp) mixed as `draw` says; support views unchanged."""
         out = list(views[:n_supp])
         partner = draw.partner.to(views[0].device)   # one copy for every query view (none if already there)

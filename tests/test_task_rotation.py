@@ -6,7 +6,7 @@ import torch
 from fastssl.config import load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
-from fastssl.loaders.task_rotation import TaskRotation
+from fastssl.task.rotation import TaskRotation
 
 
 def test_every_view_of_a_sample_is_rot90_by_its_k_exactly():

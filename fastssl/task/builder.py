@@ -1,4 +1,4 @@
-"""Turns a loaded batch into the task the heads see (DESIGN.md section 3): task augmentation by
+"""Turns a loaded batch into the task the heads see: task augmentation by
 rotation, then query mixing, and the layout (support / query views, mixing partners and lam).
 
 Both tricks run on the device after loading, so every backend gets them alike, and both are pure
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from fastssl.config import MethodConfig
-from fastssl.heads.support_query import QueryMix, TaskLayout
-from fastssl.loaders.query_mix import QueryMixer
-from fastssl.loaders.task_rotation import TaskRotation
+from .layout import TaskLayout
+from .query_mix import QueryMixer
+from .rotation import TaskRotation
 
 
 @dataclass
@@ -52,5 +52,4 @@ class TaskBuilder:
             return TaskBatch(views, views, TaskLayout(self.n_supp, self.n_query), rotations)
         draw = dataclasses.replace(draw, partner=draw.partner.to(views[0].device))   # copied once, used twice
         mixed = QueryMixer.apply(views, self.n_supp, draw)
-        mix = QueryMix(draw.partner, draw.lam)
-        return TaskBatch(mixed, views, TaskLayout(self.n_supp, self.n_query, mix), rotations)
+        return TaskBatch(mixed, views, TaskLayout(self.n_supp, self.n_query, draw), rotations)
