@@ -18,11 +18,12 @@ from fastssl.config import Config, load_config
 from fastssl.engine.trainer import Trainer
 from fastssl.evaluation import run_protocol
 from fastssl.loaders import atomic
+from fastssl.methods import methods
 
 RANDOM_INIT = "random init"
 # Variant name parts -> the config fragments they layer (under --configs), the same files the README's
 # experiment commands use: configs/heads/<head>.yaml, configs/tricks/*.yaml.
-HEADS = ("contrastive", "protonet", "r2d2", "svm", "byol")
+HEADS = tuple(methods())   # every registered method, by name
 TRICKS = {
     "": [],
     "+ task aug": ["tricks/task_aug.yaml"],

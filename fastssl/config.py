@@ -24,13 +24,12 @@ from fastssl.loaders.settings import (BACKENDS, DATASETS, FASHION_MNIST_DEFAULT,
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]                 # fastssl/models/resnet.py builds each
 Optimizer = Literal["lars", "sgd", "adamw"]                         # fastssl/optim builds each
-Head = Literal["contrastive", "protonet", "r2d2", "byol", "svm"]
 QueryMix = Literal["none", "mixup", "cutmix"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LossDtype = Literal["auto", "fp32", "bf16"]
 OnNonfinite = Literal["stop", "skip_step"]
 Device = Literal["auto", "cpu", "cuda"]
-ARCHS, OPTIMIZERS, HEADS, QUERY_MIXES = choices(Arch), choices(Optimizer), choices(Head), choices(QueryMix)
+ARCHS, OPTIMIZERS, QUERY_MIXES = choices(Arch), choices(Optimizer), choices(QueryMix)
 LOSS_IMPLS = choices(Impl)
 PRECISIONS, LOSS_DTYPES, ON_NONFINITE, DEVICES = (choices(Precision), choices(LossDtype), choices(OnNonfinite),
                                                   choices(Device))
@@ -162,7 +161,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    head: Head = "contrastive"
+    head: str = "contrastive"   # a registered method (fastssl/methods): checked by fastssl.methods.check
     temperature: float = 0.2
     n_supp: int = 1          # support views per image (protonet's prototype, r2d2's / svm's training rows)
     n_query: int = 1         # query views per image; loader.views must equal n_supp + n_query
@@ -403,9 +402,6 @@ def _validate_method(method: MethodConfig, ld: LoaderConfig, world: int) -> None
     require(method.svm_tasks >= 1, "method.svm_tasks", method.svm_tasks, "must be >= 1")
     require(method.svm_tasks <= ld.batch_size, "method.svm_tasks", method.svm_tasks,
             f"must be <= loader.batch_size ({ld.batch_size}): a task holds at least one image")
-    if method.head == "svm":
-        require(ld.batch_size % method.svm_tasks == 0, "method.svm_tasks", method.svm_tasks,
-                f"must divide loader.batch_size ({ld.batch_size}): each task holds batch_size / svm_tasks images")
     probability("method.task_rotation_p", method.task_rotation_p)
     require(math.isfinite(method.rotation_weight) and method.rotation_weight >= 0, "method.rotation_weight",
             method.rotation_weight, "must be a finite number >= 0")
@@ -413,11 +409,6 @@ def _validate_method(method: MethodConfig, ld: LoaderConfig, world: int) -> None
         require(method.task_rotation_p > 0, "method.rotation_weight", method.rotation_weight,
                 "rotation prediction predicts the task rotations: needs method.task_rotation_p > 0 "
                 "(0.75 rotates uniformly over 0/90/180/270 degrees)")
-    if method.head == "svm" and method.query_mix != "none" and world > 1:
-        t = method.svm_tasks
-        require(t % world == 0 or world % t == 0, "method.svm_tasks", t,
-                f"with query mixing under {world} processes, svm_tasks and the world size must divide one "
-                "another (mixing partners come from the same rank and must share a task)")
     probability("method.query_mix_p", method.query_mix_p)
     finite_positive("method.query_mix_alpha", method.query_mix_alpha)
     require(0 <= method.byol_momentum <= 1, "method.byol_momentum", method.byol_momentum, "must be in [0, 1]")

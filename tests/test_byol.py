@@ -11,8 +11,8 @@ from fastssl.config import ConfigError, MethodConfig, load_config
 from fastssl.engine import trainer as trainer_mod
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
-from fastssl.heads import build_head
-from fastssl.heads.byol import BYOLHead, byol_loss, momentum_at
+from fastssl.methods import MethodContext, build_method
+from fastssl.methods.byol import BYOLHead, byol_loss, momentum_at
 from fastssl.task.layout import TaskLayout
 
 
@@ -56,7 +56,7 @@ def test_loss_equals_explicit_float64_pairs(n_views):
     assert float(byol_loss(p.double(), t.double(), layout)) == pytest.approx(_explicit_loss(p, t, n_views),
                                                                               rel=1e-12, abs=1e-12)
     # The head: the predictor's output against the target's projections; no gradient reaches the target.
-    head = build_head(MethodConfig(head="byol", predictor_hidden=11), embed_dim=7)
+    head = build_method(MethodConfig(head="byol", predictor_hidden=11), MethodContext(7))
     assert isinstance(head, BYOLHead)
     z = torch.randn(n_views * 5, 7, generator=g, requires_grad=True)
     loss = head(z, layout, t)
@@ -84,13 +84,13 @@ def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path
     cfg = load_config(None, BYOL_RUN + ["train.max_steps=10", "method.byol_momentum=0.9",
                                         "method.task_rotation_p=0.5"])
     trainer = Trainer(cfg, tmp_path)
-    target, online = trainer.target, trainer.model
+    target, online = trainer.method.target, trainer.model
     # Target starts as a copy of the online encoder + projector; predictor in the optimizer, target not.
     for (name, a), b in zip(online.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in optimized for p in trainer.head.predictor.parameters())
-    assert len(list(trainer.head.predictor.parameters())) == 5  # 2 weights, BN weight + bias, last bias
+    assert all(id(p) in optimized for p in trainer.method.predictor.parameters())
+    assert len(list(trainer.method.predictor.parameters())) == 5  # 2 weights, BN weight + bias, last bias
     assert not any(id(p) in optimized for p in target.parameters())
     assert all(not p.requires_grad for p in target.parameters())
 
@@ -107,7 +107,7 @@ def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path
             torch.testing.assert_close(t.detach().double(), expected, rtol=0, atol=1e-6, msg=name)
             if t.ndim > 1:  # conv and linear weights all move; the target lags behind them
                 assert not torch.equal(t, o), f"{name}: target equals the online weights after a step"
-    assert all(p.grad is not None for p in trainer.head.predictor.parameters())
+    assert all(p.grad is not None for p in trainer.method.predictor.parameters())
 
     # The kNN monitor reads the online encoder.
     seen = []
@@ -122,17 +122,18 @@ def test_resume_is_exact_for_online_and_target(tmp_path, crash_after_first_check
     Trainer(cfg, tmp_path / "straight").fit()
 
     crash_after_first_checkpoint(Trainer(cfg, tmp_path / "resumed"))
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["run"]["step"] == 4
     Trainer(cfg, tmp_path / "resumed", resume=True).fit()
 
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
-    assert a["step"] == b["step"] == 8
-    for part in ("model", "head", "target"):
+    assert a["run"]["step"] == b["run"]["step"] == 8
+    for part in ("model", "method"):
         assert a[part].keys() == b[part].keys()
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
-    assert a["target"].keys() == a["model"].keys()
-    assert not any(torch.equal(a["target"][k], a["model"][k]) for k in a["model"] if k.endswith("weight"))
+    target = {k.removeprefix("target."): v for k, v in a["method"].items() if k.startswith("target.")}
+    assert target.keys() == a["model"].keys()
+    assert not any(torch.equal(target[k], a["model"][k]) for k in a["model"] if k.endswith("weight"))
 
     def losses(run):
         return [r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]

@@ -6,7 +6,10 @@ import torch
 from fastssl.config import load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
-from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, SVMHead
+from fastssl.methods.contrastive import ContrastiveHead
+from fastssl.methods.protonet import ProtoNetHead
+from fastssl.methods.r2d2 import R2D2Head
+from fastssl.methods.svm import SVMHead
 from fastssl.task.layout import TaskLayout
 
 

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from fastssl.config import MethodConfig
-from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, build_head
+from fastssl.methods import MethodContext, build_method
+from fastssl.methods.contrastive import ContrastiveHead
+from fastssl.methods.protonet import ProtoNetHead
+from fastssl.methods.r2d2 import R2D2Head
 from fastssl.task.layout import TaskLayout
 from fastssl.kernels import runtime
 
@@ -53,12 +56,13 @@ def test_protonet_needs_a_query_view():
         ProtoNetHead(0.5)(torch.randn(4, 3), TaskLayout(2, 0))
 
 
-def test_build_head_passes_the_forced_implementation():
-    head = build_head(MethodConfig(head="protonet", temperature=0.1, n_supp=1, loss_impl="reference"))
+def test_build_method_passes_the_forced_implementation():
+    head = build_method(MethodConfig(head="protonet", temperature=0.1, n_supp=1, loss_impl="reference"), MethodContext(8))
     assert isinstance(head, ProtoNetHead) and head.impl == "reference" and head.temperature == 0.1
-    head = build_head(MethodConfig(head="contrastive", loss_impl="triton"))
+    head = build_method(MethodConfig(head="contrastive", loss_impl="triton"), MethodContext(8))
     assert isinstance(head, ContrastiveHead) and head.impl == "triton"
-    head = build_head(MethodConfig(head="r2d2", temperature=0.25, n_supp=2, ridge_lambda=0.5, loss_impl="triton"))
+    head = build_method(MethodConfig(head="r2d2", temperature=0.25, n_supp=2, ridge_lambda=0.5, loss_impl="triton"),
+                        MethodContext(8))
     assert isinstance(head, R2D2Head) and head.impl == "triton"
     assert [float(p.detach()) for p in (head.scale, head.bias, head.log_lambda.exp())] == pytest.approx([4.0, 0.0, 0.5])
 
@@ -175,5 +179,6 @@ def test_loss_operands_default_to_bf16_under_bf16_training(setting, precision, d
     from fastssl.engine.precision import loss_operand_dtype
 
     assert loss_operand_dtype(setting, precision) == dtype
-    head = build_head(MethodConfig(head="contrastive", loss_dtype=setting), 16, loss_operand_dtype(setting, precision))
+    head = build_method(MethodConfig(head="contrastive", loss_dtype=setting),
+                        MethodContext(16, operand_dtype=loss_operand_dtype(setting, precision)))
     assert head.operand_dtype == dtype

@@ -11,9 +11,9 @@ from torch.nn import functional as F
 from fastssl.config import ConfigError, load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
-from fastssl.heads import build_head
+from fastssl.methods import MethodContext, build_method, check
 from fastssl.task.layout import TaskLayout, split_views
-from fastssl.heads.svm import SVMHead, lambda_max_bound, project_rows, split_tasks, svm_dual
+from fastssl.methods.svm import SVMHead, lambda_max_bound, project_rows, split_tasks, svm_dual
 
 RIDGE = 1.0   # MetaOptNet's `+ 1.0 * I` on the kernel, the head's default
 TOL_KKT = 1e-9
@@ -220,14 +220,14 @@ def test_head_rejects_batches_the_task_count_does_not_divide():
 ])
 def test_config_rules(overrides, message):
     with pytest.raises(ConfigError) as err:
-        load_config(None, overrides)
+        check(load_config(None, overrides))
     assert str(err.value).startswith(message)
 
 
 def test_config_builds_the_head():
     cfg = load_config(None, ["method.head=svm", "method.svm_c=0.5", "method.svm_iters=7", "method.svm_tasks=4",
                              "loader.batch_size=32", "loader.views=3", "method.n_supp=2", "method.temperature=0.5"])
-    head = build_head(cfg.method)
+    head = build_method(cfg.method, MethodContext(16))
     assert isinstance(head, SVMHead)
     assert (head.c, head.iters, head.tasks, head.scale.item()) == (0.5, 7, 4, 2.0)
     # a batch not divisible by svm_tasks is fine for another head
@@ -249,4 +249,4 @@ def test_short_training_run_loss_finite_and_decreasing(tmp_path):
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.02, losses
-    assert isinstance(trainer.head, SVMHead) and abs(trainer.head.scale.item() - 1 / 0.2) > 1e-4
+    assert isinstance(trainer.method, SVMHead) and abs(trainer.method.scale.item() - 1 / 0.2) > 1e-4

@@ -12,9 +12,12 @@ from fastssl.config import load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.task.builder import TaskBuilder
 from fastssl.engine.trainer import Trainer
-from fastssl.heads import ContrastiveHead, ProtoNetHead, R2D2Head, SVMHead
-from fastssl.heads.byol import byol_loss
-from fastssl.heads.rotation import RotationPredictor
+from fastssl.methods.byol import byol_loss
+from fastssl.methods.contrastive import ContrastiveHead
+from fastssl.methods.protonet import ProtoNetHead
+from fastssl.methods.r2d2 import R2D2Head
+from fastssl.methods.svm import SVMHead
+from fastssl.task.rotation_prediction import RotationPredictor
 from fastssl.task.layout import QueryMix, TaskLayout, split_views
 from fastssl.task.query_mix import QueryMixer
 from fastssl.task.rotation import TaskRotation
@@ -202,7 +205,7 @@ def test_split_views_two_support_two_query_bookkeeping():
 def test_builder_rotates_then_mixes_and_keeps_clean_views():
     cfg = load_config(None, ["method.task_rotation_p=1.0", "method.query_mix=mixup", "loader.views=3",
                              "method.n_query=2", "method.head=svm", "method.svm_tasks=2", "loader.batch_size=8"])
-    builder = TaskBuilder(cfg.method, num_samples=100, seed=0)
+    builder = TaskBuilder(cfg.method, num_samples=100, seed=0, blocks=2)   # svm's two tasks
     views = [torch.rand(8, 3, 6, 6) for _ in range(3)]
     index = torch.arange(10, 18)
     task = builder.build(views, index, epoch=1, step=4)
@@ -231,16 +234,16 @@ TRICKS_RUN = ["data.num_train=96", "data.num_test=32", "loader.batch_size=16", "
 def test_rotation_prediction_trains_logs_and_resumes_exactly(tmp_path, crash_after_first_checkpoint):
     straight = Trainer(load_config(None, TRICKS_RUN), tmp_path / "straight")
     optimized = {id(p) for group in straight.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in optimized for p in straight.rotation.parameters())
-    before = straight.rotation.classifier.weight.detach().clone()
+    assert all(id(p) in optimized for p in straight.auxiliaries[0].parameters())
+    before = straight.auxiliaries[0].classifier.weight.detach().clone()
     straight.fit()
-    assert not torch.equal(before, straight.rotation.classifier.weight)
+    assert not torch.equal(before, straight.auxiliaries[0].classifier.weight)
     records = [r for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if "loss" in r]
     assert len(records) == 3 and all(math.isfinite(r["rotation_loss"]) for r in records)
     # the logged loss holds the weighted rotation term: it exceeds half of it (head losses are > 0)
     assert all(r["loss"] > 0.5 * r["rotation_loss"] for r in records)
-    state = load_checkpoint(tmp_path / "straight" / "last.pt", ("rotation",))
-    assert torch.equal(state["rotation"]["classifier.weight"], straight.rotation.classifier.weight)
+    state = load_checkpoint(tmp_path / "straight" / "last.pt")
+    assert torch.equal(state["auxiliaries"]["0.classifier.weight"], straight.auxiliaries[0].classifier.weight)
 
     cfg = load_config(None, TRICKS_RUN + ["train.ckpt_every=3"])
     crash_after_first_checkpoint(Trainer(cfg, tmp_path / "resumed"))

@@ -44,6 +44,12 @@ class NonFiniteGuard:
             raise NonFiniteError(f"the weights became non-finite by step {step} (train.on_nonfinite="
                                  f"{self.mode}); they were not saved; {last_good}")
 
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = state["skipped"]
+
     def check(self, last_good: str) -> None:
         """Raise if a loss since the start was not finite (a host read of one flag)."""
         first = int(self.first_bad)

@@ -67,7 +67,7 @@ class Run:
 def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
     """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied."""
     ckpt = Path(ckpt)
-    state = load_checkpoint(ckpt, ("model",))   # CheckpointError naming the path: missing, torn, not ours
+    state = load_checkpoint(ckpt, ("model", "run"))   # CheckpointError naming the path: missing, torn, not ours
     saved = ckpt.parent / "config.yaml"
     if not saved.is_file():
         raise config_mod.ConfigError(f"--ckpt {str(ckpt)!r}: its folder holds no config.yaml, so it is not "
@@ -86,7 +86,7 @@ def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
         sort_keys=True))
     device = resolve_device(cfg.train.device)
     encoder = model.encoder.to(device).eval()
-    return Run(cfg=cfg, run_dir=ckpt.parent, ckpt=ckpt, step=int(state.get("step", 0)), encoder=encoder,
+    return Run(cfg=cfg, run_dir=ckpt.parent, ckpt=ckpt, step=int(state["run"]["step"]), encoder=encoder,
                device=device, precision=resolve_precision(cfg.train.precision, device),
                overrides=list(overrides), data_tag=tag)
 

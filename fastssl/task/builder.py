@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fastssl.config import MethodConfig
 from .layout import TaskLayout
 from .query_mix import QueryMixer
 from .rotation import TaskRotation
@@ -19,8 +18,8 @@ from .rotation import TaskRotation
 
 @dataclass
 class TaskBatch:
-    """views: what the online network sees; clean_views: the same before query mixing (BYOL's target
-    reads these); rotations: (B,) quarter turns per image under task augmentation, else None."""
+    """views: what the online network sees; clean_views: the same before query mixing (what a method's
+    target network reads); rotations: (B,) quarter turns per image under task augmentation, else None."""
 
     views: list[torch.Tensor]
     clean_views: list[torch.Tensor]
@@ -29,13 +28,13 @@ class TaskBatch:
 
 
 class TaskBuilder:
-    def __init__(self, method: MethodConfig, num_samples: int, seed: int, world: int = 1):
+    """`blocks`: how many independent groups of consecutive images one rank's batch forms for the method
+    (Method.mix_blocks); query mixing draws every partner from its image's own group."""
+
+    def __init__(self, method, num_samples: int, seed: int, blocks: int = 1):
         self.n_supp, self.n_query = method.n_supp, method.n_query
         p = method.task_rotation_p
         self.rotation = TaskRotation(p, num_samples, seed) if p > 0 else None
-        # svm: mixing partners must share a task. Each rank holds B / W consecutive images of the global
-        # batch, i.e. svm_tasks / W whole tasks (or a part of one task when W >= svm_tasks).
-        blocks = max(1, method.svm_tasks // world) if method.head == "svm" else 1
         self.mixer = (QueryMixer(method.query_mix, method.query_mix_p, method.query_mix_alpha, seed, blocks)
                       if method.query_mix != "none" else None)
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastssl.engine.distributed import Dist
-from fastssl.heads import ProtoNetHead
+from fastssl.methods.protonet import ProtoNetHead
 from fastssl.task.layout import QueryMix, TaskLayout
 
 WORLD, VIEWS, LOCAL, DIM = 2, 3, 4, 5
@@ -98,8 +98,8 @@ def _train_worker(rank: int, port: int, out: str) -> None:
     from fastssl.engine.trainer import Trainer
 
     trainer = Trainer(load_config(None, RUN), f"{out}/run")
-    losses, forward = [], trainer.head.forward
-    trainer.head.forward = lambda z, layout: losses.append(float(forward(z, layout))) or forward(z, layout)
+    losses, forward = [], trainer.method.forward
+    trainer.method.forward = lambda z, layout, t=None: losses.append(float(forward(z, layout, t))) or forward(z, layout, t)
     trainer.fit()
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     torch.save({"losses": losses, "model": state, "rows": trainer._last_task[0].shape[0]}, f"{out}/rank{rank}.pt")

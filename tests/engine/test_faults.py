@@ -42,13 +42,13 @@ def _strict_json_lines(path: Path) -> list[dict]:
 
 
 def _poison_step(trainer: Trainer, bad_steps: set[int]) -> None:
-    """The head's loss is NaN at the given 0-based steps (an injected divergence)."""
-    forward = trainer.head.forward
+    """The method's loss is NaN at the given 0-based steps (an injected divergence)."""
+    forward = trainer.method.forward
 
-    def head(z, layout):
-        loss = forward(z, layout)
-        return loss * float("nan") if trainer.step in bad_steps else loss
-    trainer.head.forward = head
+    def poisoned(z, layout, targets=None):
+        loss = forward(z, layout, targets)
+        return loss * float("nan") if trainer.run.step in bad_steps else loss
+    trainer.method.forward = poisoned
 
 
 def _all_finite(state: dict) -> bool:
@@ -61,7 +61,7 @@ def test_divergence_stops_names_the_step_and_keeps_the_finite_checkpoint(tmp_pat
     with pytest.raises(NonFiniteError, match=r"non-finite at step 7 .*last good checkpoint is .*last.pt \(step 6\)"):
         trainer.fit()
     state = load_checkpoint(tmp_path / "last.pt")
-    assert state["step"] == 6 and _all_finite(state["model"])
+    assert state["run"]["step"] == 6 and _all_finite(state["model"])
     records = _strict_json_lines(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]   # step 7 was never logged
 
@@ -87,11 +87,11 @@ def test_skip_step_drops_the_update_counts_it_and_stops_past_the_limit(tmp_path)
     step = trainer.train_step
 
     def watched(task):
-        if trainer.step in (2, 4):
-            before[trainer.step] = [p.detach().clone() for p in trainer.model.parameters()]
+        if trainer.run.step in (2, 4):
+            before[trainer.run.step] = [p.detach().clone() for p in trainer.model.parameters()]
         step(task)
-        if trainer.step - 1 in before:   # the skipped step left every weight as it was
-            assert all(torch.equal(a, b) for a, b in zip(before[trainer.step - 1], trainer.model.parameters()))
+        if trainer.run.step - 1 in before:   # the skipped step left every weight as it was
+            assert all(torch.equal(a, b) for a, b in zip(before[trainer.run.step - 1], trainer.model.parameters()))
     trainer.train_step = watched
     result = trainer.fit()
     assert result.steps == 6 and sorted(before) == [2, 4]
@@ -99,7 +99,7 @@ def test_skip_step_drops_the_update_counts_it_and_stops_past_the_limit(tmp_path)
     logged = {r["step"]: r for r in records if "lr" in r}
     assert logged[3]["loss"] is None and logged[3]["skipped_steps"] == 1      # the interval held one step
     assert logged[6]["skipped_steps"] == 2 and all(logged[s]["loss"] is not None for s in (1, 2, 4, 6))
-    assert load_checkpoint(tmp_path / "a" / "last.pt")["skipped_steps"] == 2
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["guard"]["skipped"] == 2
 
     limited = Trainer(load_config(None, TINY + ["train.on_nonfinite=skip_step", "train.max_skipped_steps=1",
                                                 "train.max_steps=6"]), tmp_path / "b")
@@ -135,7 +135,7 @@ def test_resume_tolerates_a_torn_last_metrics_line_but_not_a_corrupt_earlier_one
     cfg = load_config(None, TINY + ["train.ckpt_every=5"])
     crash_after_first_checkpoint(Trainer(cfg, tmp_path / "torn"))
     metrics = tmp_path / "torn" / "metrics.jsonl"
-    lines = load_checkpoint(tmp_path / "torn" / "last.pt")["metrics_lines"]
+    lines = load_checkpoint(tmp_path / "torn" / "last.pt")["run"]["metrics_lines"]
     with open(metrics, "a") as f:
         f.write('{"step": 6, "epoch": 1, "lo')                 # a kill or a full disk mid-line
     assert main(["train", "--resume", str(tmp_path / "torn")]) == 0
@@ -178,7 +178,7 @@ def test_resume_refuses_a_changed_model_or_batch_and_reports_safe_changes(tmp_pa
     assert main(["train", "--resume", str(run)]) == 0
     err = capsys.readouterr().err
     assert "resuming with a changed config: train.epochs: 3 -> 4" in err and "loader.workers: 2 -> 1" in err
-    assert load_checkpoint(run / "last.pt")["step"] == 4 * 4
+    assert load_checkpoint(run / "last.pt")["run"]["step"] == 4 * 4
 
 
 def test_eval_refuses_a_model_override_that_does_not_fit_the_checkpoint(tmp_path, capsys):
@@ -247,7 +247,7 @@ def test_a_full_disk_then_freed_space_resumes_bitwise(tmp_path, mount_tmpfs, cap
     err = capsys.readouterr().err
     assert "no space left on device:" in err and "needs about" in err and "Traceback" not in err
     assert not list(run.glob("*.tmp"))
-    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert load_checkpoint(run / "last.pt")["run"]["step"] == 2
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
     assert main(["train", "--resume", str(run)]) == 0
     resumed = load_checkpoint(run / "last.pt")
@@ -290,7 +290,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, backend):
         pytest.fail(f"a run exited {proc.returncode}")
     assert kills >= 3, f"only {kills} kills landed before the run ended"
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
-    assert a["step"] == b["step"]
+    assert a["run"]["step"] == b["run"]["step"]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     strip = lambda path: [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(path)]  # noqa: E731
@@ -304,10 +304,10 @@ def test_a_kill_between_the_last_step_and_the_final_evaluation_is_finished_by_re
     run = tmp_path / "run"
     trainer = Trainer(load_config(None, TINY + ["train.max_steps=4", "train.ckpt_every=2"]), run)
     evaluate = trainer._evaluate
-    trainer._evaluate = lambda epoch: evaluate(epoch) if trainer.step == 0 else (_ for _ in ()).throw(KeyboardInterrupt)
+    trainer._evaluate = lambda epoch: evaluate(epoch) if trainer.run.step == 0 else (_ for _ in ()).throw(KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    assert load_checkpoint(run / "last.pt")["step"] == 4
+    assert load_checkpoint(run / "last.pt")["run"]["step"] == 4
     assert main(["train", "--resume", str(run)]) == 0
     knn = [r for r in read_metrics(run / "metrics.jsonl") if "knn_top1" in r]
     assert [r["step"] for r in knn] == [0, 4]

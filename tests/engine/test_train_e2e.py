@@ -68,7 +68,7 @@ def test_r2d2_head_learns_and_trains_its_scale_and_lambda(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
     assert final >= start + 0.04, f"kNN top-1 {final:.3f} not 4 points above random init {start:.3f}"
-    head = load_checkpoint(tmp_path / "run" / "last.pt")["head"]
+    head = load_checkpoint(tmp_path / "run" / "last.pt")["method"]
     assert float(head["scale"]) > 1 / 0.2 * 1.5 and float(head["log_lambda"].exp()) < 0.8
 
 
@@ -93,14 +93,14 @@ def test_resume_after_sigkill_is_exact(tmp_path, ckpt_every):
     assert proc.poll() is None, "the run ended before it could be killed mid-way"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(killed / "last.pt")["step"]
+    killed_at = load_checkpoint(killed / "last.pt")["run"]["step"]
     total = read_metrics(straight / "metrics.jsonl")[-2]["step"]
     assert 0 < killed_at < total
 
     subprocess.run(_fastssl("train", "--resume", str(killed)), check=True, env=env, capture_output=True)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
-    assert a["step"] == b["step"] == total
-    for part in ("model", "head"):
+    assert a["run"]["step"] == b["run"]["step"] == total
+    for part in ("model", "method"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
 

@@ -16,8 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.models.projector import Projector
-
+from fastssl.task.builder import TaskBatch
 from fastssl.task.layout import TaskLayout
+
+from . import register
+from .base import Method, MethodContext
 
 
 def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
@@ -66,18 +69,45 @@ def ema_update_(target: list[torch.Tensor], online: list[torch.Tensor], tau: flo
     torch._foreach_add_(target, online, alpha=1 - tau)
 
 
-class BYOLHead(nn.Module):
-    """The predictor q (dim -> hidden -> dim, BN + ReLU between) and the normalised-MSE loss.
+@register("byol")
+class BYOLHead(Method):
+    """The predictor q (dim -> hidden -> dim, BN + ReLU between), the EMA target network and the
+    normalised-MSE loss.
 
-    Like the other heads it runs outside autocast, in fp32 (the predictor is a few small matmuls);
-    its parameters join the optimizer and its state the checkpoint's `head` entry. The target
-    network is not part of it: the trainer owns it (checkpoint entry `target`).
+    Like the other methods' losses it runs outside autocast, in fp32 (the predictor is a few small
+    matmuls); the predictor's parameters join the optimizer. The target (a frozen copy of encoder +
+    projector, given when built from a run) is part of the method's state; its momentum follows
+    `momentum_at` over the run's `total_steps` from `momentum`.
     """
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, online: nn.Module | None = None, momentum: float = 0.996,
+                 total_steps: int = 1, compile: bool = False):
         super().__init__()
         self.predictor = Projector(dim, hidden, dim, layers=2, batch_norm=True)
+        self.momentum, self.total_steps = momentum, total_steps
+        if online is not None:
+            self.target = make_target(online)
+            # Plain attributes, not submodules: the online network is the trainer's, and a compiled
+            # wrapper of the target would put the target's weights into the state dict twice.
+            self.__dict__["_target_forward"] = torch.compile(self.target) if compile else self.target
+            self._pairs = (list(self.target.parameters()), list(online.parameters()))
 
-    def forward(self, z: torch.Tensor, layout: TaskLayout, target_z: torch.Tensor) -> torch.Tensor:
-        """z: online projections, target_z: the target's projections of the same (unmixed) rows (V*B, D)."""
-        return byol_loss(self.predictor(z.float()), target_z, layout)
+    @classmethod
+    def build(cls, cfg, ctx: MethodContext) -> BYOLHead:
+        return cls(ctx.embed_dim, cfg.predictor_hidden, ctx.online, cfg.byol_momentum, ctx.total_steps, ctx.compile)
+
+    @torch.no_grad()
+    def targets(self, task: TaskBatch) -> torch.Tensor:
+        """The target's projections of the views before query mixing (view-major, like z)."""
+        clean = torch.cat(task.clean_views).contiguous(memory_format=torch.channels_last)
+        return self._target_forward(clean)[1]
+
+    def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """z: online projections, targets: the target's projections of the same (unmixed) rows (V*B, D)."""
+        if targets is None:
+            raise ValueError("byol: the loss needs the target network's projections (targets)")
+        return byol_loss(self.predictor(z.float()), targets, layout)
+
+    def after_step(self, step: int) -> None:
+        """The target follows the online network, on the device; tau is a host float of the step."""
+        ema_update_(*self._pairs, momentum_at(step, self.total_steps, self.momentum))

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from fastssl.kernels import nt_xent, unit_rows
-
 from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss
 
+from . import register
+from .base import Method, MethodContext
 
-class ContrastiveHead(nn.Module):
+
+@register("contrastive")
+class ContrastiveHead(Method):
     """NT-Xent over L2-normalised projections for any number of views >= 2 (DESIGN.md section 3).
 
     Support and query views are alike to it; the split matters only under query mixing, where the
@@ -21,7 +22,11 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         self.temperature, self.impl, self.operand_dtype = temperature, impl, operand_dtype
 
-    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+    @classmethod
+    def build(cls, cfg, ctx: MethodContext) -> ContrastiveHead:
+        return cls(cfg.temperature, impl=cfg.loss_impl, operand_dtype=ctx.operand_dtype)
+
+    def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         """z: (V*B, D), view-major rows; returns the scalar loss in float32."""
         batch = layout.batch(z, "contrastive")
 

@@ -8,11 +8,14 @@ import torch
 from torch import nn
 
 from fastssl.kernels import ridge_solve, sim_xent
-
 from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss, split_views
 
+from . import register
+from .base import Method, MethodContext
 
-class R2D2Head(nn.Module):
+
+@register("r2d2")
+class R2D2Head(Method):
     """W = ridge(support rows -> one-hot image labels); query logits `scale * q W + bias`; cross-entropy.
 
     The support of the whole batch is one task (B classes, n_supp * B rows of dimension D): ridge_solve
@@ -40,7 +43,11 @@ class R2D2Head(nn.Module):
                               impl=self.impl)[0]                                 # (D, B)
         return task, (self.scale * weights).mT, self.bias.expand(batch)
 
-    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+    @classmethod
+    def build(cls, cfg, ctx: MethodContext) -> R2D2Head:
+        return cls(cfg.temperature, cfg.ridge_lambda, impl=cfg.loss_impl)
+
+    def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         task, keys, bias = self._fit(z, layout)
 
         def loss_of(targets: torch.Tensor) -> torch.Tensor:

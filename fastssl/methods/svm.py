@@ -51,6 +51,11 @@ from torch.nn import functional as F
 
 from fastssl.task.layout import Task, TaskLayout, TaskLogits, mixed_loss, split_views
 
+from fastssl.loaders.rules import require
+
+from . import register
+from .base import Method, MethodContext
+
 LAMBDA_SQUARINGS = 5
 
 
@@ -124,7 +129,8 @@ def svm_dual(x: torch.Tensor, c: float, iters: int, ridge: float = 1.0,
     return alpha
 
 
-class SVMHead(nn.Module):
+@register("svm")
+class SVMHead(Method):
     """Crammer-Singer SVM on each task's support views, queries classified by it (module docstring).
 
     The batch's B images form `tasks` independent tasks of B / tasks images (consecutive in the batch),
@@ -150,7 +156,26 @@ class SVMHead(nn.Module):
         weights = support.mT @ alpha                                          # (T, D, b)
         return self.scale * (queries @ weights), images
 
-    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+    @classmethod
+    def check(cls, cfg, world: int) -> None:
+        batch, tasks = cfg.loader.batch_size, cfg.method.svm_tasks
+        require(batch % tasks == 0, "method.svm_tasks", tasks,
+                f"must divide loader.batch_size ({batch}): each task holds batch_size / svm_tasks images")
+        if cfg.method.query_mix != "none" and world > 1:
+            require(tasks % world == 0 or world % tasks == 0, "method.svm_tasks", tasks,
+                    f"with query mixing under {world} processes, svm_tasks and the world size must divide one "
+                    "another (mixing partners come from the same rank and must share a task)")
+
+    @classmethod
+    def build(cls, cfg, ctx: MethodContext) -> SVMHead:
+        return cls(cfg.temperature, cfg.svm_c, cfg.svm_iters, cfg.svm_tasks)
+
+    def mix_blocks(self, world: int) -> int:
+        """Mixing partners must share a task. Each rank holds B / W consecutive images of the global batch,
+        i.e. tasks / W whole tasks (or a part of one task when W >= tasks)."""
+        return max(1, self.tasks // world)
+
+    def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         logits, images = self.task_logits(z, layout)
         flat = logits.reshape(-1, logits.shape[-1])
         b = logits.shape[-1]

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from fastssl.kernels import narrow, sim_xent
-
 from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss, split_views
 
+from . import register
+from .base import Method, MethodContext
 
-class ProtoNetHead(nn.Module):
+
+@register("protonet")
+class ProtoNetHead(Method):
     """Queries classified among the B prototypes by squared Euclidean distance over temperature.
 
     -||q - p||^2 / tau = (2 q.p - ||p||^2) / tau - ||q||^2 / tau, and the last term is constant per
@@ -21,7 +22,11 @@ class ProtoNetHead(nn.Module):
         super().__init__()
         self.temperature, self.impl, self.operand_dtype = temperature, impl, operand_dtype
 
-    def forward(self, z: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
+    @classmethod
+    def build(cls, cfg, ctx: MethodContext) -> ProtoNetHead:
+        return cls(cfg.temperature, impl=cfg.loss_impl, operand_dtype=ctx.operand_dtype)
+
+    def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         task = split_views(z, layout, "protonet")
         prototypes = task.support.mean(dim=0)
         bias = -prototypes.pow(2).sum(dim=1) / self.temperature     # from the fp32 prototypes
