@@ -58,11 +58,11 @@ class DataConfig:
         for name in ("num_train", "num_test"):
             require(getattr(self, name) <= MAX_IMAGES, f"data.{name}", getattr(self, name),
                     f"must be <= {MAX_IMAGES}")
-        int_in("data.num_classes", self.num_classes, 1, MAX_IMAGES)
         if self.dataset in GENERATED:
             self._validate_generated()
         else:
             self._validate_path()
+        int_in("data.num_classes", self.num_classes, 1, MAX_IMAGES)
 
     def _validate_generated(self) -> None:
         require(self.num_train >= 2, "data.num_train", self.num_train, "must be >= 2")
