@@ -157,6 +157,7 @@ class ModelConfig:
     projector_layers: int = 2
     projector_bn: bool = True
     channels_last: bool = True
+    sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (CUDA only)
 
 
 @dataclass

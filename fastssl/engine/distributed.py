@@ -7,8 +7,9 @@ loss on it. The gather's backward sums every rank's gradient for its own rows (W
 being the same on every rank), and DDP's average of the encoder's gradients divides by W again: the
 update is the gradient of the global task's loss. The heads' own parameters see the same global task
 on every rank, so their gradients agree without communication.
-BatchNorm statistics stay per rank (no SyncBatchNorm), as in SimCLR's per-device BN before its
-global-BN variant.
+BatchNorm statistics stay per rank by default, as in SimCLR's per-device BN; `model.sync_bn: true`
+computes them over the global batch (SimCLR's global BN) with torch's SyncBatchNorm, which runs on
+CUDA only.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+
+from fastssl.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,14 @@ class Dist:
         parts = [torch.empty_like(x) for _ in range(self.world)]
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with every BatchNorm computing its statistics over all ranks (model.sync_bn)."""
+    if device.type != "cuda":
+        raise ConfigError(f"model.sync_bn=true: torch's SyncBatchNorm runs on CUDA only, and this run is on "
+                          f"{device.type}: set model.sync_bn=false")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def setup(device: torch.device) -> tuple[Dist, torch.device]:

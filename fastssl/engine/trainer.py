@@ -24,6 +24,7 @@ from fastssl import compat, envinfo, methods
 from fastssl import config as config_mod
 from fastssl.checkpoint import load_checkpoint, save_checkpoint
 from fastssl.engine.distributed import setup as setup_distributed
+from fastssl.engine.distributed import sync_batch_norm
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
 from fastssl.engine.nonfinite import NonFiniteGuard
@@ -94,6 +95,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         self.model = build_model(cfg.model).to(self.device)
+        if cfg.model.sync_bn and self.dist.world > 1:
+            self.model = sync_batch_norm(self.model, self.device)
         # Under DDP the encoder's gradients are averaged over ranks (see engine/distributed.py).
         parallel = self.model if self.dist.world == 1 else DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -119,3 +119,18 @@ def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
     assert [r["loss"] for r in logged if "loss" in r] != [] and (run / "last.pt").exists()
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "curves.png", "env.json", "last.pt",
                                                       "metrics.jsonl"]
+
+
+def test_sync_bn_converts_every_batch_norm_and_refuses_the_cpu():
+    from fastssl.config import ConfigError, ModelConfig
+    from fastssl.engine.distributed import sync_batch_norm
+    from fastssl.models import build_model
+
+    model = build_model(ModelConfig())
+    norms = [name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="model.sync_bn=true: torch's SyncBatchNorm runs on CUDA only"):
+        sync_batch_norm(model, torch.device("cpu"))
+    synced = sync_batch_norm(model, torch.device("cuda"))   # conversion itself needs no GPU
+    assert [n for n, m in synced.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)] == norms
+    assert len(norms) > 10 and all(torch.equal(before[k], v) for k, v in synced.state_dict().items())
