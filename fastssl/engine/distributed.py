@@ -41,6 +41,38 @@ class Dist:
         parts = torch.stack(all_gather_with_grad(z.contiguous()))             # (W, V*b, D)
         return parts.view(self.world, n_views, -1, z.shape[1]).transpose(0, 1).reshape(-1, z.shape[1])
 
+    def gather_shards(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of the shards `rank::world` of one split (uneven lengths) -> all rows in the split's order."""
+        if self.world == 1:
+            return x
+        lengths = [torch.empty((), dtype=torch.int64, device=x.device) for _ in range(self.world)]
+        dist.all_gather(lengths, torch.tensor(len(x), device=x.device))
+        longest = int(max(lengths))
+        padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        padded[:len(x)] = x
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        out = torch.empty((int(sum(lengths)), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        for rank, (part, n) in enumerate(zip(parts, lengths)):
+            out[rank::self.world] = part[:int(n)]
+        return out
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """x summed over the ranks (a copy; x itself on one process)."""
+        if self.world == 1:
+            return x
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    def share_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank: they are per rank in training,
+        and an evaluation split over the ranks must see one model."""
+        if self.world == 1:
+            return
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
     def gather_images(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image values (b, ...) of every rank -> (W*b, ...), no gradient (task rotations)."""
         if self.world == 1:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastssl.engine.distributed import Dist
+
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, batches, autocast_ctx,
@@ -46,8 +48,13 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 
 
 def knn_top1(encoder: nn.Module, train_batches, test_batches, num_classes: int, k: int,
-             temperature: float, autocast_ctx) -> float:
+             temperature: float, autocast_ctx, dist: Dist = Dist()) -> float:
+    """Top-1 of the weighted kNN. Under torchrun every rank holds the shards `rank::world` of both splits
+    (loaders.datasets.Shard): the bank is gathered back into the split's order, each rank classifies its
+    own test images, and the counts are summed, so the work is split and the score is one process's."""
     bank, bank_labels = extract_features(encoder, train_batches, autocast_ctx)
     queries, labels = extract_features(encoder, test_batches, autocast_ctx)
+    bank, bank_labels = dist.gather_shards(bank), dist.gather_shards(bank_labels)
     predicted = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)
-    return float((predicted == labels).float().mean())
+    counts = dist.sum(torch.stack([(predicted == labels).sum(), torch.tensor(len(labels), device=labels.device)]))
+    return float(counts[0] / counts[1])

@@ -34,6 +34,7 @@ from fastssl.engine.precision import (autocast, grad_scaler, loss_operand_dtype,
 from fastssl.engine.state import GlobalRng, RunCounters, RunState
 from fastssl.loaders import atomic
 from fastssl.loaders.datasets import build_dataset
+from fastssl.loaders.datasets.base import Shard
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
 from fastssl.methods import MethodContext, build_method
 from fastssl.models import build_model
@@ -86,9 +87,10 @@ class Trainer:
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
         # A dataset whose splits share no class (`disjoint_classes`) has no kNN score: none is computed.
         self.knn_meaningful = not getattr(train_set, "disjoint_classes", False)
-        if self.knn_meaningful:
-            self.knn_train = build_eval_batches(settings, train_set, self.device)
-            self.knn_test = build_eval_batches(settings, test_set, self.device)
+        if self.knn_meaningful:   # under torchrun each rank embeds its shard of each split (engine/knn.py)
+            self.knn_train, self.knn_test = (
+                build_eval_batches(settings, Shard(split, self.dist.rank, self.dist.world) if self.dist.world > 1
+                                   else split, self.device) for split in (train_set, test_set))
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
@@ -159,8 +161,10 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------------
 
     def _evaluate(self, epoch: int) -> float:
+        self.dist.share_buffers(self.model)   # BN statistics are per rank: evaluate rank 0's model
         top1 = knn_top1(self.model.encoder, self.knn_train, self.knn_test, self.num_classes,
-                        self.cfg.knn.k, self.cfg.knn.temperature, lambda: autocast(self.precision, self.device))
+                        self.cfg.knn.k, self.cfg.knn.temperature, lambda: autocast(self.precision, self.device),
+                        self.dist)
         self.metrics.write({"step": self.run.step, "epoch": epoch, "knn_top1": top1})
         return top1
 

@@ -61,3 +61,34 @@ class ArrayDataset:
             return self.images
         return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
                          for im in self.images])
+
+
+class Shard:
+    """Images rank, rank + world, rank + 2 world, ... of `dataset`: one rank's part of a split that every
+    rank evaluates together (the kNN monitor under torchrun). Implements the ImageDataset protocol."""
+
+    def __init__(self, dataset: ImageDataset, rank: int, world: int):
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {rank} of {world}: need 0 <= rank < world")
+        self.dataset, self.rank, self.world = dataset, rank, world
+        self.labels = np.asarray(dataset.labels)[rank::world]
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_pil(self, index: int) -> Image.Image:
+        return self.dataset.load_pil(self.rank + self.world * index)
+
+    def load_usable(self, index: int) -> tuple[Image.Image, int]:
+        """Image `index` of the shard, or the shard's next one the dataset serves as itself (a substitute
+        from another shard would carry a label this shard does not know)."""
+        for step in range(len(self)):
+            at = (index + step) % len(self)
+            image, served = self.dataset.load_usable(self.rank + self.world * at)
+            if served == self.rank + self.world * at:
+                return image, at
+        raise DataError(f"shard {self.rank} of {self.world}: no image of it can be decoded")
+
+    def to_array(self, size: int) -> np.ndarray:
+        return self.dataset.to_array(size)[self.rank::self.world]

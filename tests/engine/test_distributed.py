@@ -100,10 +100,29 @@ def _train_worker(rank: int, port: int, out: str) -> None:
     trainer = Trainer(load_config(None, RUN), f"{out}/run")
     losses, forward = [], trainer.method.forward
     trainer.method.forward = lambda z, layout, t=None: losses.append(float(forward(z, layout, t))) or forward(z, layout, t)
-    trainer.fit()
+    result = trainer.fit()
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    torch.save({"losses": losses, "model": state, "rows": trainer._last_task[0].shape[0]}, f"{out}/rank{rank}.pt")
+    torch.save({"losses": losses, "model": state, "rows": trainer._last_task[0].shape[0], "knn": result.knn_top1,
+                "bank": len(trainer.knn_train.labels)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _one_process_knn(state: dict) -> float:
+    """The kNN monitor's score for these weights, computed by one process over the whole splits."""
+    from contextlib import nullcontext
+
+    from fastssl.config import load_config
+    from fastssl.engine.knn import knn_top1
+    from fastssl.loaders.datasets import build_dataset
+    from fastssl.loaders.factory import build_eval_batches
+    from fastssl.models import build_model
+
+    cfg = load_config(None, RUN)
+    model = build_model(cfg.model)
+    model.load_state_dict(state)
+    splits = [build_dataset(cfg.data, s) for s in ("train", "test")]
+    batches = [build_eval_batches(cfg.load_settings(), split, "cpu") for split in splits]
+    return knn_top1(model.encoder, *batches, 10, cfg.knn.k, cfg.knn.temperature, nullcontext)
 
 
 def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
@@ -111,9 +130,11 @@ def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert ranks[0]["rows"] == 2 * 16                      # the head saw the global batch's 2 x 16 rows
     assert len(ranks[0]["losses"]) == 3 and ranks[0]["losses"] == ranks[1]["losses"]
-    for name, value in ranks[0]["model"].items():
-        if "running" not in name and "num_batches" not in name:   # BN statistics are per rank
-            assert torch.equal(value, ranks[1]["model"][name]), name
+    for name, value in ranks[0]["model"].items():   # BN statistics too: rank 0's are shared before the kNN
+        assert torch.equal(value, ranks[1]["model"][name]), name
+    # The kNN monitor: each rank embedded half of each split, and the score is the one process's.
+    assert [r["bank"] for r in ranks] == [32, 32] and ranks[0]["knn"] == ranks[1]["knn"]
+    assert ranks[0]["knn"] == _one_process_knn(ranks[0]["model"])
     run = tmp_path / "run"
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in logged if "loss" in r] != [] and (run / "last.pt").exists()

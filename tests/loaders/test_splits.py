@@ -150,3 +150,17 @@ def test_torchvision_skip_puts_the_next_good_file_in_a_bad_ones_place(tmp_path, 
     images, labels = next(iter(build_eval_batches(cfg.load_settings(), dataset, "cpu", batch_size=7)))
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
     torch.testing.assert_close(images[3], images[4])
+
+
+def test_a_shard_is_every_world_th_image_from_rank_on_and_skips_within_itself(tmp_path, cut_jpeg):
+    from fastssl.loaders.datasets.base import ArrayDataset, Shard
+
+    images = np.arange(7)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3).astype(np.uint8)
+    shard = Shard(ArrayDataset(images, np.arange(7) % 3), 1, 3)
+    assert len(shard) == 2 and shard.labels.tolist() == [1, 1]
+    assert [np.asarray(shard.load_pil(i))[0, 0, 0] for i in range(2)] == [1, 4]
+    assert shard.to_array(2)[:, 0, 0, 0].tolist() == [1, 4]
+    tree(tmp_path, "ab", per_class=3)
+    (tmp_path / "a" / "x.jpg").write_bytes(cut_jpeg)   # index 3 of 7: shard 1 of 2 holds 1, 3, 5
+    folder = Shard(ImageFolderDataset(tmp_path, on_error="skip"), 1, 2)
+    assert folder.load_usable(1)[1] == 2               # the shard's own next image, not index 4 of shard 0
