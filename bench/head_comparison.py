@@ -1,4 +1,4 @@
-"""Every head on equal footing (issue 6): the same encoder, data, schedule and budget, trained once per
+"""Every head on equal footing: the same encoder, data, schedule and budget, trained once per
 variant (head x tricks), then scored by kNN and by a linear probe on the frozen features, next to the
 random-init encoder every head must beat.
 

@@ -6,7 +6,7 @@ code writes it, so it is what the kernel replaces, and the SSL target (n = 512 >
 against it: there most of the gain is solving the smaller, primal system. `cholesky`
 (linalg.cholesky + cholesky_solve on the smaller system) is the best plain torch does, cuSOLVER's
 path, which the large-system target is stated against. Why this problem: C = 5 classes for few-shot
-episodes, C = n for an SSL batch (T = 1, every image its own class, DESIGN.md); x rows of norm ~1
+episodes, C = n for an SSL batch (T = 1, every image its own class); x rows of norm ~1
 and lam = 1, so every system is well conditioned and the errors measure arithmetic, not conditioning.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _targets(rows: list[Row]) -> list[str]:
     """The issue's targets as a table: required and measured speedup, and whether it is met."""
     at = {(r.provider, r.shape): r for r in rows if r.metric == "time" and (r.dtype, r.mode) == TARGET_AT}
     on_cpu = rows[0].device.startswith("CPU")
-    lines = [f"Targets (issue 4, on one H100; {' '.join(TARGET_AT)}): triton's speedup over the fastest of the "
+    lines = [f"Targets (on one H100; {' '.join(TARGET_AT)}): triton's speedup over the fastest of the "
              "named torch providers.", "",
              "| target | shape | vs | required | measured | verdict |", "|---|---|---|---|---|---|"]
     for what, shape, baselines, least in TARGETS:

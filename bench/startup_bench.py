@@ -319,7 +319,6 @@ def run(root: Path, files: int, classes: int, backends: list[str], repeats: int,
         progress: Say = print) -> Result:
     """Write (or reuse) the tree, time every backend's first and second start `repeats` times (backends
     alternate within each repeat, so drift hits all alike), then the index's pieces."""
-    import torch
 
     from fastssl.config import load_config
     from fastssl.engine.precision import resolve_device

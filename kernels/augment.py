@@ -1,4 +1,4 @@
-"""The `augment` kernel family: per-image colour augmentation fused into one pass (DESIGN.md section 4).
+"""The `augment` kernel family: per-image colour augmentation fused into one pass.
 
 From a batch already at its output size (uint8 NHWC from a decoder, or the crop's float output) to
 the normalised channels_last view in fp32, fp16 or bf16: flip, colour jitter (brightness, contrast,

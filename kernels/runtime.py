@@ -1,4 +1,4 @@
-"""Where a kernel call runs: the dispatch rule every kernel family shares (DESIGN.md section 4).
+"""Where a kernel call runs: the dispatch rule every kernel family shares.
 
 CUDA tensors take the Triton path; CPU tensors take the torch reference, unless TRITON_INTERPRET=1
 was set before this module was imported, in which case Triton's interpreter runs the same kernels on

@@ -1,4 +1,4 @@
-"""The Batch every backend yields, and the loader protocol around it (DESIGN.md section 5)."""
+"""The Batch every backend yields, and the loader protocol around it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """The `dali` backend: NVIDIA DALI decodes and augments; nvJPEG on a GPU, CPU operators without one.
 
-Deviation from DESIGN.md: no `fn.readers.file`. Its shuffle and shard come from its own RNG and
+Why not `fn.readers.file`: Its shuffle and shard come from its own RNG and
 its random operators draw from per-operator streams that advance with every sample since the
 pipeline was built, so neither the order nor the augmentation of batch b could be reproduced on
 resume, nor matched across world sizes. Instead one `external_source` feeds, per batch, what the

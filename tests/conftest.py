@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Without a GPU, Triton's interpreter runs the kernels on CPU tensors (DESIGN.md section 4). It must be
+# Without a GPU, Triton's interpreter runs the kernels on CPU tensors. It must be
 # set before any kernel is imported; with a GPU the real kernels run and the `gpu` tests check them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

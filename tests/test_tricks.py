@@ -1,4 +1,4 @@
-"""The meta-learning tricks (issue 6 item 4) and the support/query task (item 1): query CutMix/Mixup pixels
+"""The meta-learning tricks and the support/query task: query CutMix/Mixup pixels
 and draws, every head's mixed loss against float64 loops with soft targets, rotation prediction, the
 view bookkeeping with several support and query views, and the trainer with every trick on."""
 import math

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun, where the task is the global batch (DESIGN.md section 3).
+"""Data-parallel training under torchrun, where the task is the global batch.
 
 Every rank loads its shard of the global batch (B / W images, all their views) and embeds it; the
 embeddings of all ranks are gathered, with gradient, into the global task, whose rows are view-major

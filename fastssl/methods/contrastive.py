@@ -11,7 +11,7 @@ from .base import Method, MethodContext
 
 @register("contrastive")
 class ContrastiveHead(Method):
-    """NT-Xent over L2-normalised projections for any number of views >= 2 (DESIGN.md section 3).
+    """NT-Xent over L2-normalised projections for any number of views >= 2.
 
     Support and query views are alike to it; the split matters only under query mixing, where the
     mixed query rows of image i count as image partner[i] in the (1 - lam) term (mixed_loss): their

@@ -1,5 +1,5 @@
 """R2D2 as an SSL head: a closed-form ridge regression from each image's support views to its one-hot
-label, then its queries classified by the regression's outputs (DESIGN.md section 3)."""
+label, then its queries classified by the regression's outputs."""
 from __future__ import annotations
 
 import math

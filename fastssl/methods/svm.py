@@ -1,4 +1,4 @@
-"""MetaOptNet's multi-class (Crammer-Singer) SVM as an SSL head (DESIGN.md section 3): each image is a
+"""MetaOptNet's multi-class (Crammer-Singer) SVM as an SSL head: each image is a
 class, an SVM is fitted on its support views, and its queries are classified by that SVM.
 
 The QP, per task (b classes, n = n_supp * b support rows x_i, unit rows, row v*b + j of class j;

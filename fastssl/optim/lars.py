@@ -35,8 +35,8 @@ class LARS(Optimizer):
     Norms of all tensors come from one `torch._foreach_norm` call and the trust ratios from one
     vectorised `torch.where`; momentum, decay and the parameter update are multi-tensor foreach ops.
     Only `lr * trust * g'` (a different scalar tensor per parameter) falls back to one small kernel
-    per tensor inside torch, as torch's own capturable Adam does; DESIGN.md section 4 plans a fused
-    single-launch Triton kernel for all of it.
+    per tensor inside torch, as torch's own capturable Adam does; a fused single-launch Triton kernel
+    for all of it would remove those launches.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,

@@ -1,4 +1,4 @@
-"""Under DDP the task is the global batch (issue 6 item 1): two CPU processes over gloo.
+"""Under DDP the task is the global batch: two CPU processes over gloo.
 
 The gathered rows equal the single-process task's rows, the head's loss on them equals the
 single-process loss (query mixing included), and the gradient each rank gets for its own rows is W

@@ -1,7 +1,6 @@
 """An ImageFolder holding every kind of bad data the loaders must answer for, and a JPEG that only a
 decode finds bad, shared by the loader tests."""
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest

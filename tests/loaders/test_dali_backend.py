@@ -1,7 +1,6 @@
 """The `dali` backend on DALI's CPU operators: the shared Loader contract, and bad data: settled when
 the dataset is built where its header shows it, by data.on_error where DALI's decoder meets it."""
 import dataclasses
-import io
 import logging
 import shutil
 

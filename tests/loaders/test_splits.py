@@ -1,6 +1,5 @@
 """ImageFolder splits at real scale: train and test must name the same classes, ImageNet's `val/` stands in
 for a missing `test/`, and a bad file under the torchvision backend is a one-line error with the hint."""
-import io
 import logging
 from pathlib import Path
 
