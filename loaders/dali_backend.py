@@ -52,6 +52,7 @@ from .batch import Batch
 from .datasets.base import DataError, ImageDataset
 from .datasets.files import capped
 from .sampler import ShardedEpochs, ShardedSampler, cpu_generator
+from .stages import H2D_COPY, LOADER_WAIT, StageMarks
 
 try:
     from nvidia.dali import Pipeline, fn, pipeline_def, types
@@ -231,7 +232,7 @@ class _Feeder:
         return None
 
 
-class DaliLoader(ShardedEpochs):
+class DaliLoader(ShardedEpochs, StageMarks):
     """Loader: one DALI pipeline fed batch by batch from the shared sampler, `loader.prefetch` deep.
 
     The pipeline runs ahead across epoch ends. When iteration resumes anywhere other than where it
@@ -306,5 +307,8 @@ class DaliLoader(ShardedEpochs):
             index = torch.from_numpy(np.array(index.as_array()))
             self._at = (seed, epoch, b + 1) if b + 1 < len(self) else (seed, epoch + 1, 0)
             self.cursor.advance()
-            yield Batch([self._to_torch(v) for v in views], self.labels[index].to(self.device),
+            self.mark(LOADER_WAIT, H2D_COPY)        # DALI's outputs, copied into torch tensors
+            out = Batch([self._to_torch(v) for v in views], self.labels[index].to(self.device),
                         index.to(self.device))
+            self.mark(H2D_COPY)
+            yield out

@@ -29,6 +29,7 @@ from .convert import IMAGE, LABEL
 from .datasets.base import DataError, ImageDataset
 from .ffcv_imports import Reader, imdecode, resize_crop
 from .sampler import ShardedEpochs, cpu_generator
+from .stages import AUGMENT, H2D_COPY, LOADER_WAIT, StageMarks
 
 JPEG_MODE = 0                            # RGBImageField's metadata 'mode': 0 JPEG, 1 raw
 _imdecode = numba.njit(nogil=True)(imdecode)
@@ -102,7 +103,7 @@ class BetonFile:
         return torch.from_numpy(out)
 
 
-class FfcvLoader(ShardedEpochs):
+class FfcvLoader(ShardedEpochs, StageMarks):
     """Loader over `loader_cfg.beton`; `dataset` (the same data, e.g. for kNN) must match its labels.
 
     View v of global batch b in epoch e draws colour/flip for the whole global batch, then crop boxes,
@@ -151,10 +152,14 @@ class FfcvLoader(ShardedEpochs):
 
     def _finish(self, index: torch.Tensor, crops: list) -> Batch:
         """Device part: flip and colour on the training device, normalised channels_last views."""
-        views = [apply_colour(crop.to(self.device, non_blocking=True), params, self.mean, self.std,
-                              out_dtype=self.out_dtype, impl=self.augment_cfg.impl) for crop, params in crops]
-        return Batch(views, self.labels[index].to(self.device, non_blocking=True),
-                     index.to(self.device, non_blocking=True))
+        self.mark(LOADER_WAIT, H2D_COPY)
+        copies = [(crop.to(self.device, non_blocking=True), params) for crop, params in crops]
+        labels, index = (t.to(self.device, non_blocking=True) for t in (self.labels[index], index))
+        self.mark(H2D_COPY, AUGMENT)
+        views = [apply_colour(crop, params, self.mean, self.std, out_dtype=self.out_dtype,
+                              impl=self.augment_cfg.impl) for crop, params in copies]
+        self.mark(AUGMENT)
+        return Batch(views, labels, index)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.cursor.epoch, self.cursor.batch

@@ -15,9 +15,10 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_params
 from .batch import Batch
 from .datasets.base import ImageDataset
 from .sampler import ShardedEpochs, cpu_generator
+from .stages import AUGMENT, LOADER_WAIT, StageMarks
 
 
-class TensorLoader(ShardedEpochs):
+class TensorLoader(ShardedEpochs, StageMarks):
     """Loader over an ImageDataset kept on `device` as one uint8 (N, S, S, 3) tensor.
 
     View v of global batch b in epoch e is augmented with parameters drawn for the whole global
@@ -40,6 +41,7 @@ class TensorLoader(ShardedEpochs):
         """Batch `batch` of epoch `epoch` for this rank: a pure function of its arguments and the seed."""
         index = self.sampler.indices(epoch, batch).to(self.device, non_blocking=True)
         images = self.images[index]
+        self.mark(LOADER_WAIT, AUGMENT)
         rows = self.sampler.rank_slice()
         views = []
         for view in range(self.views):
@@ -48,6 +50,7 @@ class TensorLoader(ShardedEpochs):
                                    self.augment_cfg, generator, view)[rows]
             views.append(apply_params(images, params, self.image_size, self.mean, self.std, self.out_dtype,
                                       self.augment_cfg.impl))
+        self.mark(AUGMENT)
         return Batch(views, self.labels[index], index)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -20,6 +20,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window
 from .batch import Batch
 from .datasets.base import DataError, ImageDataset
 from .sampler import EpochCursor, ShardedEpochs, ShardedSampler, derive_seed
+from .stages import H2D_COPY, LOADER_WAIT, StageMarks
 
 
 def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float], view: int = 0,
@@ -121,7 +122,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True, memory_format=layout)
 
 
-class TorchvisionLoader(ShardedEpochs):
+class TorchvisionLoader(ShardedEpochs, StageMarks):
     """Loader: DataLoader + PIL + torchvision transforms, sharded and resumable like every backend."""
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
@@ -147,5 +148,8 @@ class TorchvisionLoader(ShardedEpochs):
                 raise batch
             views, labels, index = batch
             self.cursor.advance()
-            yield Batch([to_device(v, self.device) for v in views], to_device(labels, self.device),
+            self.mark(LOADER_WAIT, H2D_COPY)
+            out = Batch([to_device(v, self.device) for v in views], to_device(labels, self.device),
                         to_device(index, self.device))
+            self.mark(H2D_COPY)
+            yield out
