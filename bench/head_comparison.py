@@ -6,12 +6,21 @@ Each variant is one `Trainer` run in its own folder under `work`; a variant whos
 its result is not run again, so an interrupted comparison continues where it stopped. One seed per
 variant: the +- column is the 95% binomial interval of the test-set estimate (10,000 images), not the
 spread over seeds, which this budget cannot pay for.
+
+Variants trained later (a method added since) join an earlier comparison without retraining it:
+`python -m fastssl.bench.head_comparison merge NEW INTO` adds the rows of the comparison NEW (written
+by `fastssl bench heads --variants ... --out NEW`) to INTO's CSV, Markdown and PNG; the Markdown then
+says which command, commit and date produced which rows.
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import json
+import re
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from fastssl.config import Config, load_config
@@ -37,7 +46,7 @@ DEFAULT_VARIANTS = (list(HEADS) + [f"{h} + task aug" for h in HEADS] + [f"{h} + 
 def small_cpu_run(data: str, epochs: int) -> list[str]:
     """The base config shrunk to the CPU: width 1/8, a 256 -> 64 projector (and predictor), batch 256."""
     return [f"data.path={data}", "model.width=0.125", "model.projector_hidden=256", "model.projector_out=64",
-            "method.predictor_hidden=256", "loader.batch_size=256", f"train.epochs={epochs}",
+            "loader.batch_size=256", f"train.epochs={epochs}",
             "optim.warmup_epochs=0.5", "train.log_every=20", "train.ckpt_every=0", "knn.every_epochs=0"]
 
 
@@ -91,18 +100,45 @@ def run_variant(name: str, base: list[str], config: str, configs: Path, work: Pa
     return result
 
 
+@dataclass
+class Source:
+    """One command that produced rows of a comparison: its context columns (device, versions, commit,
+    date) and its command line."""
+
+    ctx: dict[str, str]
+    command: str
+
+
 def write_all(results: list[Result], out: Path, command: str, ctx: dict[str, str]) -> list[Path]:
     """CSV (with ctx: device, versions, commit and date, taken when the runs started), Markdown table, PNG."""
+    source = Source(ctx, command)
+    return _write([(r, source) for r in results], out)
+
+
+def _write(rows: list[tuple[Result, Source]], out: Path, notes: list[str] = ()) -> list[Path]:
+    """The three files from rows that may come from several commands (merge)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path = out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".png")
-    atomic.write_csv(csv_path, list(asdict(results[0])) + list(ctx), ({**asdict(r), **ctx} for r in results))
+    results = [r for r, _ in rows]
+    atomic.write_csv(csv_path, list(asdict(results[0])) + list(rows[0][1].ctx),
+                     ({**asdict(r), **source.ctx} for r, source in rows))
+    sources: list[Source] = []
+    for _, source in rows:
+        if source not in sources:
+            sources.append(source)
+    lines = ["# Heads compared on CIFAR-10 JPEG (CPU budget)", ""]
+    for source in sources:
+        if len(sources) > 1:
+            lines += [f"Rows {', '.join(r.variant for r, s in rows if s == source)}:", ""]
+        ctx = source.ctx
+        lines += [f"{ctx['device']}; torch {ctx['torch']}; commit {ctx['commit']}; {ctx['date']} (of this command: "
+                  "variants it found finished in its work folder were trained by an earlier one)", "",
+                  f"Command: `{source.command}`", ""]
+    for note in notes:
+        lines += [note, ""]
+    lines += ["| variant | kNN top-1 | linear top-1 | beats random init (both) | training time |",
+              "|---|---|---|---|---|"]
     base = next((r for r in results if r.variant == RANDOM_INIT), None)
-    lines = ["# Heads compared on CIFAR-10 JPEG (CPU budget)", "",
-             f"{ctx['device']}; torch {ctx['torch']}; commit {ctx['commit']}; {ctx['date']} (of this command: "
-             "variants it found finished in its work folder were trained by an earlier one)", "",
-             f"Command: `{command}`", "",
-             "| variant | kNN top-1 | linear top-1 | beats random init (both) | training time |",
-             "|---|---|---|---|---|"]
     for r in results:
         beats = "-" if base is None or r is base else (
             "yes" if r.knn_top1 > base.knn_top1 + base.knn_ci95 and r.linear_top1 > base.linear_top1 + base.linear_ci95
@@ -113,6 +149,66 @@ def write_all(results: list[Result], out: Path, command: str, ctx: dict[str, str
     atomic.write_text(md_path, "\n".join(lines) + "\n")
     _plot(results, png_path)
     return [csv_path, md_path, png_path]
+
+
+def read_comparison(out: Path) -> list[tuple[Result, Source]]:
+    """The rows of a comparison written by write_all (or merge): each result with its source, the
+    context from the CSV's columns and the command from the Markdown's `Command:` line under the header
+    line that names the row's commit and date."""
+    commands, stamp = {}, None
+    for line in out.with_suffix(".md").read_text().splitlines():
+        header = re.search(r"; commit (\S+); (\S+)", line)
+        if header:
+            stamp = header.groups()
+        command = re.fullmatch(r"Command: `(.*)`", line)
+        if command and stamp:
+            commands[stamp] = command.group(1)
+    types = {f.name: f.type for f in fields(Result)}
+    rows, sources = [], {}
+    with open(out.with_suffix(".csv"), newline="") as f:
+        for record in csv.DictReader(f):
+            values = {name: (str if kind == "str" else int if kind == "int" else float)(record.pop(name))
+                      for name, kind in types.items()}
+            stamp = (record["commit"], record["date"])
+            if stamp not in commands:
+                raise ValueError(f"{out.with_suffix('.md')}: no `Command:` line for commit {stamp[0]} of {stamp[1]}")
+            source = sources.setdefault(stamp, Source(record, commands[stamp]))
+            rows.append((Result(**values), source))
+    return rows
+
+
+def merge(new: Path, into: Path, notes: list[str] = (), progress=print) -> list[Path]:
+    """INTO's rows, then those of NEW's variants INTO lacks (a variant in both keeps INTO's row; a
+    differing NEW one is reported), written over INTO's three files."""
+    kept = read_comparison(into)
+    known = {r.variant: r for r, _ in kept}
+    added = []
+    for result, source in read_comparison(new):
+        old = known.get(result.variant)
+        if old is None:
+            added.append((result, source))
+        elif (old.knn_top1, old.linear_top1) != (result.knn_top1, result.linear_top1):
+            progress(f"{result.variant}: kept the earlier row (kNN {old.knn_top1:.4f}, linear {old.linear_top1:.4f}); "
+                     f"the new one differs (kNN {result.knn_top1:.4f}, linear {result.linear_top1:.4f})")
+        else:
+            progress(f"{result.variant}: the new row equals the earlier one (kNN and linear), kept once")
+    if not added:
+        raise ValueError(f"{new}: no variant that {into} lacks")
+    return _write(kept + added, into, notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastssl.bench.head_comparison",
+                                     description="Add the rows of one comparison to another (no training).")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    add = verbs.add_parser("merge", help="NEW's variants that INTO lacks join INTO's CSV, Markdown and PNG")
+    add.add_argument("new", type=Path, help="output stem of the comparison with the new rows (no suffix)")
+    add.add_argument("into", type=Path, help="output stem of the comparison to add them to (no suffix)")
+    add.add_argument("--note", action="append", default=[], help="a paragraph for the Markdown, above the table")
+    args = parser.parse_args(argv)
+    paths = merge(args.new, args.into, args.note, progress=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    return 0
 
 
 def _plot(results: list[Result], path: Path) -> None:
@@ -137,3 +233,7 @@ def _plot(results: list[Result], path: Path) -> None:
     fig.tight_layout()
     atomic.save_figure(fig, path)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,7 +43,7 @@ def label(t: int, n: int, d: int) -> str:
     return f"T={t} n={n} D={d} C={classes(t, n)}"
 
 
-# (what, shape, baselines, least speedup over the fastest of them): the targets on one H100.
+# (what, shape, baselines, least speedup over the fastest of them): the targets on one H100.
 TARGETS = [("64 episodes, n = 25", label(64, 25, 640), ("solve", "cholesky"), 5.0),
            ("SSL batch vs the dual solve", label(1, 512, 128), ("solve",), 2.0),
            *((f"within 1.2x of cuSOLVER ({'dual' if n < d else 'primal'} {min(n, d)})", label(t, n, d),

@@ -290,6 +290,29 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    from fastssl.profile.run import check_arguments   # torch-free: bad arguments answer at once
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    check_arguments(backends, args.steps, args.warmup)
+    cfg = config_mod.load_config(args.config, args.set)
+    out = Path(args.out)
+    _writable_run_dir(out)
+    import torch
+
+    from fastssl.profile import profile, write_profile
+    from fastssl.engine.precision import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    device_mib = torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else None
+    say = (lambda line: print(line, file=sys.stderr))
+    profiles = profile(cfg, backends, args.steps, args.warmup, args.sync, out, args.trace, say)
+    command = shlex.join(["fastssl", *args.argv])
+    print(write_profile(profiles, out, command, name, args.sync, device_mib))
+    return 0
+
+
 def _cmd_env(args) -> int:
     from fastssl import envinfo
 
@@ -452,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "projection); writes RUN/eval_<protocol>.json and prints a one-line summary.")
     ev.add_argument("--ckpt", required=True, help="the run's checkpoint, e.g. runs/x/last.pt (the run's "
                     "config.yaml is read from its folder)")
-    ev.add_argument("--protocol", required=True, choices=("knn", "linear", "semi", "fewshot", "oneshot"),
+    ev.add_argument("--protocol", required=True, choices=config_mod.PROTOCOLS,
                     help="knn: weighted kNN; linear: logistic regression on frozen features; semi: fine-tune "
                     "on 1%%/10%% labels; fewshot: N-way K-shot episodes (prototype and ridge); oneshot: Omniglot's "
                     "20 one-shot runs, --opt runs=all_runs.zip (error rate, with a raw-pixel baseline)")
@@ -462,6 +485,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="protocol setting, e.g. --opt episodes=1000 --opt shots=[1,5] (fewshot), --opt "
                     "epochs=20 (semi), --opt weight_decays=[1e-4,1e-3] (linear), --opt k=20 (knn)")
     ev.set_defaults(func=_cmd_eval)
+    prof = verbs.add_parser("profile", help="where each millisecond of a training step goes, per backend, and "
+                            "what to change", description="Runs the real training step (W warm-up + N timed steps "
+                            "per backend) and splits it into stages: loader wait, host-to-device copy, augmentation, "
+                            "task, forward, gather, head, backward, optimizer. Writes profile.json, profile.md, "
+                            "profile.png (and trace_<backend>.json with --trace) under --out.")
+    prof.add_argument("-c", "--config", action="append", help="YAML run config, repeatable (default: the quickstart)")
+    prof.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    prof.add_argument("--steps", type=int, default=30, help="timed steps per backend (default: %(default)s)")
+    prof.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: %(default)s)")
+    prof.add_argument("--backends", default="tensor", help="comma-separated (default: %(default)s)")
+    prof.add_argument("--sync", action="store_true", help="synchronise the device at every stage boundary: exact "
+                      "attribution of asynchronous work, at the price of a perturbed step")
+    prof.add_argument("--trace", action="store_true", help="also write a torch.profiler trace (Chrome/Perfetto "
+                      "JSON) of a few steps per backend, stages as named ranges (NVTX on CUDA)")
+    prof.add_argument("--out", default="profile", help="output folder (default: %(default)s)")
+    prof.set_defaults(func=_cmd_profile)
     env = verbs.add_parser("env", help="versions of torch, triton, CUDA, cuDNN, GPU, DALI, FFCV (for bug "
                            "reports)", description="Print the software and hardware environment.")
     env.add_argument("--json", action="store_true", help="print as JSON")
@@ -471,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)     # the command line, for result files
     try:
         return args.func(args)
     except Exception as e:

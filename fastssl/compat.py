@@ -9,6 +9,7 @@ method or the data order, so a difference is an error naming each field with bot
 from __future__ import annotations
 
 from fastssl import config as config_mod
+from fastssl import methods
 from fastssl.checkpoint import CheckpointError
 
 # May differ between the checkpoint and the run that continues or evaluates it.
@@ -35,7 +36,9 @@ def _show(value) -> str:
 
 
 def differences(saved: dict, cfg: config_mod.Config) -> dict[str, tuple]:
-    """{field: (checkpoint's value, current value)} for every field that differs."""
+    """{field: (checkpoint's value, current value)} for every field that differs; the method sections
+    are compared typed (a section left to its defaults is written out, as the checkpoint's was)."""
+    methods.typed_sections(cfg.method)
     old, new = _flat(saved), _flat(config_mod.to_dict(cfg))
     return {key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
             for key in sorted(set(old) | set(new)) if old.get(key, "<absent>") != new.get(key, "<absent>")}

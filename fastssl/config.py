@@ -29,7 +29,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LossDtype = Literal["auto", "fp32", "bf16"]
 OnNonfinite = Literal["stop", "skip_step"]
 Device = Literal["auto", "cpu", "cuda"]
-ARCHS, OPTIMIZERS, QUERY_MIXES = choices(Arch), choices(Optimizer), choices(QueryMix)
+Protocol = Literal["knn", "linear", "semi", "fewshot", "oneshot"]   # fastssl/evaluation/<protocol>.py each
+ARCHS, OPTIMIZERS, QUERY_MIXES, PROTOCOLS = choices(Arch), choices(Optimizer), choices(QueryMix), choices(Protocol)
 LOSS_IMPLS = choices(Impl)
 PRECISIONS, LOSS_DTYPES, ON_NONFINITE, DEVICES = (choices(Precision), choices(LossDtype), choices(OnNonfinite),
                                                   choices(Device))
@@ -37,7 +38,6 @@ VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loa
 MAX_WIDTH = 8                       # 8x the standard ResNet widths
 MAX_DIM = 65536                     # projector and predictor widths
 MAX_PROJECTOR_LAYERS = 16
-MAX_SVM_ITERS = 1000                # unrolled: memory grows with every step
 MAX_EPOCHS = 10_000
 MAX_STEPS = 10**9
 MAX_KNN_K = 100_000
@@ -162,26 +162,51 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    head: str = "contrastive"   # a registered method (fastssl/methods): checked by fastssl.methods.check
-    temperature: float = 0.2
-    n_supp: int = 1          # support views per image (protonet's prototype, r2d2's / svm's training rows)
+    """The method and what every method's loss shares; each method's own settings sit in its section
+    `method.<name>` (its Settings dataclass in fastssl/methods), kept here as read until
+    fastssl.methods.check types and checks them: this module imports no method."""
+
+    name: str = ""                  # a registered method (fastssl/methods); "": the one registered as default
+    loss_impl: Impl = "auto"        # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
+    loss_dtype: LossDtype = "auto"  # similarity losses: dtype of the unit embeddings the kernel reads
+                                    # (fp32 sums either way); auto: bf16 under bf16 training, else fp32
+    sections: dict[str, Any] = field(default_factory=dict)   # method.<name>: {setting: value}
+
+    @property
+    def settings(self) -> Any:
+        """The selected method's section (typed once fastssl.methods.check has run)."""
+        return self.sections.get(self.name)
+
+    def __getattr__(self, name: str) -> Any:
+        """`cfg.method.<name>` reads the section `method.<name>`."""
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no field or section {name!r}")
+
+
+@dataclass
+class TaskConfig:
+    """How a batch becomes a task: the views' roles and the meta-learning tricks, for every method."""
+
+    n_supp: int = 1          # support views per image (a prototype, a closed-form classifier's training rows)
     n_query: int = 1         # query views per image; loader.views must equal n_supp + n_query
-    ridge_lambda: float = 1.0  # r2d2: starting value of the learnable ridge penalty (> 0)
-    svm_c: float = 0.1         # svm: the SVM's C (MetaOptNet's C_reg), > 0
-    svm_iters: int = 30        # svm: accelerated projected-gradient steps on the dual QP (unrolled)
-    svm_tasks: int = 1         # svm: independent tasks the batch's images are split into (must divide it)
-    task_rotation_p: float = 0.0  # task augmentation: chance an image is rotated by 90/180/270 degrees
-                                  # in all its views, becoming a new class (0: off)
+    rotation_p: float = 0.0  # task augmentation: chance an image is rotated by 90/180/270 degrees in all
+                             # its views, becoming a new class (0: off)
     rotation_weight: float = 0.0  # rotation prediction: weight of the 4-way rotation loss on the projection
-                                  # (0: off; needs task_rotation_p > 0, whose rotations it predicts)
+                                  # (0: off; needs rotation_p > 0, whose rotations it predicts)
     query_mix: QueryMix = "none"  # none | mixup | cutmix between the query views of different images
     query_mix_p: float = 1.0      # chance a batch's queries are mixed
     query_mix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
-    loss_impl: Impl = "auto"  # auto: fused Triton kernel on CUDA, torch reference on CPU; or force one
-    loss_dtype: LossDtype = "auto"  # contrastive/protonet: dtype of the unit embeddings the similarity loss reads
-                              # (fp32 sums either way); auto: bf16 under bf16 training, else fp32
-    byol_momentum: float = 0.996  # byol: target EMA momentum at step 0; rises to 1 by a cosine over the run
-    predictor_hidden: int = 256   # byol: hidden width of the predictor MLP (projector_out -> this -> projector_out)
+
+
+# Flat method.* keys of configs written before the sections existed -> where they live now. Keys of
+# one method's own are named by that method (Method.RENAMED).
+MOVED_KEYS = {"method.head": "method.name", "method.n_supp": "task.n_supp", "method.n_query": "task.n_query",
+              "method.task_rotation_p": "task.rotation_p", "method.rotation_weight": "task.rotation_weight",
+              "method.query_mix": "task.query_mix", "method.query_mix_p": "task.query_mix_p",
+              "method.query_mix_alpha": "task.query_mix_alpha",
+              "method.temperature": "method.<name>.temperature (the method's own section)"}
 
 
 @dataclass
@@ -224,6 +249,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
@@ -251,12 +277,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if value is None:
             return None
         return _coerce(key, value, args[0])
-    if origin is list:
+    if origin in (list, tuple):   # list[X] or tuple[X, ...]: a YAML list, or one value
         item = typing.get_args(typ)[0]
         items = value if isinstance(value, list) else [value]
         if not items:
             raise ConfigError(f"{key}=[]: must hold at least one value")
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(items)]
+        return origin(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(items))
     # Exact types: YAML 1.2 has already told numbers, booleans and strings apart, so nothing is parsed here.
     if typ is bool:
         if isinstance(value, bool):
@@ -280,21 +306,52 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{key}: unsupported schema type {typ}")
 
 
-def _apply(obj: Any, values: dict, prefix: str = "") -> None:
+def fill(obj: Any, values: dict, prefix: str = "") -> None:
+    """Set the dataclass `obj`'s fields (nested sections too) from `values`, each coerced to its schema
+    type; a ConfigError names the first unknown key or bad value by its full key (`prefix` + name)."""
     types_ = _field_types(type(obj))
     for name, value in values.items():
         key = f"{prefix}{name}"
-        if name not in types_:
+        if isinstance(obj, MethodConfig) and name not in types_:
+            _add_section(obj, key, name, value)
+            continue
+        if name not in types_ or name == "sections":
             raise ConfigError(f"unknown key {shown(key)} (known in {prefix.rstrip('.') or 'the config'}: "
-                              f"{', '.join(types_)})")
+                              f"{', '.join(n for n in types_ if n != 'sections')})")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}={shown(value)}: must be a mapping of "
                                   f"{', '.join(_field_types(type(current)))}")
-            _apply(current, value, key + ".")
+            fill(current, value, key + ".")
         else:
             setattr(obj, name, _coerce(key, value, types_[name]))
+
+
+def coerced_fields(cls: type, values: dict, prefix: str = "") -> dict:
+    """`values` for the dataclass `cls`'s fields, each coerced to its type as config values are (for
+    settings built elsewhere, such as an evaluation protocol's); a ConfigError names an unknown key."""
+    types_ = _field_types(cls)
+    unknown = [name for name in values if name not in types_]
+    if unknown:
+        raise ConfigError(f"unknown key {shown(prefix + unknown[0])} (known in {prefix.rstrip('.')}: "
+                          f"{', '.join(types_)})")
+    return {name: _coerce(prefix + name, value, types_[name]) for name, value in values.items()}
+
+
+def _add_section(method: MethodConfig, key: str, name: str, values: Any) -> None:
+    """method.<name>: one method's settings, merged over what earlier files and overrides gave."""
+    if key in MOVED_KEYS:
+        raise ConfigError(f"{key}: moved to {MOVED_KEYS[key]}; this config was written for an older fastssl")
+    current = method.sections.get(name)
+    if dataclasses.is_dataclass(current):       # typed already: fill it, so its rules are checked again
+        if not isinstance(values, dict):
+            raise ConfigError(f"{key}={shown(values)}: must be a mapping of {', '.join(_field_types(type(current)))}")
+        fill(current, values, key + ".")
+    elif isinstance(values, dict) and isinstance(current, dict):
+        method.sections[name] = {**current, **values}
+    else:
+        method.sections[name] = values
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -311,7 +368,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                 overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file(s) in order (a run config, then recipe fragments such as
-    configs/augment/byol.yaml), then `--set` overrides; validated before returning."""
+    those in configs/augment/), then `--set` overrides; validated before returning."""
     cfg = Config()
     paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
     for path in paths:
@@ -327,19 +384,23 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
         values = {} if values is None else values
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: must hold a mapping at the top level")
-        _apply(cfg, values)
+        fill(cfg, values)
     for text in overrides:
         parts, value = parse_override(text)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
-        _apply(cfg, nested)
+        fill(cfg, nested)
     validate(cfg)
     return cfg
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as the YAML files write it: each method's section inside `method`."""
+    tree = dataclasses.asdict(cfg)
+    sections = tree["method"].pop("sections")
+    tree["method"].update(sections)     # asdict has turned typed sections into mappings
+    return tree
 
 
 def world_size() -> int:
@@ -360,7 +421,7 @@ def validate(cfg: Config, world: int | None = None) -> None:
                 f"half-precision views need train.precision={VIEW_DTYPES[ld.dtype]} (or auto), "
                 f"not {cfg.train.precision}")
     _validate_model(cfg.model)
-    _validate_method(cfg.method, ld, world)
+    _validate_task(cfg.task, ld)
     _validate_optim(cfg.optim)
     _validate_train(cfg.train)
     k = cfg.knn
@@ -390,30 +451,21 @@ def _validate_model(m: ModelConfig) -> None:
     int_in("model.projector_out", m.projector_out, 1, MAX_DIM)
 
 
-def _validate_method(method: MethodConfig, ld: LoaderConfig, world: int) -> None:
-    finite_positive("method.temperature", method.temperature)
-    int_in("method.n_supp", method.n_supp, 1, MAX_VIEWS - 1)
-    int_in("method.n_query", method.n_query, 1, MAX_VIEWS - 1)
-    require(ld.views == method.n_supp + method.n_query, "loader.views", ld.views,
-            f"must equal method.n_supp + method.n_query = {method.n_supp} + {method.n_query} "
+def _validate_task(task: TaskConfig, ld: LoaderConfig) -> None:
+    int_in("task.n_supp", task.n_supp, 1, MAX_VIEWS - 1)
+    int_in("task.n_query", task.n_query, 1, MAX_VIEWS - 1)
+    require(ld.views == task.n_supp + task.n_query, "loader.views", ld.views,
+            f"must equal task.n_supp + task.n_query = {task.n_supp} + {task.n_query} "
             "(every view of an image is a support or a query view)")
-    finite_positive("method.ridge_lambda", method.ridge_lambda)
-    finite_positive("method.svm_c", method.svm_c)
-    int_in("method.svm_iters", method.svm_iters, 1, MAX_SVM_ITERS)
-    require(method.svm_tasks >= 1, "method.svm_tasks", method.svm_tasks, "must be >= 1")
-    require(method.svm_tasks <= ld.batch_size, "method.svm_tasks", method.svm_tasks,
-            f"must be <= loader.batch_size ({ld.batch_size}): a task holds at least one image")
-    probability("method.task_rotation_p", method.task_rotation_p)
-    require(math.isfinite(method.rotation_weight) and method.rotation_weight >= 0, "method.rotation_weight",
-            method.rotation_weight, "must be a finite number >= 0")
-    if method.rotation_weight > 0:
-        require(method.task_rotation_p > 0, "method.rotation_weight", method.rotation_weight,
-                "rotation prediction predicts the task rotations: needs method.task_rotation_p > 0 "
+    probability("task.rotation_p", task.rotation_p)
+    require(math.isfinite(task.rotation_weight) and task.rotation_weight >= 0, "task.rotation_weight",
+            task.rotation_weight, "must be a finite number >= 0")
+    if task.rotation_weight > 0:
+        require(task.rotation_p > 0, "task.rotation_weight", task.rotation_weight,
+                "rotation prediction predicts the task rotations: needs task.rotation_p > 0 "
                 "(0.75 rotates uniformly over 0/90/180/270 degrees)")
-    probability("method.query_mix_p", method.query_mix_p)
-    finite_positive("method.query_mix_alpha", method.query_mix_alpha)
-    require(0 <= method.byol_momentum <= 1, "method.byol_momentum", method.byol_momentum, "must be in [0, 1]")
-    int_in("method.predictor_hidden", method.predictor_hidden, 1, MAX_DIM)
+    probability("task.query_mix_p", task.query_mix_p)
+    finite_positive("task.query_mix_alpha", task.query_mix_alpha)
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -1,4 +1,4 @@
-"""BYOL (method.head=byol): loss against float64 by hand, the EMA target and its schedule, exact resume."""
+"""BYOL (method.name=byol): loss against float64 by hand, the EMA target and its schedule, exact resume."""
 import importlib.util
 import math
 from pathlib import Path
@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from fastssl.checkpoint import load_checkpoint
-from fastssl.config import ConfigError, MethodConfig, load_config
+from fastssl.config import ConfigError, load_config
 from fastssl.engine import trainer as trainer_mod
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
+from fastssl import methods
 from fastssl.methods import MethodContext, build_method
 from fastssl.methods.byol import BYOLHead, byol_loss, momentum_at
 from fastssl.task.layout import TaskLayout
@@ -24,7 +25,7 @@ def _resume_run() -> list[str]:
     return module.RESUME_RUN
 
 
-BYOL_RUN = _resume_run() + ["method.head=byol", "method.loss_impl=reference", "augment.impl=reference",
+BYOL_RUN = _resume_run() + ["method.name=byol", "method.loss_impl=reference", "augment.impl=reference",
                          "knn.every_epochs=0"]
 
 
@@ -56,7 +57,8 @@ def test_loss_equals_explicit_float64_pairs(n_views):
     assert float(byol_loss(p.double(), t.double(), layout)) == pytest.approx(_explicit_loss(p, t, n_views),
                                                                               rel=1e-12, abs=1e-12)
     # The head: the predictor's output against the target's projections; no gradient reaches the target.
-    head = build_method(MethodConfig(head="byol", predictor_hidden=11), MethodContext(7))
+    head = build_method(load_config(None, ["method.name=byol", "method.byol.predictor_hidden=11"]).method,
+                        MethodContext(7))
     assert isinstance(head, BYOLHead)
     z = torch.randn(n_views * 5, 7, generator=g, requires_grad=True)
     loss = head(z, layout, t)
@@ -74,15 +76,21 @@ def test_momentum_schedule_goes_from_base_to_one_by_a_cosine():
 
 
 def test_config_rules():
-    with pytest.raises(ConfigError, match=r"method.byol_momentum=1.5: must be in \[0, 1\]"):
-        load_config(None, ["method.head=byol", "method.byol_momentum=1.5"])
-    with pytest.raises(ConfigError, match="method.predictor_hidden=0: must be >= 1"):
-        load_config(None, ["method.head=byol", "method.predictor_hidden=0"])
+    with pytest.raises(ConfigError, match=r"method.byol.momentum=1.5: must be in \[0, 1\]"):
+        methods.check(load_config(None, ["method.name=byol", "method.byol.momentum=1.5"]))
+    with pytest.raises(ConfigError, match="method.byol.predictor_hidden=-1: must be >= 0"):
+        methods.check(load_config(None, ["method.name=byol", "method.byol.predictor_hidden=-1"]))
+
+
+def test_predictor_width_defaults_to_the_projectors_hidden_width():
+    cfg = load_config(None, ["method.name=byol", "model.projector_hidden=24", "model.projector_out=8"])
+    head = build_method(cfg.method, MethodContext(8, hidden_dim=24))
+    assert head.predictor[0].weight.shape == (24, 8)
 
 
 def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path, monkeypatch):
-    cfg = load_config(None, BYOL_RUN + ["train.max_steps=10", "method.byol_momentum=0.9",
-                                        "method.task_rotation_p=0.5"])
+    cfg = load_config(None, BYOL_RUN + ["train.max_steps=10", "method.byol.momentum=0.9",
+                                        "task.rotation_p=0.5"])
     trainer = Trainer(cfg, tmp_path)
     target, online = trainer.method.target, trainer.model
     # Target starts as a copy of the online encoder + projector; predictor in the optimizer, target not.
@@ -118,7 +126,7 @@ def test_step_updates_the_target_by_ema_and_trains_only_the_online_side(tmp_path
 
 def test_resume_is_exact_for_online_and_target(tmp_path, crash_after_first_checkpoint):
     """8 steps straight == 4 steps, checkpoint, a crash, resume (with task rotation on)."""
-    cfg = load_config(None, BYOL_RUN + ["train.max_steps=8", "train.ckpt_every=4", "method.task_rotation_p=0.5"])
+    cfg = load_config(None, BYOL_RUN + ["train.max_steps=8", "train.ckpt_every=4", "task.rotation_p=0.5"])
     Trainer(cfg, tmp_path / "straight").fit()
 
     crash_after_first_checkpoint(Trainer(cfg, tmp_path / "resumed"))

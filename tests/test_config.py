@@ -7,34 +7,57 @@ from fastssl.config import Config, ConfigError, dump_yaml, load_config, validate
 
 CASES = [
     # (overrides, world size, expected message)
-    (["method.temperature=0"], 1, "method.temperature=0.0: must be a finite number > 0"),
-    (["method.temperature=-0.5"], 1, "method.temperature=-0.5: must be a finite number > 0"),
-    (["method.temperature=.nan"], 1, "method.temperature=nan: must be a finite number > 0"),
+    (["method.contrastive.temperature=0"], 1, "method.contrastive.temperature=0.0: must be a finite number > 0"),
+    (["method.contrastive.temperature=-0.5"], 1, "method.contrastive.temperature=-0.5: must be a finite number > 0"),
+    (["method.contrastive.temperature=.nan"], 1, "method.contrastive.temperature=nan: must be a finite number > 0"),
+    (["method.name=protonet", "method.protonet.temperature=0"], 1,
+     "method.protonet.temperature=0.0: must be a finite number > 0"),
+    (["method.contrastive.temperature=warm"], 1, "method.contrastive.temperature='warm': must be a number"),
+    (["method.contrastive.temprature=0.5"], 1, "unknown key 'method.contrastive.temprature' (known in "
+     "method.contrastive: temperature)"),
+    (["method.svm.c=0.5", "method.svm.iterations=3"], 1, "unknown key 'method.svm.iterations' (known in method.svm: "
+     "temperature, c, iters, tasks)"),
+    (["method.simclr.temperature=0.5"], 1, "unknown key 'method.simclr' (known in method: name, loss_impl, loss_dtype, "
+     "and a section per registered method: byol, contrastive, moco"),
+    (["method.contrastive=0.5"], 1, "method.contrastive=0.5: must be a mapping of the method's settings"),
+    (["method.name=svm", "method.svm.c=0"], 1, "method.svm.c=0.0: must be a finite number > 0"),
+    (["method.name=svm", "method.svm.iters=0"], 1, "method.svm.iters=0: must be >= 1"),
+    (["method.name=svm", "method.svm.tasks=3"], 1, "method.svm.tasks=3: must divide loader.batch_size (128)"),
+    (["method.name=byol", "method.byol.momentum=1.5"], 1, "method.byol.momentum=1.5: must be in [0, 1]"),
+    # Flat keys of configs written before the sections: each names where it went.
+    (["method.head=svm"], 1, "method.head: moved to method.name; this config was written for an older fastssl"),
+    (["method.temperature=0.5"], 1, "method.temperature: moved to method.<name>.temperature"),
+    (["method.n_supp=2"], 1, "method.n_supp: moved to task.n_supp"),
+    (["method.task_rotation_p=0.5"], 1, "method.task_rotation_p: moved to task.rotation_p"),
+    (["method.query_mix=cutmix"], 1, "method.query_mix: moved to task.query_mix"),
+    (["method.svm_c=0.5"], 1, "method.svm_c: moved to method.svm.c; this config was written for an older fastssl"),
+    (["method.ridge_lambda=2"], 1, "method.ridge_lambda: moved to method.r2d2.ridge_lambda"),
+    (["method.byol_momentum=0.99"], 1, "method.byol_momentum: moved to method.byol.momentum"),
     (["method.loss_impl=fast"], 1, "method.loss_impl='fast': must be one of auto, triton, reference"),
     (["method.loss_dtype=fp16"], 1, "method.loss_dtype='fp16': must be one of auto, fp32, bf16"),
-    (["method.head=protonet", "method.n_supp=2"], 1,
-     "loader.views=2: must equal method.n_supp + method.n_query = 2 + 1 (every view of an image is a support or a query view)"),
-    (["method.n_supp=0", "loader.views=3"], 1, "method.n_supp=0: must be >= 1"),
-    (["method.n_query=0"], 1, "method.n_query=0: must be >= 1"),
-    (["loader.views=4"], 1, "loader.views=4: must equal method.n_supp + method.n_query = 1 + 1"),
-    (["method.rotation_weight=-1"], 1, "method.rotation_weight=-1.0: must be a finite number >= 0"),
-    (["method.rotation_weight=0.5"], 1, "method.rotation_weight=0.5: rotation prediction predicts the task "
-     "rotations: needs method.task_rotation_p > 0"),
-    (["method.query_mix=mixin"], 1, "method.query_mix='mixin': must be one of none, mixup, cutmix"),
-    (["method.query_mix_p=1.5"], 1, "method.query_mix_p=1.5: must be a probability in [0, 1]"),
-    (["method.query_mix_alpha=0"], 1, "method.query_mix_alpha=0.0: must be a finite number > 0"),
-    (["method.head=svm", "method.svm_tasks=4", "method.query_mix=mixup", "loader.batch_size=48"], 3,
-     "method.svm_tasks=4: with query mixing under 3 processes, svm_tasks and the world size must divide one another"),
-    (["method.ridge_lambda=0"], 1, "method.ridge_lambda=0.0: must be a finite number > 0"),
-    (["method.ridge_lambda=.inf"], 1, "method.ridge_lambda=inf: must be a finite number > 0"),
+    (["method.name=protonet", "task.n_supp=2"], 1,
+     "loader.views=2: must equal task.n_supp + task.n_query = 2 + 1 (every view of an image is a support or a query view)"),
+    (["task.n_supp=0", "loader.views=3"], 1, "task.n_supp=0: must be >= 1"),
+    (["task.n_query=0"], 1, "task.n_query=0: must be >= 1"),
+    (["loader.views=4"], 1, "loader.views=4: must equal task.n_supp + task.n_query = 1 + 1"),
+    (["task.rotation_weight=-1"], 1, "task.rotation_weight=-1.0: must be a finite number >= 0"),
+    (["task.rotation_weight=0.5"], 1, "task.rotation_weight=0.5: rotation prediction predicts the task "
+     "rotations: needs task.rotation_p > 0"),
+    (["task.query_mix=mixin"], 1, "task.query_mix='mixin': must be one of none, mixup, cutmix"),
+    (["task.query_mix_p=1.5"], 1, "task.query_mix_p=1.5: must be a probability in [0, 1]"),
+    (["task.query_mix_alpha=0"], 1, "task.query_mix_alpha=0.0: must be a finite number > 0"),
+    (["method.name=svm", "method.svm.tasks=4", "task.query_mix=mixup", "loader.batch_size=48"], 3,
+     "method.svm.tasks=4: with query mixing under 3 processes, the tasks and the world size must divide one another"),
+    (["method.name=r2d2", "method.r2d2.ridge_lambda=0"], 1, "method.r2d2.ridge_lambda=0.0: must be a finite number > 0"),
+    (["method.name=r2d2", "method.r2d2.ridge_lambda=.inf"], 1, "method.r2d2.ridge_lambda=inf: must be a finite number > 0"),
     (["optim.lr=0"], 1, "optim.lr=0.0: must be a finite number > 0"),
     (["optim.lr=-1e-3"], 1, "optim.lr=-0.001: must be a finite number > 0"),
     (["loader.batch_size=1"], 1, "loader.batch_size=1: must be >= 2"),
     (["loader.batch_size=250"], 4, "loader.batch_size=250: must be divisible by the world size (4)"),
-    (["loader.views=1", "method.n_query=0"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
+    (["loader.views=1", "task.n_query=0"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
     (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision, ffcv, dali"),
     (["model.arch=resnet19"], 1, "model.arch='resnet19': must be one of resnet18, resnet34, resnet50"),
-    (["method.head=simclr2"], 1, "method.head='simclr2': must be one of byol, contrastive, protonet, r2d2, svm"),
+    (["method.name=simclr2"], 1, "method.name='simclr2': must be one of byol, contrastive, moco, protonet, r2d2, simsiam, svm"),
     (["data.dataset=imagefolder"], 1, "data.path=None: is required for data.dataset=imagefolder"),
     (["data.dataset=imagefolder", "data.path=/no/such/dir"], 1,
      "data.path='/no/such/dir': must be an existing directory"),
@@ -72,17 +95,20 @@ def test_each_rule_fails_with_its_message(overrides, world, message, monkeypatch
 
 
 def test_valid_overrides_take_effect_and_defaults_validate():
-    cfg = load_config(None, ["optim.lr=0.5", "loader.views=3", "method.n_query=2", "model.cifar_stem=false",
+    cfg = load_config(None, ["optim.lr=0.5", "loader.views=3", "task.n_query=2", "model.cifar_stem=false",
                              "data.path=/tmp"])
     assert (cfg.optim.lr, cfg.loader.views, cfg.model.cifar_stem, cfg.data.path) == (0.5, 3, False, "/tmp")
     validate(Config(), world=1)
 
 
 def test_yaml_file_round_trips_and_unknown_yaml_key_fails(tmp_path):
-    cfg = load_config(None, ["optim.lr=0.25", "method.temperature=0.3"])
+    cfg = load_config(None, ["optim.lr=0.25", "method.contrastive.temperature=0.3", "method.svm.c=0.5"])
+    methods.check(cfg)                      # typed sections dump and read back alike
     path = tmp_path / "run.yaml"
     path.write_text(dump_yaml(cfg))
-    assert load_config(path) == cfg
+    again = load_config(path)
+    methods.check(again)
+    assert again == cfg and again.method.sections["svm"].c == 0.5
     path.write_text("model:\n  depth: 18\n")
     with pytest.raises(ConfigError, match="unknown key 'model.depth'"):
         load_config(path)
@@ -94,13 +120,15 @@ def test_quickstart_yaml_equals_the_builtin_defaults():
     """`fastssl train` with no config and `-c configs/quickstart.yaml` must be the same run."""
     from pathlib import Path
 
-    assert load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml") == Config()
+    quickstart, defaults = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml"), Config()
+    methods.check(quickstart), methods.check(defaults)      # the selected method's section, typed
+    assert quickstart == defaults
 
 
 def test_cli_reports_config_errors_before_any_work(capsys):
-    assert main(["train", "--set", "method.temperature=0"]) == 2
+    assert main(["train", "--set", "method.contrastive.temperature=0"]) == 2
     err = capsys.readouterr().err
-    assert "fastssl train: error: method.temperature=0.0: must be a finite number > 0" in err
+    assert "fastssl train: error: method.contrastive.temperature=0.0: must be a finite number > 0" in err
 
 
 def test_config_imports_neither_torch_nor_the_kernels():
@@ -146,8 +174,8 @@ def test_recipe_fragments_layer_on_a_run_config_in_order(tmp_path):
 
 def test_cli_layers_repeated_configs(tmp_path, capsys):
     run = tmp_path / "a.yaml"
-    run.write_text("method:\n  temperature: 0.3\n")
+    run.write_text("method:\n  contrastive:\n    temperature: 0.3\n")
     recipe = tmp_path / "b.yaml"
-    recipe.write_text("method:\n  temperature: -1\n")
+    recipe.write_text("method:\n  contrastive:\n    temperature: -1\n")
     assert main(["train", "-c", str(run), "-c", str(recipe)]) == 2
-    assert "method.temperature=-1.0: must be a finite number > 0" in capsys.readouterr().err
+    assert "method.contrastive.temperature=-1.0: must be a finite number > 0" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import typing
 import pytest
 
 from fastssl import config as config_mod
+from fastssl import methods
 from fastssl.cli import main
 from fastssl.config import Config, ConfigError, dump_yaml, load_config
 
@@ -106,7 +107,7 @@ BOUNDS = [
     (["augment.blur_p=[0.5, .nan]"], "augment.blur_p[1]=nan: must be a probability in [0, 1]"),
     (["augment.solarize_p=[" + ", ".join(["0.5"] * 33) + "]"], "must hold at most 32 values"),
     (["loader.batch_size=1000000"], "loader.batch_size=1000000: must be <= 65536"),
-    (["loader.views=1000", "method.n_query=999"], "loader.views=1000: must be <= 32"),
+    (["loader.views=1000", "task.n_query=999"], "loader.views=1000: must be <= 32"),
     (["loader.workers=100000"], "loader.workers=100000: must be <= 256"),
     (["loader.prefetch=100000"], "loader.prefetch=100000: must be <= 64"),
     (["data.num_train=100000000"], "data.num_train=100000000: must be <= 10000000"),
@@ -118,8 +119,8 @@ BOUNDS = [
     (["model.width=1e6"], "model.width=1000000.0: must be <= 8"),
     (["model.projector_hidden=100000000"], "model.projector_hidden=100000000: must be <= 65536"),
     (["model.projector_layers=1000"], "model.projector_layers=1000: must be <= 16"),
-    (["method.svm_iters=1000000"], "method.svm_iters=1000000: must be <= 1000"),
-    (["method.svm_tasks=1000"], "method.svm_tasks=1000: must be <= loader.batch_size (128)"),
+    (["method.name=svm", "method.svm.iters=1000000"], "method.svm.iters=1000000: must be <= 1000"),
+    (["method.name=svm", "method.svm.tasks=1000"], "method.svm.tasks=1000: must be <= loader.batch_size (128)"),
     (["optim.weight_decay=.inf"], "optim.weight_decay=inf: must be a finite number in [0, 1]"),
     (["optim.trust_coefficient=1e9"], "optim.trust_coefficient=1000000000.0: must be a finite number in (0, 1]"),
 ]
@@ -129,7 +130,7 @@ BOUNDS = [
 def test_numeric_fields_are_finite_and_bounded(overrides, message):
     start = time.monotonic()
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        methods.check(load_config(None, overrides))       # the config's rules, then the method's
     assert message in str(info.value)
     assert time.monotonic() - start < 2
 

@@ -64,7 +64,7 @@ def test_trainer_logs_task_top1_for_classifying_heads_only(tmp_path):
            "train.device=cpu", "train.precision=fp32", "knn.k=5", "knn.every_epochs=0", "model.projector_hidden=16",
            "model.projector_out=8", "method.loss_impl=reference", "augment.impl=reference"]
     for head, logged in (("protonet", True), ("byol", False)):
-        Trainer(load_config(None, run + [f"method.head={head}"]), tmp_path / head).fit()
+        Trainer(load_config(None, run + [f"method.name={head}"]), tmp_path / head).fit()
         records = [r for r in read_metrics(tmp_path / head / "metrics.jsonl") if "loss" in r]
         assert len(records) == 2
         assert all(("task_top1" in r) == logged for r in records)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fastssl.config import MethodConfig
+from fastssl.config import load_config
 from fastssl.methods import MethodContext, build_method
 from fastssl.methods.contrastive import ContrastiveHead
 from fastssl.methods.protonet import ProtoNetHead
@@ -57,12 +57,16 @@ def test_protonet_needs_a_query_view():
 
 
 def test_build_method_passes_the_forced_implementation():
-    head = build_method(MethodConfig(head="protonet", temperature=0.1, n_supp=1, loss_impl="reference"), MethodContext(8))
-    assert isinstance(head, ProtoNetHead) and head.impl == "reference" and head.temperature == 0.1
-    head = build_method(MethodConfig(head="contrastive", loss_impl="triton"), MethodContext(8))
-    assert isinstance(head, ContrastiveHead) and head.impl == "triton"
-    head = build_method(MethodConfig(head="r2d2", temperature=0.25, n_supp=2, ridge_lambda=0.5, loss_impl="triton"),
+    def method(*overrides: str):
+        return load_config(None, list(overrides)).method
+
+    head = build_method(method("method.name=protonet", "method.protonet.temperature=0.1", "method.loss_impl=reference"),
                         MethodContext(8))
+    assert isinstance(head, ProtoNetHead) and head.impl == "reference" and head.temperature == 0.1
+    head = build_method(method("method.loss_impl=triton"), MethodContext(8))
+    assert isinstance(head, ContrastiveHead) and head.impl == "triton"
+    head = build_method(method("method.name=r2d2", "method.r2d2.temperature=0.25", "method.r2d2.ridge_lambda=0.5",
+                               "method.loss_impl=triton"), MethodContext(8))
     assert isinstance(head, R2D2Head) and head.impl == "triton"
     assert [float(p.detach()) for p in (head.scale, head.bias, head.log_lambda.exp())] == pytest.approx([4.0, 0.0, 0.5])
 
@@ -179,6 +183,6 @@ def test_loss_operands_default_to_bf16_under_bf16_training(setting, precision, d
     from fastssl.engine.precision import loss_operand_dtype
 
     assert loss_operand_dtype(setting, precision) == dtype
-    head = build_method(MethodConfig(head="contrastive", loss_dtype=setting),
+    head = build_method(load_config(None, [f"method.loss_dtype={setting}"]).method,
                         MethodContext(16, operand_dtype=loss_operand_dtype(setting, precision)))
     assert head.operand_dtype == dtype

@@ -60,7 +60,7 @@ def test_choices_have_one_source():
     assert OPTIMIZERS == ("lars", "sgd", "adamw")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--set", "method.temperature=0"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--set", "optim.lr=0"]])
 def test_help_and_config_errors_load_no_torch(argv):
     """They answer in a fraction of a second: torch alone takes seconds to import."""
     code = ("import sys\nfrom fastssl.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n"

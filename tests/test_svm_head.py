@@ -203,20 +203,20 @@ def test_multishot_bookkeeping_two_supports_three_views():
 
 def test_head_rejects_batches_the_task_count_does_not_divide():
     head = SVMHead(0.2, tasks=4)
-    with pytest.raises(ValueError, match="svm_tasks=4 must divide the batch of 6 images"):
+    with pytest.raises(ValueError, match="method.svm.tasks=4 must divide the batch of 6 images"):
         head(torch.randn(12, 8), TaskLayout(1, 1))
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["method.svm_c=0"], "method.svm_c=0.0: must be a finite number > 0"),
-    (["method.svm_c=-0.1"], "method.svm_c=-0.1: must be a finite number > 0"),
-    (["method.svm_c=.inf"], "method.svm_c=inf: must be a finite number > 0"),
-    (["method.svm_iters=0"], "method.svm_iters=0: must be >= 1"),
-    (["method.svm_tasks=0"], "method.svm_tasks=0: must be >= 1"),
-    (["method.head=svm", "loader.batch_size=32", "method.svm_tasks=3"],
-     "method.svm_tasks=3: must divide loader.batch_size (32)"),
-    (["method.head=svm", "method.n_supp=2"],
-     "loader.views=2: must equal method.n_supp + method.n_query = 2 + 1"),
+    (["method.name=svm", "method.svm.c=0"], "method.svm.c=0.0: must be a finite number > 0"),
+    (["method.name=svm", "method.svm.c=-0.1"], "method.svm.c=-0.1: must be a finite number > 0"),
+    (["method.name=svm", "method.svm.c=.inf"], "method.svm.c=inf: must be a finite number > 0"),
+    (["method.name=svm", "method.svm.iters=0"], "method.svm.iters=0: must be >= 1"),
+    (["method.name=svm", "method.svm.tasks=0"], "method.svm.tasks=0: must be >= 1"),
+    (["method.name=svm", "loader.batch_size=32", "method.svm.tasks=3"],
+     "method.svm.tasks=3: must divide loader.batch_size (32)"),
+    (["method.name=svm", "task.n_supp=2"],
+     "loader.views=2: must equal task.n_supp + task.n_query = 2 + 1"),
 ])
 def test_config_rules(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -225,13 +225,15 @@ def test_config_rules(overrides, message):
 
 
 def test_config_builds_the_head():
-    cfg = load_config(None, ["method.head=svm", "method.svm_c=0.5", "method.svm_iters=7", "method.svm_tasks=4",
-                             "loader.batch_size=32", "loader.views=3", "method.n_supp=2", "method.temperature=0.5"])
+    cfg = load_config(None, ["method.name=svm", "method.svm.c=0.5", "method.svm.iters=7", "method.svm.tasks=4",
+                             "loader.batch_size=32", "loader.views=3", "task.n_supp=2", "method.svm.temperature=0.5"])
     head = build_method(cfg.method, MethodContext(16))
     assert isinstance(head, SVMHead)
     assert (head.c, head.iters, head.tasks, head.scale.item()) == (0.5, 7, 4, 2.0)
     # a batch not divisible by svm_tasks is fine for another head
-    assert load_config(None, ["loader.batch_size=30", "method.svm_tasks=4"]).method.svm_tasks == 4
+    other = load_config(None, ["loader.batch_size=30", "method.svm.tasks=4"])
+    check(other)
+    assert other.method.svm.tasks == 4 and other.method.name == "contrastive"
 
 
 def test_short_training_run_loss_finite_and_decreasing(tmp_path):
@@ -242,8 +244,8 @@ def test_short_training_run_loss_finite_and_decreasing(tmp_path):
            "train.max_steps=16", "train.log_every=1", "train.deterministic=true", "train.precision=fp32",
            "train.device=cpu", "knn.k=20", "knn.every_epochs=0", "model.width=0.125",
            "model.projector_hidden=32", "model.projector_out=16", "augment.impl=reference",
-           "method.loss_impl=reference", "method.head=svm", "method.svm_tasks=2", "loader.views=3",
-           "method.n_supp=2"]
+           "method.loss_impl=reference", "method.name=svm", "method.svm.tasks=2", "loader.views=3",
+           "task.n_supp=2"]
     trainer = Trainer(load_config(None, run), tmp_path)
     trainer.fit()
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]

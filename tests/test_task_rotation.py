@@ -51,7 +51,7 @@ def test_trainer_feeds_rotated_views_and_stays_deterministic(tmp_path, monkeypat
     run = ["data.num_train=64", "data.num_test=32", "loader.batch_size=16", "train.max_steps=2",
            "train.device=cpu", "train.precision=fp32", "train.deterministic=true", "train.log_every=1", "knn.k=5",
            "knn.every_epochs=0", "model.projector_hidden=16", "model.projector_out=8",
-           "method.loss_impl=reference", "augment.impl=reference", "method.task_rotation_p=1.0"]
+           "method.loss_impl=reference", "augment.impl=reference", "task.rotation_p=1.0"]
     seen = []
     original = Trainer.train_step
     monkeypatch.setattr(Trainer, "train_step", lambda self, task: (seen.append(task.views), original(self, task))[1])

@@ -203,9 +203,9 @@ def test_split_views_two_support_two_query_bookkeeping():
 
 
 def test_builder_rotates_then_mixes_and_keeps_clean_views():
-    cfg = load_config(None, ["method.task_rotation_p=1.0", "method.query_mix=mixup", "loader.views=3",
-                             "method.n_query=2", "method.head=svm", "method.svm_tasks=2", "loader.batch_size=8"])
-    builder = TaskBuilder(cfg.method, num_samples=100, seed=0, blocks=2)   # svm's two tasks
+    cfg = load_config(None, ["task.rotation_p=1.0", "task.query_mix=mixup", "loader.views=3",
+                             "task.n_query=2", "method.name=svm", "method.svm.tasks=2", "loader.batch_size=8"])
+    builder = TaskBuilder(cfg.task, num_samples=100, seed=0, blocks=2)   # svm's two tasks
     views = [torch.rand(8, 3, 6, 6) for _ in range(3)]
     index = torch.arange(10, 18)
     task = builder.build(views, index, epoch=1, step=4)
@@ -227,8 +227,8 @@ def test_builder_rotates_then_mixes_and_keeps_clean_views():
 TRICKS_RUN = ["data.num_train=96", "data.num_test=32", "loader.batch_size=16", "train.epochs=1", "train.max_steps=6",
               "train.device=cpu", "train.precision=fp32", "train.deterministic=true", "train.log_every=2", "knn.k=5",
               "knn.every_epochs=0", "model.projector_hidden=16", "model.projector_out=8", "method.loss_impl=reference",
-              "augment.impl=reference", "method.task_rotation_p=0.5", "method.rotation_weight=0.5",
-              "method.query_mix=cutmix", "method.head=protonet", "loader.views=3", "method.n_supp=2"]
+              "augment.impl=reference", "task.rotation_p=0.5", "task.rotation_weight=0.5",
+              "task.query_mix=cutmix", "method.name=protonet", "loader.views=3", "task.n_supp=2"]
 
 
 def test_rotation_prediction_trains_logs_and_resumes_exactly(tmp_path, crash_after_first_checkpoint):

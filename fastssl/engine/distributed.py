@@ -2,11 +2,18 @@
 
 Every rank loads its shard of the global batch (B / W images, all their views) and embeds it; the
 embeddings of all ranks are gathered, with gradient, into the global task, whose rows are view-major
-over the global batch (image w * b + i is rank w's image i), and every rank computes the same head
-loss on it. The gather's backward sums every rank's gradient for its own rows (W times dL/dz, the loss
-being the same on every rank), and DDP's average of the encoder's gradients divides by W again: the
-update is the gradient of the global task's loss. The heads' own parameters see the same global task
-on every rank, so their gradients agree without communication.
+over the global batch (image w * b + i is rank w's image i). Each rank computes only its share of the
+head's loss (Method.rank_loss, task/layout.py RankRows): the terms of its own rows (queries) against
+every rank's rows as columns, summed over the global term count, so the ranks' shares sum to the
+global loss L; a method that cannot split computes the whole L on every rank and takes L / W.
+Each rank backpropagates W x its share. The gather's backward (a reduce-scatter) sums, for each rank's
+rows, what every rank's share sent them: W dL/dz for its rows; DDP's average of the encoder's
+gradients divides by W again, so the update is the gradient of the global loss. The heads' and
+auxiliary losses' own parameters, outside DDP, get W x their share's gradient on each rank:
+`average_grads` averages them (one all-reduce) where the loss was split; without a split they are
+the same on every rank. The ranks' shares (method and auxiliary terms together, a few scalars) are
+summed by one all-reduce per step, which puts no host sync in the step: every rank logs and guards
+the same global loss, so their non-finite verdicts and checkpoints agree.
 BatchNorm statistics stay per rank by default, as in SimCLR's per-device BN; `model.sync_bn: true`
 computes them over the global batch (SimCLR's global BN) with torch's SyncBatchNorm, which runs on
 CUDA only.
@@ -64,6 +71,18 @@ class Dist:
         x = x.clone()
         dist.all_reduce(x)
         return x
+
+    def average_grads(self, params: list[torch.Tensor]) -> None:
+        """Every parameter's gradient replaced by its mean over the ranks, in one all-reduce (a missing
+        gradient counts as zeros and is set): the heads' parameters, whose losses were split by rows."""
+        if self.world == 1 or not params:
+            return
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, mean in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = mean.view_as(p).clone() if p.grad is None else p.grad.copy_(mean.view_as(p))
 
     def share_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) on every rank: they are per rank in training,

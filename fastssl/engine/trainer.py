@@ -8,6 +8,7 @@ loader, RNG, the non-finite guard and the run's counters. The trainer names no m
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
@@ -36,14 +37,19 @@ from fastssl.loaders import atomic
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.datasets.base import Shard
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
+from fastssl.loaders.stages import LOADER_WAIT, StageClock
 from fastssl.methods import MethodContext, build_method
 from fastssl.models import build_model
 from fastssl.optim import build_optimizer
 from fastssl.optim.schedule import build_scheduler
 from fastssl.task.builder import TaskBatch, TaskBuilder
+from fastssl.task.layout import RankRows, TaskLayout
 from fastssl.task.rotation_prediction import build_auxiliaries
 
 CHECKPOINT = "last.pt"
+# The stages the trainer marks in a step, in order, after the loader's own (loaders/stages.py).
+STEP_STAGES = ("task", "forward", "gather", "head", "backward", "optimizer")
+TRACE_STEPS = 3          # steps a profile's trace holds
 
 
 @dataclass
@@ -54,6 +60,43 @@ class RunResult:
     out_dir: Path
     is_main: bool = True        # rank 0 (or one process): the one that reports the result
     knn_meaningful: bool = True  # False where the splits share no class: knn_top1 is NaN, not a score
+
+
+@dataclass
+class StepLoss:
+    """One step's loss on this rank (engine/distributed.py): `backward`, what this rank backpropagates
+    (world x its share); `total`, the global loss, and `terms`, each auxiliary loss's global
+    (unweighted) value: detached, the same on every rank."""
+
+    backward: torch.Tensor
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def rank_step_loss(method: nn.Module, auxiliaries: nn.ModuleList, z: torch.Tensor, layout: TaskLayout,
+                   targets: torch.Tensor | None, task: TaskBatch, dist) -> StepLoss:
+    """The method's and the auxiliary losses' shares for this rank's rows of the gathered task z, and
+    the global values from one all-reduce of the shares (no host sync; on one process, none)."""
+    rows = RankRows(dist.rank, dist.world)
+    shares = [method.rank_loss(z, layout, targets, rows), *(aux.term(z, layout, task, rows) for aux in auxiliaries)]
+    loss = shares[0]
+    for aux, share in zip(auxiliaries, shares[1:]):
+        loss = loss + aux.weight * share
+    if dist.world == 1:
+        return StepLoss(loss, loss.detach(), {aux.metric: t.detach() for aux, t in zip(auxiliaries, shares[1:])})
+    dtype = functools.reduce(torch.promote_types, (s.dtype for s in shares))
+    sums = dist.sum(torch.stack([s.detach().to(dtype) for s in shares])).unbind()
+    total = sums[0]
+    for aux, term in zip(auxiliaries, sums[1:]):
+        total = total + aux.weight * term
+    return StepLoss(loss * dist.world, total, {aux.metric: t for aux, t in zip(auxiliaries, sums[1:])})
+
+
+def split_parameters(method: nn.Module, auxiliaries: nn.ModuleList) -> list[torch.Tensor]:
+    """The trained parameters of the method and auxiliary losses whose losses split by rows: their gradients
+    differ between ranks and are averaged (Dist.average_grads)."""
+    return [p for part in (method, *auxiliaries) if getattr(part, "splits_rows", False)
+            for p in part.parameters() if p.requires_grad]
 
 
 class Trainer:
@@ -91,6 +134,8 @@ class Trainer:
             self.knn_train, self.knn_test = (
                 build_eval_batches(settings, Shard(split, self.dist.rank, self.dist.world) if self.dist.world > 1
                                    else split, self.device) for split in (train_set, test_set))
+        self.clock = StageClock(self.device)    # the step's stage marks: data-wait share and step time per log
+        self.loader.clock = self.clock
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
@@ -103,12 +148,12 @@ class Trainer:
         parallel = self.model if self.dist.world == 1 else DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(parallel) if cfg.train.compile else parallel
-        context = MethodContext(cfg.model.projector_out, self.model,
-                                loss_operand_dtype(cfg.method.loss_dtype, self.precision), self.total_steps,
-                                cfg.train.compile)
+        context = MethodContext(cfg.model.projector_out, cfg.model.projector_hidden, online=self.model,
+                                operand_dtype=loss_operand_dtype(cfg.method.loss_dtype, self.precision),
+                                total_steps=self.total_steps, compile=cfg.train.compile)
         self.method = build_method(cfg.method, context).to(self.device)
-        self.auxiliaries = build_auxiliaries(cfg.method, cfg.model.projector_out).to(self.device)
-        self.tasks = TaskBuilder(cfg.method, len(train_set), cfg.train.seed, self.method.mix_blocks(self.dist.world))
+        self.auxiliaries = build_auxiliaries(cfg.task, cfg.model.projector_out).to(self.device)
+        self.tasks = TaskBuilder(cfg.task, len(train_set), cfg.train.seed, self.method.mix_blocks(self.dist.world))
         # Frozen parts (a target network) are left out: the optimizer takes what requires grad.
         self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.method, self.auxiliaries]))
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
@@ -173,30 +218,35 @@ class Trainer:
         with autocast(self.precision, self.device):
             _, z = self.forward(images)
             targets = self.method.targets(task)
+        self.clock.mark("forward", "gather")
         # The task is the global batch: every rank's rows, gathered (a no-op on one process).
         n_views, local_batch = len(task.views), task.views[0].shape[0]
         z = self.dist.gather_rows(z, n_views)
         layout = task.layout.across(self.dist.world, local_batch)
         if targets is not None:
             targets = self.dist.gather_rows(targets, n_views)
+        self.clock.mark("gather", "head")
         # Outside autocast: the methods choose their own precision (fp32 rows; kernels accumulate in fp32),
-        # where autocast would run a reference loss's matmuls and solves in half precision.
-        loss = self.method(z, layout, targets)
-        terms = {aux.metric: aux.term(z, layout, task, self.dist) for aux in self.auxiliaries}
-        for aux in self.auxiliaries:
-            loss = loss + aux.weight * terms[aux.metric]
-        if not self.guard.admit(loss, self.run.step):   # skip_step: the batch is used up, the model untouched
+        # where autocast would run a reference loss's matmuls and solves in half precision. Each rank
+        # computes its own rows' share of the loss; every rank guards and logs the same global loss.
+        loss = rank_step_loss(self.method, self.auxiliaries, z, layout, targets, task, self.dist)
+        self.clock.mark("head", "backward")
+        if not self.guard.admit(loss.total, self.run.step):   # skip_step: the batch is used up, the model untouched
             self.scheduler.step()
             self.run.step += 1
             return
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss.backward).backward()
+        # The heads' own parameters' gradients, where their loss was split by rows (a no-op on one process).
+        self.dist.average_grads(split_parameters(self.method, self.auxiliaries))
+        self.clock.mark("backward", "optimizer")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step(self.run.step)
         self.scheduler.step()
-        self.run.add("loss", loss)
-        for name, term in terms.items():
+        self.clock.mark("optimizer")
+        self.run.add("loss", loss.total)
+        for name, term in loss.terms.items():
             self.run.add(name, term)
         self.run.loss_count += 1
         self.run.step += 1
@@ -216,6 +266,11 @@ class Trainer:
         loss = means.pop("loss", float("nan"))
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.run.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images / seconds}
+        steps = self.clock.take()        # the interval's stage marks (read now: the log syncs anyway)
+        if steps:
+            total = sum(step["step"] for step in steps)
+            record["step_ms"] = float(np.median([step["step"] for step in steps]))
+            record["data_wait_share"] = sum(step.get(LOADER_WAIT, 0.0) for step in steps) / total if total else 0.0
         top1 = self._task_top1() if count else None
         if top1 is not None:
             record["task_top1"] = top1
@@ -227,6 +282,69 @@ class Trainer:
         for total in self.run.sums.values():
             total.zero_()
         self.run.loss_count = 0
+
+    def _batches(self):
+        """The loader's batches of this epoch; each step's clock starts before its batch is asked for."""
+        batches = iter(self.loader)
+        while True:
+            self.clock.start(LOADER_WAIT)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                self.clock.discard()
+                return
+            self.clock.mark(LOADER_WAIT, "task")
+            yield batch
+
+    def _step(self, batch, epoch: int) -> None:
+        """One training step on a loaded batch: the task, then train_step; `fit` and `profile_steps` share it."""
+        task = self.tasks.build(batch.views, batch.index, epoch, self.run.step)
+        self.clock.mark("task", "forward")
+        self.train_step(task)
+        self.clock.stop()
+
+    def profile_steps(self, warmup: int, steps: int, sync: bool = False, trace: Path | None = None
+                      ) -> tuple[list[dict[str, float]], float, dict[str, float]]:
+        """`warmup` untimed steps, then `steps` timed ones (and TRACE_STEPS under torch.profiler into `trace`),
+        through the training step `fit` runs: (per-step stage ms, the timed steps' wall seconds, per-stage
+        peak MiB on CUDA). Nothing is evaluated or saved; the run must be long enough (train.max_steps)."""
+        self.clock = StageClock(self.device, sync=sync, memory=True)
+        self.loader.clock = self.clock
+
+        def run(count: int) -> None:
+            epoch = self.run.step // self.steps_per_epoch
+            while count > 0:
+                self.loader.set_epoch(epoch)
+                for batch in self._batches():
+                    self._step(batch, epoch)
+                    count -= 1
+                    if count == 0:
+                        return
+                epoch += 1
+
+        def settle() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        run(warmup)
+        settle()
+        self.clock.take()
+        self.clock.peak_mib.clear()
+        tick = time.perf_counter()
+        run(steps)
+        settle()
+        wall = time.perf_counter() - tick
+        timings, peaks = self.clock.take(), dict(self.clock.peak_mib)
+        if trace is not None:
+            self.clock = StageClock(self.device, annotate=True)
+            self.loader.clock = self.clock
+            activities = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            with torch.profiler.profile(activities=activities) as prof:
+                run(TRACE_STEPS)
+                settle()
+            prof.export_chrome_trace(str(trace))
+        return timings, wall, peaks
 
     def fit(self) -> RunResult:
         cfg = self.cfg.train
@@ -244,8 +362,8 @@ class Trainer:
         while self.run.step < self.total_steps:
             self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
             tick, images = time.perf_counter(), 0
-            for batch in self.loader:
-                self.train_step(self.tasks.build(batch.views, batch.index, epoch, self.run.step))
+            for batch in self._batches():
+                self._step(batch, epoch)
                 images += per_batch
                 if self.run.step % cfg.log_every == 0 or self.run.step == self.total_steps:
                     self._log(epoch, progress, images, time.perf_counter() - tick)

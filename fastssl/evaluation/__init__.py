@@ -16,7 +16,7 @@ from pathlib import Path
 from fastssl import config as config_mod
 from fastssl.evaluation.features import Progress, load_run, stderr_progress, write_result
 
-PROTOCOLS = ("knn", "linear", "semi", "fewshot", "oneshot")
+PROTOCOLS = config_mod.PROTOCOLS
 
 
 def settings_for(protocol: str, options: list[str] = ()):
@@ -25,33 +25,14 @@ def settings_for(protocol: str, options: list[str] = ()):
     if protocol not in PROTOCOLS:
         raise config_mod.ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
     cls = importlib.import_module(f"fastssl.evaluation.{protocol}").Settings
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for text in options:
         key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
+        if not sep:
             raise config_mod.ConfigError(f"--opt {text!r}: must be KEY=VALUE with KEY one of the {protocol} "
-                                         f"settings {', '.join(fields)}")
-        default = fields[key].default
-        value = config_mod.load_yaml(raw, f"--opt {config_mod.cut(text)!r}")   # YAML 1.2, as the config
-        if isinstance(default, tuple):
-            value = tuple(value) if isinstance(value, list) else (value,)
-            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        elif isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise config_mod.ConfigError(f"--opt {text!r}: {key} takes a {type(default).__name__} "
-                                         f"(default {default!r})")
-        values[key] = value
-    return cls(**values)
+                                         f"settings {', '.join(f.name for f in dataclasses.fields(cls))}")
+        values[key.strip()] = config_mod.load_yaml(raw, f"--opt {config_mod.cut(text)!r}")   # YAML 1.2
+    return cls(**config_mod.coerced_fields(cls, values, f"{protocol}."))   # typed as the config's values
 
 
 def run_protocol(ckpt: str | Path, protocol: str, overrides: list[str] = (), options: list[str] = (),

@@ -22,7 +22,7 @@ from fastssl.kernels import ridge_solve
 @dataclass
 class Settings:
     ways: int = 5
-    shots: tuple = (1, 5)
+    shots: tuple[int, ...] = (1, 5)
     queries: int = 15
     episodes: int = 600
     ridge_lambda: float = 1.0

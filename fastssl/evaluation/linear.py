@@ -20,8 +20,8 @@ from fastssl.evaluation.features import Progress, Run, accuracy, split_features,
 
 @dataclass
 class Settings:
-    lrs: tuple = (1.0, 0.1)
-    weight_decays: tuple = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+    lrs: tuple[float, ...] = (1.0, 0.1)
+    weight_decays: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
     val_fraction: float = 0.2
     max_iter: int = 200        # L-BFGS iterations per fit
     seed: int = 0

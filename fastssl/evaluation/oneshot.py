@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,23 +21,23 @@ from torch import nn
 from fastssl.config import ConfigError
 from fastssl.evaluation.features import Progress, Run, data_tag, encode, stderr_progress
 from fastssl.loaders.datasets import ArrayDataset
+from fastssl.loaders.rules import choices
 from fastssl.loaders.datasets.omniglot import OneShotRun, load_oneshot_runs
 from fastssl.loaders.factory import build_eval_batches
 
-METRICS = ("cosine", "euclidean")
+Metric = Literal["cosine", "euclidean"]
+METRICS = choices(Metric)
 
 
 @dataclass
 class Settings:
     runs: str = ""          # all_runs.zip or its extracted folder
-    metric: str = "cosine"
+    metric: Metric = "cosine"
 
     def __post_init__(self):
         """Checked when the options are parsed: before any checkpoint or data is read."""
         if not self.runs:
             raise ConfigError("oneshot: runs is required: --opt runs=PATH/all_runs.zip (or its folder)")
-        if self.metric not in METRICS:
-            raise ConfigError(f"oneshot: metric={self.metric!r}: must be one of {', '.join(METRICS)}")
 
 
 def result_tag(settings: Settings) -> str:

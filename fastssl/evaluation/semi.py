@@ -26,7 +26,7 @@ from fastssl.loaders.factory import build_eval_batches
 
 @dataclass
 class Settings:
-    fractions: tuple = (0.01, 0.1)
+    fractions: tuple[float, ...] = (0.01, 0.1)
     epochs: int = 10
     batch_size: int = 256
     lr: float = 0.01           # encoder

@@ -8,19 +8,20 @@ images (for V = 2 the mean of BYOL's two symmetric terms).
 """
 from __future__ import annotations
 
-import copy
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastssl.loaders.rules import int_in, require
 from fastssl.models.projector import Projector
 from fastssl.task.builder import TaskBatch
 from fastssl.task.layout import TaskLayout
 
 from . import register
 from .base import Method, MethodContext
+from .momentum import ema_update_, make_target, momentum_at
 
 
 def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
@@ -44,31 +45,6 @@ def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Ten
     return 2 - 2 * cross / (views * (views - 1) * batch)
 
 
-def momentum_at(step: int, total_steps: int, base: float) -> float:
-    """BYOL's target momentum at step k of K: 1 - (1 - base) (cos(pi k / K) + 1) / 2 (base at 0, 1 at K)."""
-    k = min(step, total_steps) / max(total_steps, 1)
-    return 1 - (1 - base) * (math.cos(math.pi * k) + 1) / 2
-
-
-def make_target(online: nn.Module) -> nn.Module:
-    """The target network: a copy of `online` (encoder + projector) that autograd never touches.
-
-    It stays in training mode (BYOL's target normalises with batch statistics); its BN running
-    statistics are its own, updated by its forward passes, and only its parameters follow the EMA.
-    """
-    target = copy.deepcopy(online)
-    target.requires_grad_(False)
-    return target
-
-
-@torch.no_grad()
-def ema_update_(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
-    """target <- tau * target + (1 - tau) * online for every pair, in place: two multi-tensor launches,
-    tau a host float (the schedule is a function of the step), so no device-to-host sync."""
-    torch._foreach_mul_(target, tau)
-    torch._foreach_add_(target, online, alpha=1 - tau)
-
-
 @register("byol")
 class BYOLHead(Method):
     """The predictor q (dim -> hidden -> dim, BN + ReLU between), the EMA target network and the
@@ -79,6 +55,14 @@ class BYOLHead(Method):
     projector, given when built from a run) is part of the method's state; its momentum follows
     `momentum_at` over the run's `total_steps` from `momentum`.
     """
+
+    @dataclass
+    class Settings:
+        momentum: float = 0.996    # target EMA momentum at step 0; rises to 1 by a cosine over the run
+        predictor_hidden: int = 0  # the predictor's hidden width; 0: the projector's (as in BYOL)
+
+    RENAMED = {"byol_momentum": "momentum", "predictor_hidden": "predictor_hidden"}
+    MAX_HIDDEN = 65536
 
     def __init__(self, dim: int, hidden: int, online: nn.Module | None = None, momentum: float = 0.996,
                  total_steps: int = 1, compile: bool = False):
@@ -93,8 +77,14 @@ class BYOLHead(Method):
             self._pairs = (list(self.target.parameters()), list(online.parameters()))
 
     @classmethod
-    def build(cls, cfg, ctx: MethodContext) -> BYOLHead:
-        return cls(ctx.embed_dim, cfg.predictor_hidden, ctx.online, cfg.byol_momentum, ctx.total_steps, ctx.compile)
+    def check(cls, settings: Settings, cfg, world: int) -> None:
+        require(0 <= settings.momentum <= 1, "method.byol.momentum", settings.momentum, "must be in [0, 1]")
+        int_in("method.byol.predictor_hidden", settings.predictor_hidden, 0, cls.MAX_HIDDEN)
+
+    @classmethod
+    def build(cls, settings: Settings, ctx: MethodContext) -> BYOLHead:
+        hidden = settings.predictor_hidden or ctx.hidden_dim
+        return cls(ctx.embed_dim, hidden, ctx.online, settings.momentum, ctx.total_steps, ctx.compile)
 
     @torch.no_grad()
     def targets(self, task: TaskBatch) -> torch.Tensor:

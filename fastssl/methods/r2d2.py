@@ -3,12 +3,14 @@ label, then its queries classified by the regression's outputs."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fastssl.kernels import ridge_solve, sim_xent
-from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss, split_views
+from fastssl.loaders.rules import finite_positive
+from fastssl.task.layout import RankRows, TaskLayout, TaskLogits, mixed_loss, split_views
 
 from . import register
 from .base import Method, MethodContext
@@ -25,7 +27,22 @@ class R2D2Head(Method):
     means what it does for every head), the bias, and lambda (as log lambda, which keeps it > 0).
     The bias is one number added to every logit; the softmax cancels it, so its gradient is exactly 0:
     it is there so the parametrisation matches the papers', not because it can learn.
+
+    Under torchrun the one task spans every rank: each rank solves the same ridge system from the whole
+    gathered support (a shared, redundant solve: splitting it would need collectives inside the solve
+    and its backward, for a system of size min(n_supp * B, D)), then computes only its own queries'
+    cross-entropy (`rank_loss`). The solve's gradient reaches every rank's support rows through the
+    gather's backward.
     """
+
+    splits_rows = True
+
+    @dataclass
+    class Settings:
+        temperature: float = 0.2     # the logits' starting scale is 1 / temperature
+        ridge_lambda: float = 1.0    # starting value of the learnable ridge penalty (> 0)
+
+    RENAMED = {"ridge_lambda": "ridge_lambda"}
 
     def __init__(self, temperature: float, ridge_lambda: float, impl: str = "auto"):
         super().__init__()
@@ -44,8 +61,13 @@ class R2D2Head(Method):
         return task, (self.scale * weights).mT, self.bias.expand(batch)
 
     @classmethod
-    def build(cls, cfg, ctx: MethodContext) -> R2D2Head:
-        return cls(cfg.temperature, cfg.ridge_lambda, impl=cfg.loss_impl)
+    def check(cls, settings: Settings, cfg, world: int) -> None:
+        finite_positive(f"method.{cls.name}.temperature", settings.temperature)
+        finite_positive(f"method.{cls.name}.ridge_lambda", settings.ridge_lambda)
+
+    @classmethod
+    def build(cls, settings: Settings, ctx: MethodContext) -> R2D2Head:
+        return cls(settings.temperature, settings.ridge_lambda, impl=ctx.impl)
 
     def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         task, keys, bias = self._fit(z, layout)
@@ -54,6 +76,20 @@ class R2D2Head(Method):
             return sim_xent(task.queries, keys, scale=1.0, col_bias=bias, targets=targets, impl=self.impl)
 
         return mixed_loss(loss_of, task.targets, layout, 0)
+
+    def rank_loss(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None,
+                  rows: RankRows) -> torch.Tensor:
+        """The shared solve, then this rank's queries' terms, summed, over the global query count."""
+        if rows.whole:
+            return self(z, layout, targets)
+        task, keys, bias = self._fit(z, layout)
+        queries = rows.own(task.queries, layout.n_query)
+
+        def loss_of(targets: torch.Tensor) -> torch.Tensor:
+            return sim_xent(queries, keys, scale=1.0, col_bias=bias, targets=targets, reduction="sum",
+                            impl=self.impl) / task.queries.shape[0]
+
+        return mixed_loss(loss_of, rows.own(task.targets, layout.n_query), layout, 0)
 
     def logits(self, z: torch.Tensor, layout: TaskLayout) -> TaskLogits:
         task, keys, bias = self._fit(z, layout)

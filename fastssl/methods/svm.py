@@ -27,7 +27,7 @@ step 1/L (L >= lambda_max(K) + rho) and momentum (1 - sqrt(rho/L)) / (1 + sqrt(r
 shrinks by (1 - sqrt(rho / L)) per iteration. Measured (alpha's relative error against a 3000-step
 float64 solve, one task of 128 images, D = 64, C = 0.1): spread unit rows (lambda_max ~ 6) 2.6e-8
 after 30 steps; strongly correlated rows as at initialisation (lambda_max ~ 116 ~ n) 1.3e-2 after 30,
-1.5e-5 after 100. method.svm_iters (default 30) trades that against time; method.svm_tasks shrinks n
+1.5e-5 after 100. method.svm.iters (default 30) trades that against time; method.svm.tasks shrinks n
 and with it L. Block coordinate descent would be exact per row but is
 sequential over the n rows, and an interior-point method (qpth, MetaOptNet's) needs n*b x n*b KKT
 factorisations. L is a guaranteed, differentiable upper bound: lambda_max <= ||M^(2^s)||_F^(1/2^s)
@@ -45,13 +45,15 @@ at n = b = 128.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastssl.task.layout import Task, TaskLayout, TaskLogits, mixed_loss, split_views
+from fastssl.task.layout import RankRows, Task, TaskLayout, TaskLogits, mixed_loss, split_views
 
-from fastssl.loaders.rules import require
+from fastssl.loaders.rules import finite_positive, int_in, require
 
 from . import register
 from .base import Method, MethodContext
@@ -68,7 +70,7 @@ def split_tasks(task: Task, tasks: int) -> tuple[torch.Tensor, torch.Tensor, tor
     """
     n_supp, batch, dim = task.support.shape
     if tasks < 1 or batch % tasks:
-        raise ValueError(f"svm: method.svm_tasks={tasks} must divide the batch of {batch} images")
+        raise ValueError(f"svm: method.svm.tasks={tasks} must divide the batch of {batch} images")
     b = batch // tasks
     support = task.support.reshape(n_supp, tasks, b, dim).transpose(0, 1).reshape(tasks, n_supp * b, dim)
     n_query = task.queries.shape[0] // batch
@@ -138,7 +140,28 @@ class SVMHead(Method):
     it is also the mean of the tasks' losses). Plain torch: method.loss_impl does not apply.
     Under query mixing a query's partner must be an image of the same task (the trainer's query mixer
     draws partners within each block of B / tasks images), so its class is again image mod b.
+
+    Under torchrun (`rank_loss`) a rank solves only the tasks its images belong to and computes only its
+    own queries' cross-entropy: with tasks a multiple of the world size each rank holds tasks / W whole
+    tasks and solves just those (from its own rows; no other rank's rows enter its loss); with the world
+    a multiple of tasks (tasks = 1: one task over the whole batch) a task spans W / tasks ranks, each of
+    which solves it from the gathered support (the same small QP, redundantly: splitting the unrolled
+    solver would put collectives in each of its iterations and their backward) and classifies its own
+    queries. Otherwise tasks straddle ranks unevenly, and every rank computes the whole loss (the
+    base contract's default).
     """
+
+    splits_rows = True
+
+    @dataclass
+    class Settings:
+        temperature: float = 0.2   # the logits' starting scale is 1 / temperature (learnable)
+        c: float = 0.1             # the SVM's C (MetaOptNet's C_reg), > 0
+        iters: int = 30            # accelerated projected-gradient steps on the dual QP (unrolled)
+        tasks: int = 1             # independent tasks the batch's images are split into (must divide it)
+
+    RENAMED = {"svm_c": "c", "svm_iters": "iters", "svm_tasks": "tasks"}
+    MAX_ITERS = 1000               # unrolled: memory grows with every step
 
     def __init__(self, temperature: float, c: float = 0.1, iters: int = 30, tasks: int = 1, ridge: float = 1.0):
         super().__init__()
@@ -151,24 +174,33 @@ class SVMHead(Method):
     def task_logits(self, z: torch.Tensor, layout: TaskLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, n_query * b, b) query logits and the batch image of each query (T, n_query * b)."""
         support, queries, images = split_tasks(split_views(z, layout, "svm"), self.tasks)
-        b = support.shape[1] // layout.n_supp
+        return self._solved_logits(support, queries, support.shape[1] // layout.n_supp), images
+
+    def _solved_logits(self, support: torch.Tensor, queries: torch.Tensor, b: int) -> torch.Tensor:
+        """Each task's SVM fitted on its support (T, n_supp * b, D), then its queries' (T, M, b) logits."""
         alpha = svm_dual(support, self.c, self.iters, self.ridge, n_classes=b)
         weights = support.mT @ alpha                                          # (T, D, b)
-        return self.scale * (queries @ weights), images
+        return self.scale * (queries @ weights)
 
     @classmethod
-    def check(cls, cfg, world: int) -> None:
-        batch, tasks = cfg.loader.batch_size, cfg.method.svm_tasks
-        require(batch % tasks == 0, "method.svm_tasks", tasks,
-                f"must divide loader.batch_size ({batch}): each task holds batch_size / svm_tasks images")
-        if cfg.method.query_mix != "none" and world > 1:
-            require(tasks % world == 0 or world % tasks == 0, "method.svm_tasks", tasks,
-                    f"with query mixing under {world} processes, svm_tasks and the world size must divide one "
+    def check(cls, settings: Settings, cfg, world: int) -> None:
+        finite_positive("method.svm.temperature", settings.temperature)
+        finite_positive("method.svm.c", settings.c)
+        int_in("method.svm.iters", settings.iters, 1, cls.MAX_ITERS)
+        batch, tasks = cfg.loader.batch_size, settings.tasks
+        require(tasks >= 1, "method.svm.tasks", tasks, "must be >= 1")
+        require(tasks <= batch, "method.svm.tasks", tasks,
+                f"must be <= loader.batch_size ({batch}): a task holds at least one image")
+        require(batch % tasks == 0, "method.svm.tasks", tasks,
+                f"must divide loader.batch_size ({batch}): each task holds batch_size / tasks images")
+        if cfg.task.query_mix != "none" and world > 1:
+            require(tasks % world == 0 or world % tasks == 0, "method.svm.tasks", tasks,
+                    f"with query mixing under {world} processes, the tasks and the world size must divide one "
                     "another (mixing partners come from the same rank and must share a task)")
 
     @classmethod
-    def build(cls, cfg, ctx: MethodContext) -> SVMHead:
-        return cls(cfg.temperature, cfg.svm_c, cfg.svm_iters, cfg.svm_tasks)
+    def build(cls, settings: Settings, ctx: MethodContext) -> SVMHead:
+        return cls(settings.temperature, settings.c, settings.iters, settings.tasks)
 
     def mix_blocks(self, world: int) -> int:
         """Mixing partners must share a task. Each rank holds B / W consecutive images of the global batch,
@@ -184,6 +216,30 @@ class SVMHead(Method):
             return F.cross_entropy(flat, batch_images % b)
 
         return mixed_loss(loss_of, images.reshape(-1), layout, 0)
+
+    def rank_loss(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None,
+                  rows: RankRows) -> torch.Tensor:
+        """The tasks of this rank's images solved, its own queries' terms summed, over the global query count."""
+        if rows.whole:
+            return self(z, layout, targets)
+        if not (self.tasks % rows.world == 0 or rows.world % self.tasks == 0):
+            return Method.rank_loss(self, z, layout, targets, rows)   # the whole loss / world
+        support, queries, images = split_tasks(split_views(z, layout, "svm"), self.tasks)
+        b = support.shape[1] // layout.n_supp                                 # images per task
+        own = rows.images(self.tasks * b)
+        first, last = own.start // b, (own.stop - 1) // b + 1                 # the tasks this rank's images are in
+        start, count = own.start - first * b, min(own.stop - own.start, b)   # its images' places in each
+
+        def pick(x: torch.Tensor) -> torch.Tensor:   # (T, n_query * b, ...) -> this rank's queries of its tasks
+            x = x[first:last].unflatten(1, (layout.n_query, b))
+            return x[:, :, start:start + count].flatten(1, 2)
+
+        flat = self._solved_logits(support[first:last], pick(queries), b).reshape(-1, b)
+
+        def loss_of(batch_images: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(flat, batch_images % b, reduction="sum") / images.numel()
+
+        return mixed_loss(loss_of, pick(images).reshape(-1), layout, 0)
 
     def logits(self, z: torch.Tensor, layout: TaskLayout) -> TaskLogits:
         """Each query against its own task's b classes."""

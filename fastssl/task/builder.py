@@ -31,12 +31,13 @@ class TaskBuilder:
     """`blocks`: how many independent groups of consecutive images one rank's batch forms for the method
     (Method.mix_blocks); query mixing draws every partner from its image's own group."""
 
-    def __init__(self, method, num_samples: int, seed: int, blocks: int = 1):
-        self.n_supp, self.n_query = method.n_supp, method.n_query
-        p = method.task_rotation_p
+    def __init__(self, task, num_samples: int, seed: int, blocks: int = 1):
+        """`task`: the config's task section (views' roles and tricks)."""
+        self.n_supp, self.n_query = task.n_supp, task.n_query
+        p = task.rotation_p
         self.rotation = TaskRotation(p, num_samples, seed) if p > 0 else None
-        self.mixer = (QueryMixer(method.query_mix, method.query_mix_p, method.query_mix_alpha, seed, blocks)
-                      if method.query_mix != "none" else None)
+        self.mixer = (QueryMixer(task.query_mix, task.query_mix_p, task.query_mix_alpha, seed, blocks)
+                      if task.query_mix != "none" else None)
 
     def build(self, views: list[torch.Tensor], index: torch.Tensor, epoch: int, step: int) -> TaskBatch:
         """The task of the batch whose samples sit at dataset positions `index`, at training step `step`."""

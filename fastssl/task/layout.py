@@ -60,6 +60,47 @@ class TaskLayout:
         return TaskLayout(self.n_supp, self.n_query, dataclasses.replace(self.mix, partner=partner))
 
 
+@dataclass(frozen=True)
+class RankRows:
+    """The rows of the global task whose loss terms this rank computes under torchrun.
+
+    Rank w of W holds images w*b .. (w+1)*b - 1 of the global batch (b = B / W), all their views: in the
+    gathered view-major rows, rows v*B + w*b + i. A method that splits its loss by rows (Method.rank_loss)
+    computes the terms of these rows only, against every rank's rows as columns; on one process
+    (`whole`) they are all the rows.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def whole(self) -> bool:
+        return self.world == 1
+
+    def images(self, batch: int) -> slice:
+        """This rank's images in the global batch of `batch` images."""
+        if batch % self.world:
+            raise ValueError(f"rank rows: a global batch of {batch} images does not split over {self.world} ranks")
+        local = batch // self.world
+        return slice(self.rank * local, (self.rank + 1) * local)
+
+    def own(self, x: torch.Tensor, n_views: int) -> torch.Tensor:
+        """This rank's rows of view-major per-row values x (n_views * B, ...): (n_views * b, ...), view-major."""
+        batch = x.shape[0] // n_views
+        return x.unflatten(0, (n_views, batch))[:, self.images(batch)].flatten(0, 1)
+
+    def rank_major(self, x: torch.Tensor, n_views: int) -> torch.Tensor:
+        """View-major rows (n_views * B, ...) reordered rank after rank, each rank's rows view-major: this
+        rank's rows become the contiguous block first_row(len(x)) .. + len(x) / world - 1."""
+        batch = x.shape[0] // n_views
+        self.images(batch)   # checks the split
+        return x.unflatten(0, (n_views, self.world, batch // self.world)).transpose(0, 1).flatten(0, 2)
+
+    def first_row(self, rows: int) -> int:
+        """Where this rank's block starts among `rows` rank-major rows."""
+        return self.rank * (rows // self.world)
+
+
 def mixed_loss(loss_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, layout: TaskLayout,
                first_query: int) -> torch.Tensor:
     """loss_of(images), the loss when row r belongs to image images[r]; with query mixing

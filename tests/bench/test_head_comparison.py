@@ -55,6 +55,6 @@ def test_binomial_interval():
 
 
 def test_unknown_variant_is_refused_before_any_training(tmp_path, capsys):
-    assert main(["bench", "heads", "--data", str(tmp_path), "--variants", "moco", "--work", str(tmp_path / "runs")]) == 2
-    assert "error: --variants: variant 'moco': must be 'random init' or a head" in capsys.readouterr().err
+    assert main(["bench", "heads", "--data", str(tmp_path), "--variants", "simclr_v9", "--work", str(tmp_path / "runs")]) == 2
+    assert "error: --variants: variant 'simclr_v9': must be 'random init' or a head" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

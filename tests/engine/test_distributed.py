@@ -2,8 +2,9 @@
 
 The gathered rows equal the single-process task's rows, the head's loss on them equals the
 single-process loss (query mixing included), and the gradient each rank gets for its own rows is W
-times the single-process gradient, which DDP's average divides back. A 2-rank training run keeps the
-ranks' weights identical, computes one loss on every rank, and only rank 0 writes the run directory.
+times the single-process gradient, which DDP's average divides back. A 2-rank training run, where each
+rank computes its own rows' share of the loss (tests/engine/test_rank_rows.py), keeps the ranks'
+weights identical, logs one global loss on every rank, and only rank 0 writes the run directory.
 """
 import json
 import os
@@ -87,8 +88,8 @@ def test_gathered_task_loss_and_gradient_equal_the_single_process_ones(tmp_path)
 
 RUN = ["data.num_train=64", "data.num_test=32", "loader.batch_size=16", "train.max_steps=3", "train.log_every=1",
        "train.device=cpu", "train.precision=fp32", "knn.k=5", "knn.every_epochs=0", "model.projector_hidden=16",
-       "model.projector_out=8", "method.loss_impl=reference", "augment.impl=reference", "method.head=protonet",
-       "method.task_rotation_p=0.5", "method.rotation_weight=0.5", "method.query_mix=mixup"]
+       "model.projector_out=8", "method.loss_impl=reference", "augment.impl=reference", "method.name=protonet",
+       "task.rotation_p=0.5", "task.rotation_weight=0.5", "task.query_mix=mixup"]
 
 
 def _train_worker(rank: int, port: int, out: str) -> None:
@@ -98,12 +99,14 @@ def _train_worker(rank: int, port: int, out: str) -> None:
     from fastssl.engine.trainer import Trainer
 
     trainer = Trainer(load_config(None, RUN), f"{out}/run")
-    losses, forward = [], trainer.method.forward
-    trainer.method.forward = lambda z, layout, t=None: losses.append(float(forward(z, layout, t))) or forward(z, layout, t)
+    losses, add = [], trainer.run.add   # the global loss each step adds to the log's sums
+    trainer.run.add = lambda name, value: (name == "loss" and losses.append(float(value))) or add(name, value)
     result = trainer.fit()
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    torch.save({"losses": losses, "model": state, "rows": trainer._last_task[0].shape[0], "knn": result.knn_top1,
-                "bank": len(trainer.knn_train.labels)}, f"{out}/rank{rank}.pt")
+    heads = {k: v.detach().clone() for part in ("method", "auxiliaries")
+             for k, v in getattr(trainer, part).state_dict().items()}
+    torch.save({"losses": losses, "model": state, "heads": heads, "rows": trainer._last_task[0].shape[0],
+                "knn": result.knn_top1, "bank": len(trainer.knn_train.labels)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -129,9 +132,11 @@ def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
     mp.spawn(_train_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert ranks[0]["rows"] == 2 * 16                      # the head saw the global batch's 2 x 16 rows
-    assert len(ranks[0]["losses"]) == 3 and ranks[0]["losses"] == ranks[1]["losses"]
+    assert len(ranks[0]["losses"]) == 3 and ranks[0]["losses"] == ranks[1]["losses"]   # all-reduced: one loss
     for name, value in ranks[0]["model"].items():   # BN statistics too: rank 0's are shared before the kNN
         assert torch.equal(value, ranks[1]["model"][name]), name
+    # the rotation classifier's gradients differ by rank (each its own rows) and are averaged
+    assert ranks[0]["heads"] and all(torch.equal(v, ranks[1]["heads"][k]) for k, v in ranks[0]["heads"].items())
     # The kNN monitor: each rank embedded half of each split, and the score is the one process's.
     assert [r["bank"] for r in ranks] == [32, 32] and ranks[0]["knn"] == ranks[1]["knn"]
     assert ranks[0]["knn"] == _one_process_knn(ranks[0]["model"])

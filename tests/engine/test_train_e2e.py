@@ -63,7 +63,7 @@ def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
 def test_r2d2_head_learns_and_trains_its_scale_and_lambda(tmp_path, capsys):
     """The ridge head end to end on the embedded data (4 epochs): kNN clears random init, and the
     head's own parameters, which live in the optimizer and the checkpoint, have moved."""
-    overrides = ["method.head=r2d2", "method.ridge_lambda=1.0", "train.epochs=4", "knn.every_epochs=0",
+    overrides = ["method.name=r2d2", "method.r2d2.ridge_lambda=1.0", "train.epochs=4", "knn.every_epochs=0",
                  "method.loss_impl=reference", "augment.impl=reference"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
@@ -158,7 +158,7 @@ def test_compiled_model_trains_like_eager(tmp_path):
 @pytest.mark.parametrize("head", ["contrastive", "protonet", "r2d2"])
 def test_fused_loss_kernel_trains_like_the_reference(tmp_path, head):
     """The Triton kernels (interpreter) in the full training step log the reference's losses."""
-    run = RESUME_RUN + ["train.max_steps=3", "knn.every_epochs=0", f"method.head={head}"]
+    run = RESUME_RUN + ["train.max_steps=3", "knn.every_epochs=0", f"method.name={head}"]
     losses = {impl: _losses(run + [f"method.loss_impl={impl}"], tmp_path / impl) for impl in ("reference", "triton")}
     assert len(losses["triton"]) == 3
     assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-5)

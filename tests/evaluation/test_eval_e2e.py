@@ -88,4 +88,4 @@ def test_bad_checkpoint_is_a_clear_error_naming_it(run_dir, tmp_path, capsys, da
 
 def test_bad_option_fails_before_reading_the_checkpoint(tmp_path, capsys):
     assert main(["eval", "--ckpt", str(tmp_path / "none.pt"), "--protocol", "fewshot", "--opt", "ways=x"]) == 2
-    assert "--opt 'ways=x'" in capsys.readouterr().err
+    assert "fewshot.ways='x': must be an integer" in capsys.readouterr().err

@@ -48,9 +48,13 @@ def test_protocol_options_are_typed_and_checked():
     s = settings_for("fewshot", ["episodes=1000", "shots=[1, 5, 10]", "ridge_lambda=2"])
     assert (s.episodes, s.shots, s.ridge_lambda, s.ways) == (1000, (1, 5, 10), 2.0, 5)
     assert settings_for("linear", ["weight_decays=1e-3"]).weight_decays == (1e-3,)
-    with pytest.raises(ConfigError, match="episode.*fewshot settings"):
+    with pytest.raises(ConfigError, match="fewshot.episode.*known in fewshot: ways, shots"):
         settings_for("fewshot", ["episode=3"])
-    with pytest.raises(ConfigError, match="takes a int"):
+    with pytest.raises(ConfigError, match="semi.epochs=.two.: must be an integer"):
         settings_for("semi", ["epochs=two"])
+    with pytest.raises(ConfigError, match=r"oneshot.metric='manhattan': must be one of cosine, euclidean"):
+        settings_for("oneshot", ["runs=x", "metric=manhattan"])
+    with pytest.raises(ConfigError, match=r"fewshot.shots\[1\]=2.5: must be an integer"):
+        settings_for("fewshot", ["shots=[1, 2.5]"])
     with pytest.raises(ConfigError, match="--protocol 'svm'"):
         settings_for("svm")

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from fastssl.cli import main
-from fastssl.config import ConfigError, load_config
+from fastssl.config import load_config
 from fastssl.engine.trainer import Trainer
-from fastssl.evaluation.oneshot import Settings, nearest
+from fastssl.evaluation.oneshot import nearest
 from fastssl.loaders.datasets import DataError
 from fastssl.loaders.datasets.omniglot import load_oneshot_runs
 
@@ -83,8 +83,9 @@ def test_cli_scores_encoder_and_raw_pixels(run_dir, tmp_path, capsys):
 def test_options_fail_before_the_checkpoint(tmp_path, capsys):
     assert main(["eval", "--ckpt", str(tmp_path / "none.pt"), "--protocol", "oneshot"]) == 2
     assert "runs is required" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="metric='l1'"):
-        Settings(runs="x", metric="l1")
+    assert main(["eval", "--ckpt", str(tmp_path / "none.pt"), "--protocol", "oneshot", "--opt", "runs=x",
+                 "--opt", "metric=l1"]) == 2
+    assert "oneshot.metric='l1': must be one of cosine, euclidean" in capsys.readouterr().err
 
 
 def test_results_on_other_data_do_not_overwrite_the_runs_own(run_dir, capsys):

@@ -6,7 +6,7 @@ import torch
 
 from fastssl.methods import MethodContext, build_method
 from fastssl.task.layout import TaskLayout
-from fastssl.config import MethodConfig
+from fastssl.config import load_config
 from fastssl.kernels import nt_xent, sim_xent
 
 
@@ -48,7 +48,7 @@ def test_head_gradient_matches_naive_autograd_in_float64():
     torch.manual_seed(1)
     z = torch.randn(3 * 4, 6, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda x: nt_xent(x, 3, 0.3), (z,))
-    head = build_method(MethodConfig(head="contrastive", temperature=0.3), MethodContext(6))
+    head = build_method(load_config(None, ["method.contrastive.temperature=0.3"]).method, MethodContext(6))
     assert float(head(z, TaskLayout(1, 2)).detach()) == pytest.approx(naive_nt_xent(z.detach(), 3, 0.3), rel=1e-10)
 
 
