@@ -72,7 +72,7 @@ def profile_backend(cfg: config_mod.Config, backend: str, steps: int, warmup: in
     if abs(marked_ms - wall_ms) > ADD_UP_TOLERANCE * wall_ms:
         raise RuntimeError(f"profile {backend}: the stages add up to {marked_ms:.2f} ms per step but the steps took "
                            f"{wall_ms:.2f} ms (tolerance {ADD_UP_TOLERANCE:.0%}): a stage is not marked")
-    return BackendProfile(backend, steps, bcfg.loader.batch_size, step, wall_ms,
+    return BackendProfile(backend, steps, bcfg.loader.batch_size, step, wall_ms, marked_ms,
                           bcfg.loader.batch_size * steps / wall_s, stages, bcfg.loader.workers,
                           max(peaks.values()) if peaks else None)
 

@@ -11,7 +11,7 @@ ORDER = ["loader wait", "forward", "head", "rest"]
 def _profile(backend: str, steps: list[dict], batch: int = 64, workers: int = 2) -> BackendProfile:
     step, stages = stage_stats(steps, ORDER)
     wall = sum(s["step"] for s in steps) / len(steps)
-    return BackendProfile(backend, len(steps), batch, step, wall, batch * 1000 / wall, stages, workers)
+    return BackendProfile(backend, len(steps), batch, step, wall, wall, batch * 1000 / wall, stages, workers)
 
 
 def _steps(wait: float, forward: float, head: float, n: int = 10) -> list[dict]:
@@ -49,6 +49,7 @@ def test_a_slow_head_is_the_top_stage_and_no_unmeasured_advice():
     assert p.advice == ["the step is spent in head (80%): faster input would save at most the 6% the loader wait takes"]
     text = markdown([p], ["# t"])
     assert "| head | 20.00 | 20.00 | 20.00 | 80.2% | - |" in text and "Verdict: compute-bound" in text
+    assert "the stages sum to 24.9 ms per step (mean) against 24.9 ms of wall time" in text
 
 
 @pytest.mark.parametrize("backends,steps,warmup,message", [
