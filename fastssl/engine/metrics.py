@@ -10,6 +10,10 @@ from pathlib import Path
 from fastssl.loaders import atomic
 
 
+# Fields of a metrics record that are wall-clock measurements: they differ between identical runs.
+TIMING_KEYS = ("images_per_s", "step_ms", "data_wait_share")
+
+
 class MetricsError(ValueError):
     """metrics.jsonl is corrupt where a checkpoint says it was complete; the message names the line."""
 

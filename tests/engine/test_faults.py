@@ -19,7 +19,7 @@ from fastssl import checkpoint as checkpoint_mod
 from fastssl.checkpoint import load_checkpoint
 from fastssl.cli import main
 from fastssl.config import dump_yaml, load_config
-from fastssl.engine.metrics import MetricsError, read_metrics
+from fastssl.engine.metrics import MetricsError, read_metrics, TIMING_KEYS
 from fastssl.engine.nonfinite import NonFiniteError
 from fastssl.engine.trainer import RunResult, Trainer
 from fastssl.loaders.atomic import NoSpaceError
@@ -141,7 +141,7 @@ def test_resume_tolerates_a_torn_last_metrics_line_but_not_a_corrupt_earlier_one
     assert main(["train", "--resume", str(tmp_path / "torn")]) == 0
     records = _strict_json_lines(metrics)
     straight = _strict_json_lines(_run(tmp_path, "straight", ["train.ckpt_every=5"]) / "metrics.jsonl")
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]  # noqa: E731
     assert strip(records) == strip(straight)
 
     crash_after_first_checkpoint(Trainer(cfg, tmp_path / "corrupt"))
@@ -293,7 +293,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, backend):
     assert a["run"]["step"] == b["run"]["step"]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    strip = lambda path: [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(path)]  # noqa: E731
+    strip = lambda path: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(path)]  # noqa: E731
     assert strip(killed / "metrics.jsonl") == strip(straight / "metrics.jsonl")
     assert not list(killed.glob("*.tmp"))
 

@@ -14,7 +14,7 @@ import torch
 from fastssl.checkpoint import load_checkpoint
 from fastssl.cli import main
 from fastssl.config import load_config
-from fastssl.engine.metrics import read_metrics
+from fastssl.engine.metrics import read_metrics, TIMING_KEYS
 from fastssl.engine.trainer import Trainer
 
 # A run small enough for seconds on 2 cores, deterministic, with checkpoints mid-epoch.
@@ -105,7 +105,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, ckpt_every):
             assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
 
     def without_timing(path):
-        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(path)]
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(path)]
 
     after = [r for r in without_timing(killed / "metrics.jsonl") if r["step"] > killed_at]
     assert after == [r for r in without_timing(straight / "metrics.jsonl") if r["step"] > killed_at]
