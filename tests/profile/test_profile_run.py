@@ -2,7 +2,6 @@
 stages, the stages add up to the step, the trace names every stage, bad arguments fail first."""
 import json
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -32,11 +31,7 @@ class SleepyLoader(TensorLoader):
 
 
 class SlowHead(Method):
-    """The contrastive-free toy loss of the plug-in test, taking SLEEP_S longer than it needs."""
-
-    @dataclass
-    class Settings:
-        pass
+    """A toy loss (no settings: the base's) that takes SLEEP_S longer than it needs."""
 
     @classmethod
     def build(cls, settings, ctx):
