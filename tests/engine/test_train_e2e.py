@@ -144,15 +144,25 @@ def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path
 
 @pytest.mark.slow
 def test_compiled_model_trains_like_eager(tmp_path):
-    """train.compile=true (inductor on CPU) logs the same losses as eager, to float reordering."""
-    run = RESUME_RUN + ["train.max_steps=4", "knn.every_epochs=0"]
-    losses = {}
+    """train.compile=true (inductor on CPU) computes eager's loss and eager's updates, to float reordering.
+
+    Compared where float32 reordering stays small: the first loss (same weights, same batch) and the
+    two steps' weight change. Losses further into the run drift apart chaotically (at lr 0.25 a 1e-7
+    difference grows about twofold a step: 5e-4 relative by step 4 on one CI CPU), which says nothing
+    about the compiler."""
+    run = RESUME_RUN + ["train.max_steps=2", "knn.every_epochs=0"]
+    first_loss, change = {}, {}
     for compiled in (False, True):
         out = tmp_path / f"compile-{compiled}"
-        Trainer(load_config(None, run + [f"train.compile={str(compiled).lower()}"]), out).fit()
-        losses[compiled] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-    assert len(losses[True]) == 4
-    assert losses[True] == pytest.approx(losses[False], rel=2e-4)
+        trainer = Trainer(load_config(None, run + [f"train.compile={str(compiled).lower()}"]), out)
+        before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
+        trainer.fit()
+        first_loss[compiled] = next(r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r)
+        after = load_checkpoint(out / "last.pt")["model"]
+        change[compiled] = torch.cat([(after[k] - v).flatten() for k, v in before.items()])
+    assert first_loss[True] == pytest.approx(first_loss[False], rel=2e-5)
+    assert change[False].norm() > 0
+    assert (change[True] - change[False]).norm() <= 1e-3 * change[False].norm()
 
 
 @pytest.mark.parametrize("head", ["contrastive", "protonet", "r2d2"])

@@ -98,6 +98,19 @@ def calibrated(arch: str, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+# float32 through a ResNet-50 differs from float64 by 1.5e-5 to 3e-5 of the output's largest value on
+# this project's machines, by which kernels the CPU's instruction set selects (measured with every
+# ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA level), and by just over 5e-5 on another CI CPU. A wrong
+# layout or a lost stride is off by O(1), so 2e-4 still catches it with four orders to spare; the two
+# float32 layouts are each held to float64 rather than to each other, which doubles the spread.
+FLOAT32_DEEP_RTOL = 2e-4
+
+
+def assert_close_to_float64(out: torch.Tensor, ref64: torch.Tensor) -> None:
+    err = (out.double() - ref64).abs().max() / ref64.abs().max()
+    assert err <= FLOAT32_DEEP_RTOL, f"float32 off float64 by {err:.2e} of the largest output"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_channels_last_equals_contiguous(arch):
     x = torch.randn(4, 3, 32, 32)
@@ -105,9 +118,10 @@ def test_channels_last_equals_contiguous(arch):
     cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     assert cl_model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        ref = model(x)
+        ref64 = copy.deepcopy(model).double()(x.double())
         out = cl_model(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert_close_to_float64(model(x), ref64)
+    assert_close_to_float64(out, ref64)
 
 
 def test_channels_last_training_mode_close_to_float64():
@@ -120,7 +134,7 @@ def test_channels_last_training_mode_close_to_float64():
         ref = copy.deepcopy(model).double()(x.double())
         for layout in (torch.contiguous_format, torch.channels_last):
             out = copy.deepcopy(model).to(memory_format=layout)(x.contiguous(memory_format=layout))
-            assert (out.double() - ref).abs().max() <= 5e-5 * ref.abs().max()
+            assert_close_to_float64(out, ref)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
