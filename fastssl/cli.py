@@ -290,6 +290,16 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_features(args) -> int:
+    from fastssl.evaluation.feature_files import write_features   # after parsing: `fastssl --help` stays fast
+    from fastssl.evaluation.features import load_run
+
+    run = load_run(Path(args.run) / args.ckpt, args.set + ([f"data.path={args.data}"] if args.data else []))
+    out = write_features(run, Path(args.out) if args.out else None, tuple(args.split))
+    print(f"features of {', '.join(args.split)} ({run.encoder.feature_dim} dims, step {run.step}) -> {out}")
+    return 0
+
+
 def _cmd_profile(args) -> int:
     from fastssl.profile.run import check_arguments   # torch-free: bad arguments answer at once
 
@@ -485,6 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="protocol setting, e.g. --opt episodes=1000 --opt shots=[1,5] (fewshot), --opt "
                     "epochs=20 (semi), --opt weight_decays=[1e-4,1e-3] (linear), --opt k=20 (knn)")
     ev.set_defaults(func=_cmd_eval)
+    feats = verbs.add_parser("features", help="write the frozen encoder's features and labels as .npy files",
+                             description="The encoder output h (not the projection, not normalised) of every "
+                             "image of the run's data, or of --data, in the dataset's order: OUT/<split>_features.npy "
+                             "(N x D float32), OUT/<split>_labels.npy (N int64) and OUT/features.json.")
+    feats.add_argument("run", help="the run directory (holds config.yaml and the checkpoint)")
+    feats.add_argument("--ckpt", default="last.pt", help="checkpoint file inside RUN (default: last.pt)")
+    feats.add_argument("--data", help="another dataset root of the run's kind (data.path); e.g. an ImageFolder")
+    feats.add_argument("--split", nargs="+", choices=("train", "test"), default=["train", "test"],
+                       help="splits to write (default: both)")
+    feats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override the run's config, e.g. --set data.dataset=imagefolder --set train.device=cpu")
+    feats.add_argument("--out", help="output folder (default: RUN/features, or RUN/features_<data tag> on other data)")
+    feats.set_defaults(func=_cmd_features)
     prof = verbs.add_parser("profile", help="where each millisecond of a training step goes, per backend, and "
                             "what to change", description="Runs the real training step (W warm-up + N timed steps "
                             "per backend) and splits it into stages: loader wait, host-to-device copy, augmentation, "

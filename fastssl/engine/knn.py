@@ -5,26 +5,34 @@ k nearest neighbours. Runs on the training device, in chunks, without gradients.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import nn
 
 from fastssl.engine.distributed import Dist
 
 
-@torch.no_grad()
-def extract_features(encoder: nn.Module, batches, autocast_ctx,
-                     normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 features h = encoder(x), L2-normalised unless `normalize` is off (linear evaluation
-    standardises raw features), and the labels of every image the batches yield."""
+def batch_features(encoder: nn.Module, batches, autocast_ctx, normalize: bool = True
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Float32 features h = encoder(x) of each batch, L2-normalised unless `normalize` is off (linear
+    evaluation standardises raw features), with its labels: batch by batch, for callers that stream
+    them out (a features file) instead of holding every one."""
     was_training = encoder.training
     encoder.eval()
-    feats, labels = [], []
-    for images, y in batches:
-        with autocast_ctx():
-            h = encoder(images)
-        feats.append(nn.functional.normalize(h.float(), dim=1) if normalize else h.float())
-        labels.append(y)
-    encoder.train(was_training)
+    try:
+        for images, y in batches:
+            with torch.no_grad(), autocast_ctx():
+                h = encoder(images).float()
+            yield (nn.functional.normalize(h, dim=1) if normalize else h), y
+    finally:
+        encoder.train(was_training)
+
+
+def extract_features(encoder: nn.Module, batches, autocast_ctx,
+                     normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's features and label, as two tensors on the batches' device."""
+    feats, labels = zip(*batch_features(encoder, batches, autocast_ctx, normalize))
     return torch.cat(feats), torch.cat(labels)
 
 

@@ -27,6 +27,7 @@ from fastssl.engine.precision import autocast, resolve_device, resolve_precision
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders import atomic
 from fastssl.loaders.factory import build_eval_batches
+from fastssl.loaders.progress import tracked
 from fastssl.models import build_model
 
 Progress = Callable[[str], None]
@@ -108,7 +109,8 @@ def split_features(run: Run, split: str, progress: Progress = stderr_progress
     """(features (N, D) float32, labels (N,) int64) of a split, on the run's device; computed once."""
     if split not in run._features:
         tick = time.perf_counter()
-        batches = build_eval_batches(run.cfg.load_settings(), run.dataset(split), run.device)
+        batches = tracked(build_eval_batches(run.cfg.load_settings(), run.dataset(split), run.device),
+                          f"features: {split} split", "batches")
         run._features[split] = encode(run.encoder, batches, run.autocast)
         n, d = run._features[split][0].shape
         progress(f"features: {split} split, {n} images x {d} dims in {time.perf_counter() - tick:.1f}s")
