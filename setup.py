@@ -22,13 +22,20 @@ setup(
         "pyyaml>=6",
         "pillow>=9",
         "matplotlib>=3.6",
+        "tqdm>=4.60",   # the progress bars (FFCV draws its own with it too)
+        "safetensors>=0.4",   # fastssl export --format safetensors
     ],
     extras_require={
-        "dev": ["pytest>=7", "scikit-image>=0.19"],   # scikit-image: its bundled photos for `fastssl data photos`
+        # scikit-image: its bundled photos for `fastssl data photos`; tensorboard: the log.tensorboard tests;
+        # onnx, onnxscript, onnxruntime: the `fastssl export --format onnx` tests
+        "dev": ["pytest>=7", "scikit-image>=0.19", "tensorboard>=2.14", "onnx>=1.16", "onnxscript", "onnxruntime"],
         # ffcv builds a C extension: apt pkg-config libturbojpeg0-dev libopencv-dev first. ==1.0.2: the
         # backend reads its Reader metadata and calls its C routines. It brings opencv-python itself.
         "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
         "dali": ["nvidia-dali-cuda130"],
+        # fastssl export --format onnx: torch.onnx's exporter needs onnxscript; onnxruntime checks the file
+        "onnx": ["onnx>=1.16", "onnxscript", "onnxruntime"],
+        "tensorboard": ["tensorboard>=2.14"],   # log.tensorboard: true
     },
     entry_points={"console_scripts": ["fastssl=fastssl.cli:main"]},
 )

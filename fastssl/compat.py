@@ -16,7 +16,7 @@ from fastssl.checkpoint import CheckpointError
 SAFE_TO_CHANGE = ("train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every", "train.on_nonfinite",
                   "train.max_skipped_steps", "train.device", "train.compile", "train.cudnn_benchmark",
                   "train.deterministic", "loader.workers", "loader.prefetch", "loader.hw_decoder_load",
-                  "data.path", "knn.")
+                  "data.path", "knn.", "log.")
 VALUE_WIDTH = 60
 
 

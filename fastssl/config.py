@@ -243,6 +243,12 @@ class KnnConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False        # also write each metrics.jsonl record to RUN/tensorboard/ as scalars
+                                     # (needs pip install fastssl[tensorboard])
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -253,6 +259,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def load_settings(self) -> LoadSettings:
         """The sections the loaders are built from (they take no run config of their own)."""

@@ -1,10 +1,8 @@
-"""metrics.jsonl (one JSON object per logged event) and the live progress line."""
+"""metrics.jsonl: one JSON object per logged event."""
 from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
 from fastssl.loaders import atomic
@@ -25,11 +23,12 @@ class MetricsLog:
     so records logged after the checkpoint by the killed run are not duplicated. Those lines are not
     even parsed: the last of them may be torn by a kill or a full disk. A corrupt line before that
     count is an error. Non-finite numbers are written as null: the file is always valid JSON lines.
-    With path None (ranks other than 0 under DDP) it only counts.
+    With path None (ranks other than 0 under DDP) it only counts. An attached sink (TensorBoard) gets
+    each record as written, after the line is in the file.
     """
 
     def __init__(self, path: Path | None, keep_lines: int | None = None):
-        self.path = path
+        self.path, self.sink = path, None
         if path is None:
             self.lines = keep_lines or 0
             return
@@ -53,10 +52,26 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.path is not None:
-            line = json.dumps({k: _finite(v) for k, v in record.items()}, allow_nan=False)
+            record = {k: _finite(v) for k, v in record.items()}
             with open(self.path, "a") as f:
-                f.write(line + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+            if self.sink is not None:
+                self.sink.write(record)
         self.lines += 1
+
+    def attach(self, sink) -> None:
+        """Mirror every record from now on into `sink`. Its reader drops what an earlier run logged at or
+        past `sink.start_step` (a killed run's records after its checkpoint), so the kept records there
+        are written to it again first."""
+        kept = read_metrics(self.path) if self.path.exists() else []
+        for record in kept:
+            if record["step"] >= sink.start_step:
+                sink.write(record)
+        self.sink = sink
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
 
 
 def _finite(value):
@@ -65,37 +80,3 @@ def _finite(value):
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class Progress:
-    """One status line: redrawn in place on a terminal, printed per update when piped to a log; silent
-    with stream None (ranks other than 0 under DDP)."""
-
-    def __init__(self, total_steps: int, start_step: int = 0, stream=sys.stderr):
-        self.total, self.start_step, self.stream = total_steps, start_step, stream
-        self.t0 = time.perf_counter()
-        self.tty = stream is not None and stream.isatty()
-
-    def update(self, step: int, epoch: int, epochs: int, loss: float, lr: float, images_per_s: float) -> None:
-        if self.stream is None:
-            return
-        done = step - self.start_step
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / done * (self.total - step) if done else float("inf")
-        line = (f"epoch {epoch + 1}/{epochs} step {step}/{self.total} [{100 * step / self.total:3.0f}%] "
-                f"loss {loss:.4f} lr {lr:.4g} {images_per_s:,.0f} img/s ETA {_clock(eta)}")
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def message(self, text: str) -> None:
-        if self.stream is None:
-            return
-        self.stream.write(("\n" if self.tty else "") + text + "\n")
-        self.stream.flush()

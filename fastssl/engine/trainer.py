@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +26,18 @@ from fastssl.checkpoint import load_checkpoint, save_checkpoint
 from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.distributed import sync_batch_norm
 from fastssl.engine.knn import knn_top1
-from fastssl.engine.metrics import MetricsLog, Progress, read_metrics
+from fastssl.engine.metrics import MetricsLog, read_metrics
 from fastssl.engine.nonfinite import NonFiniteGuard
 from fastssl.engine.plots import plot_curves
 from fastssl.engine.precision import (autocast, grad_scaler, loss_operand_dtype, resolve_device, resolve_precision,
                                      view_dtype)
 from fastssl.engine.state import GlobalRng, RunCounters, RunState
+from fastssl.engine.tensorboard import TensorBoardSink, require as require_tensorboard
 from fastssl.loaders import atomic
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.datasets.base import Shard
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
+from fastssl.loaders.progress import ProgressBar
 from fastssl.loaders.stages import LOADER_WAIT, StageClock
 from fastssl.methods import MethodContext, build_method
 from fastssl.models import build_model
@@ -105,6 +106,8 @@ class Trainer:
     def __init__(self, cfg: config_mod.Config, out_dir: Path, resume: bool = False):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         methods.check(cfg, config_mod.world_size())   # the method's own rules, before anything is read
+        if cfg.log.tensorboard:
+            require_tensorboard()   # a missing package fails here, not at the first log
         # Both checks come before any data is read: a wrong --out or a torn checkpoint fails at once.
         restored = load_checkpoint(self.out_dir / CHECKPOINT) if resume else None
         if not resume and (self.out_dir / CHECKPOINT).exists():
@@ -258,7 +261,7 @@ class Trainer:
         logits = self.method.logits(*self._last_task)
         return None if logits is None else float(logits.top1())
 
-    def _log(self, epoch: int, progress: Progress, images: int, seconds: float) -> None:
+    def _log(self, epoch: int, progress: ProgressBar, images: int, seconds: float) -> None:
         self.guard.check(self._last_good())   # the interval's host sync reads the guard's flag too
         # loss_count is 0 when skip_step dropped every step of the interval: no mean, logged as null
         count = self.run.loss_count
@@ -278,7 +281,8 @@ class Trainer:
         if self.guard.skipped:
             record["skipped_steps"] = self.guard.skipped
         self.metrics.write(record)
-        progress.update(self.run.step, epoch, self.cfg.train.epochs, loss, lr, record["images_per_s"])
+        progress.update(self.run.step, f"epoch {epoch + 1}/{self.cfg.train.epochs} loss {loss:.4f} lr {lr:.4g} "
+                                       f"{record['images_per_s']:,.0f} img/s")
         for total in self.run.sums.values():
             total.zero_()
         self.run.loss_count = 0
@@ -347,15 +351,34 @@ class Trainer:
         return timings, wall, peaks
 
     def fit(self) -> RunResult:
+        try:
+            return self._fit()
+        finally:
+            self.metrics.close()   # TensorBoard's writer too, also when the run stops on an error
+
+    def _fit(self) -> RunResult:
+        with ProgressBar("train", self.total_steps, unit="steps", initial=self.run.step, every_s=0,
+                         enabled=self.dist.is_main) as progress:
+            for change in self.config_changes:
+                progress.message(f"resuming with a changed config: {change}")
+            if self.run.finished and self.run.step >= self.total_steps:
+                return self._finished()
+            if self.cfg.log.tensorboard and self.dist.is_main:
+                self.metrics.attach(TensorBoardSink(self.out_dir, start_step=self.run.step))
+            if self.run.step == 0 and self.metrics.lines == 0 and self.knn_meaningful:
+                self.run.knn_start = self._evaluate(epoch=0)
+                progress.message(f"knn_top1 at random init: {self.run.knn_start:.4f}")
+            epoch = self._train(progress)
+        final = self._evaluate(epoch) if self.knn_meaningful else float("nan")
+        self.run.finished = True
+        self.save()
+        if self.dist.is_main:
+            plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
+        return self._result(final)
+
+    def _train(self, progress: ProgressBar) -> int:
+        """The steps left of the run; the epoch it ends in."""
         cfg = self.cfg.train
-        progress = Progress(self.total_steps, self.run.step, stream=sys.stderr if self.dist.is_main else None)
-        for change in self.config_changes:
-            progress.message(f"resuming with a changed config: {change}")
-        if self.run.finished and self.run.step >= self.total_steps:
-            return self._finished()
-        if self.run.step == 0 and self.metrics.lines == 0 and self.knn_meaningful:
-            self.run.knn_start = self._evaluate(epoch=0)
-            progress.message(f"knn_top1 at random init: {self.run.knn_start:.4f}")
         per_batch = self.cfg.loader.batch_size
         every = self.cfg.knn.every_epochs if self.knn_meaningful else 0
         epoch = self.run.step // self.steps_per_epoch
@@ -378,12 +401,7 @@ class Trainer:
                     self.save()
                 if self.run.step >= self.total_steps:
                     break
-        final = self._evaluate(epoch) if self.knn_meaningful else float("nan")
-        self.run.finished = True
-        self.save()
-        if self.dist.is_main:
-            plot_curves(read_metrics(self.metrics.path), self.out_dir / "curves.png")
-        return self._result(final)
+        return epoch
 
     def _result(self, final: float) -> RunResult:
         return RunResult(knn_top1=final, knn_start=self.run.knn_start, steps=self.run.step, out_dir=self.out_dir,
