@@ -5,22 +5,7 @@ import numpy as np
 import pytest
 
 from fastssl.cli import main
-from fastssl.config import load_config
 from fastssl.engine.metrics import read_metrics
-from fastssl.engine.trainer import Trainer
-
-RUN = ["data.num_train=512", "data.num_test=256", "loader.batch_size=32", "train.max_steps=2",
-       "train.deterministic=true", "train.precision=fp32", "train.device=cpu", "knn.k=20", "knn.every_epochs=0",
-       "model.width=0.125", "model.projector_hidden=32", "model.projector_out=16", "augment.impl=reference",
-       "method.loss_impl=reference"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "run"
-    Trainer(load_config(None, RUN), out).fit()
-    return out
-
 
 def _eval(run_dir, protocol, *opts, capsys):
     args = ["eval", "--ckpt", str(run_dir / "last.pt"), "--protocol", protocol]
