@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from fastssl import config as config_mod
+from fastssl.export import formats as export_formats   # torch-free: the files of fastssl/export/formats
 
 # Errors that carry a complete one-line message (bad input, or a run's failure such as a diverged loss,
 # a full disk or a metrics file changed by hand): printed without a traceback, exit code 2. By module,
@@ -19,7 +20,7 @@ from fastssl import config as config_mod
 # only have been raised if its module was imported.
 USER_ERRORS = {"fastssl.checkpoint": "CheckpointError", "fastssl.engine.metrics": "MetricsError",
                "fastssl.engine.nonfinite": "NonFiniteError", "fastssl.loaders.atomic": "NoSpaceError",
-               "fastssl.loaders.datasets.base": "DataError"}
+               "fastssl.loaders.datasets.base": "DataError", "fastssl.export": "ExportError"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -300,6 +301,17 @@ def _cmd_features(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from fastssl.export import check_flags   # torch-free: a bad flag answers before torch loads
+
+    check_flags(args.format, args.part, args.network)
+    from fastssl.export.exporter import export
+
+    _, lines = export(args.run, args.format, args.part, args.network, args.ckpt, args.out)
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_profile(args) -> int:
     from fastssl.profile.run import check_arguments   # torch-free: bad arguments answer at once
 
@@ -495,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="protocol setting, e.g. --opt episodes=1000 --opt shots=[1,5] (fewshot), --opt "
                     "epochs=20 (semi), --opt weight_decays=[1e-4,1e-3] (linear), --opt k=20 (knn)")
     ev.set_defaults(func=_cmd_eval)
+    exp = verbs.add_parser("export", help="write a run's encoder as torchvision, safetensors, TorchScript or "
+                           "ONNX", description="Write the encoder (or encoder + projector) of a run's "
+                           "checkpoint to a file that loads without fastssl's trainer, with the run's metadata; "
+                           "the file is reloaded and checked against the network before it is put in place.")
+    exp.add_argument("run", metavar="RUN", help="the run directory (holds config.yaml and the checkpoint)")
+    exp.add_argument("--format", default="torchvision", help=f"one of {', '.join(export_formats.names())}; torchvision: "
+                     "a state dict for torchvision's ResNet (default: %(default)s)")
+    exp.add_argument("--part", default="encoder", help="encoder (features h) or encoder+projector (also z) "
+                     "(default: %(default)s)")
+    exp.add_argument("--network", default="online", help="online, or target: the momentum network of a method "
+                     "that keeps one (BYOL's target, MoCo's key encoder) (default: %(default)s)")
+    exp.add_argument("--ckpt", default="last.pt", help="the checkpoint in RUN (default: %(default)s)")
+    exp.add_argument("--out", help="the file to write (default: RUN/<network>_<part>.<format's suffix>)")
+    exp.set_defaults(func=_cmd_export)
     feats = verbs.add_parser("features", help="write the frozen encoder's features and labels as .npy files",
                              description="The encoder output h (not the projection, not normalised) of every "
                              "image of the run's data, or of --data, in the dataset's order: OUT/<split>_features.npy "

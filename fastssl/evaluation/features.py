@@ -1,7 +1,7 @@
 """What every protocol shares: the run a checkpoint belongs to, the frozen encoder's features, the JSON.
 
-`load_run` reads RUN/config.yaml (plus `--set` overrides) and the encoder weights of RUN/<ckpt>, loaded
-with weights_only=True through fastssl.checkpoint; `split_features` computes h = f(x), the encoder output
+`load_run` reads RUN/config.yaml (plus `--set` overrides) and the encoder weights of RUN/<ckpt> through
+fastssl.trained_run; `split_features` computes h = f(x), the encoder output
 (not the projection), once per split, on unaugmented, normalised images (build_eval_batches).
 """
 from __future__ import annotations
@@ -19,16 +19,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fastssl import compat
 from fastssl import config as config_mod
-from fastssl.checkpoint import CheckpointError, load_checkpoint
 from fastssl.engine.knn import extract_features
 from fastssl.engine.precision import autocast, resolve_device, resolve_precision
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders import atomic
 from fastssl.loaders.factory import build_eval_batches
 from fastssl.loaders.progress import tracked
-from fastssl.models import build_model
+from fastssl.trained_run import load_trained
 
 Progress = Callable[[str], None]
 
@@ -67,27 +65,15 @@ class Run:
 
 def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
     """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied."""
-    ckpt = Path(ckpt)
-    state = load_checkpoint(ckpt, ("model", "run"))   # CheckpointError naming the path: missing, torn, not ours
-    saved = ckpt.parent / "config.yaml"
-    if not saved.is_file():
-        raise config_mod.ConfigError(f"--ckpt {str(ckpt)!r}: its folder holds no config.yaml, so it is not "
-                                     "a fastssl run directory")
-    cfg = config_mod.load_config(saved, list(overrides))
-    compat.check(state.get("config"), cfg, str(ckpt), scope="model.")   # the weights must fit the model
-    model = build_model(cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r}: its weights do not fit the model of "
-                              f"{str(saved)!r} (model.* overridden?): {e}") from e
-    own = config_mod.load_config(saved).data
+    trained = load_trained(ckpt, overrides)
+    cfg, ckpt = trained.cfg, trained.ckpt
+    own = config_mod.load_config(ckpt.parent / "config.yaml").data
     tag = None if cfg.data == own else data_tag(cfg.data.dataset, json.dumps(
         {**dataclasses.asdict(cfg.data), "path": cfg.data.path and str(Path(cfg.data.path).resolve())},
         sort_keys=True))
     device = resolve_device(cfg.train.device)
-    encoder = model.encoder.to(device).eval()
-    return Run(cfg=cfg, run_dir=ckpt.parent, ckpt=ckpt, step=int(state["run"]["step"]), encoder=encoder,
+    encoder = trained.model.encoder.to(device).eval()
+    return Run(cfg=cfg, run_dir=ckpt.parent, ckpt=ckpt, step=int(trained.state["run"]["step"]), encoder=encoder,
                device=device, precision=resolve_precision(cfg.train.precision, device),
                overrides=list(overrides), data_tag=tag)
 

@@ -55,6 +55,10 @@ class Method(nn.Module):
     # Whether `rank_loss` computes this rank's rows only; the trainer then averages the method's own
     # parameters' gradients over the ranks (they differ), as DDP does the encoder's.
     splits_rows: ClassVar[bool] = False
+    # The submodule of the method's state holding a momentum copy of the online SSLNet (encoder +
+    # projector), for methods that keep one; `fastssl export --network target` exports it without
+    # knowing the method.
+    momentum_network: ClassVar[str | None] = None
 
     @classmethod
     def build(cls, settings: Any, ctx: MethodContext) -> Method:

@@ -62,6 +62,7 @@ class BYOLHead(Method):
         predictor_hidden: int = 0  # the predictor's hidden width; 0: the projector's (as in BYOL)
 
     RENAMED = {"byol_momentum": "momentum", "predictor_hidden": "predictor_hidden"}
+    momentum_network = "target"
     MAX_HIDDEN = 65536
 
     def __init__(self, dim: int, hidden: int, online: nn.Module | None = None, momentum: float = 0.996,

@@ -115,6 +115,7 @@ class MoCoHead(Method):
         momentum: float = 0.99     # key encoder EMA momentum, constant (MoCo: 0.999 for ~1M ImageNet steps)
         queue_size: int = 4096     # negative keys K (MoCo v2: 65536 on ImageNet); >= keys enqueued per step
 
+    momentum_network = "key_encoder"
     MAX_QUEUE = 1 << 20
 
     def __init__(self, dim: int, queue_size: int, temperature: float = 0.2, momentum: float = 0.99,

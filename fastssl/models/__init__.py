@@ -7,7 +7,16 @@ from torch import nn
 from fastssl.models.projector import Projector
 from fastssl.models.resnet import ResNet
 
-__all__ = ["Projector", "ResNet", "SSLNet", "build_encoder", "build_model", "build_projector"]
+__all__ = ["Projector", "ResNet", "SSLNet", "build_encoder", "build_model", "build_projector", "torchvision_resnet"]
+
+
+def __getattr__(name: str):
+    """`torchvision_resnet` (torchvision_compat.py) loads on first use: importing torchvision takes a second,
+    which every user of the models would pay otherwise."""
+    if name == "torchvision_resnet":
+        from fastssl.models.torchvision_compat import torchvision_resnet
+        return torchvision_resnet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_encoder(model_cfg) -> ResNet:

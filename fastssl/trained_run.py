@@ -1,0 +1,47 @@
+"""A trained run as every reader of one needs it (fastssl eval, features, export): its checkpoint,
+loaded with weights_only=True (a torn or foreign file is a CheckpointError naming it), RUN/config.yaml
+with overrides, the check that the overrides still fit the weights, and the online network."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from fastssl import compat, methods
+from fastssl import config as config_mod
+from fastssl.checkpoint import CheckpointError, load_checkpoint
+from fastssl.models import SSLNet, build_model
+
+
+@dataclass
+class Trained:
+    """A run's checkpoint, config and online network (weights loaded, on the CPU)."""
+    cfg: config_mod.Config
+    ckpt: Path
+    state: dict
+    model: SSLNet
+
+
+def load_weights(model: nn.Module, weights: dict, ckpt: Path, what: str = "weights") -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: its {what} do not fit the model of "
+                              f"{str(ckpt.parent / 'config.yaml')!r} (model.* overridden?): {e}") from e
+
+
+def load_trained(ckpt: str | Path, overrides: list[str] = ()) -> Trained:
+    """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied."""
+    ckpt = Path(ckpt)
+    state = load_checkpoint(ckpt, ("model", "run"))
+    saved = ckpt.parent / "config.yaml"
+    if not saved.is_file():
+        raise config_mod.ConfigError(f"checkpoint {str(ckpt)!r}: its folder holds no config.yaml, so it is not "
+                                     "a fastssl run directory")
+    cfg = config_mod.load_config(saved, list(overrides))
+    compat.check(state.get("config"), cfg, str(ckpt), scope="model.")   # the weights must fit the model
+    methods.typed_sections(cfg.method)   # a config naming no method gets the default one's name
+    model = build_model(cfg.model)
+    load_weights(model, state["model"], ckpt)
+    return Trained(cfg, ckpt, state, model)
