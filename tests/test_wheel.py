@@ -17,6 +17,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import setuptools  # noqa: F401  (first: `distutils` is then setuptools' own, also where Python has none)
 from distutils.core import run_setup
 
@@ -129,3 +130,11 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path, monkeypatch):
     assert evaluated.returncode == 0, evaluated.stderr
     top1 = json.loads((out / "eval_knn.json").read_text())["results"]["top1"]
     assert 0.0 <= top1 <= 1.0
+    # What a user does next with the encoder: export it (the formats are found as files of the installed
+    # package) and write its features.
+    exported = run([fastssl, "export", out, "--format", "safetensors"], tmp_path, env)
+    assert exported.returncode == 0, exported.stderr
+    assert "check: max abs error 0 " in exported.stdout and (out / "online_encoder.safetensors").is_file()
+    features = run([fastssl, "features", out, "--split", "test"], tmp_path, env)
+    assert features.returncode == 0, features.stderr
+    assert np.load(out / "features" / "test_labels.npy").shape == (32,)
