@@ -295,8 +295,12 @@ def _cmd_features(args) -> int:
     from fastssl.evaluation.feature_files import write_features   # after parsing: `fastssl --help` stays fast
     from fastssl.evaluation.features import load_run
 
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.suffix in (".npy", ".npz") or out.is_file()):
+        raise config_mod.ConfigError(f"--out {args.out}: must be a folder; <split>_features.npy and "
+                                     "<split>_labels.npy are written into it")
     run = load_run(Path(args.run) / args.ckpt, args.set + ([f"data.path={args.data}"] if args.data else []))
-    out = write_features(run, Path(args.out) if args.out else None, tuple(args.split))
+    out = write_features(run, out, tuple(args.split))
     print(f"features of {', '.join(args.split)} ({run.encoder.feature_dim} dims, step {run.step}) -> {out}")
     return 0
 

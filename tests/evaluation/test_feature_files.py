@@ -64,3 +64,12 @@ def test_a_folder_without_a_checkpoint_is_named(tmp_path, capsys):
     assert main(["features", str(tmp_path)]) == 2
     assert f"checkpoint {str(tmp_path / 'last.pt')!r}: does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["features.npy", "taken"])
+def test_an_out_that_is_a_file_is_refused_before_any_work(run_dir, tmp_path, capsys, name):
+    """Two arrays per split need a folder: `--out features.npy` would otherwise become a folder of that name."""
+    (tmp_path / "taken").write_text("keep me")
+    assert main(["features", str(run_dir), "--out", str(tmp_path / name)]) == 2
+    assert f"--out {tmp_path / name}: must be a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and (tmp_path / "taken").read_text() == "keep me"
