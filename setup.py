@@ -7,6 +7,9 @@ from setuptools import find_packages, setup
 ROOTS = {"fastssl": "fastssl", "fastssl.kernels": "kernels", "fastssl.loaders": "loaders", "fastssl.bench": "bench"}
 PACKAGES = [name for root, folder in ROOTS.items()
             for name in [root] + [f"{root}.{sub}" for sub in find_packages(folder)]]
+# fastssl export --format onnx: torch.onnx's exporter needs onnxscript; onnxruntime checks the file
+ONNX = ["onnx>=1.16", "onnxscript", "onnxruntime"]
+TENSORBOARD = ["tensorboard>=2.14"]   # log.tensorboard: true
 
 setup(
     name="fastssl",
@@ -26,16 +29,15 @@ setup(
         "safetensors>=0.4",   # fastssl export --format safetensors
     ],
     extras_require={
-        # scikit-image: its bundled photos for `fastssl data photos`; tensorboard: the log.tensorboard tests;
-        # onnx, onnxscript, onnxruntime: the `fastssl export --format onnx` tests
-        "dev": ["pytest>=7", "scikit-image>=0.19", "tensorboard>=2.14", "onnx>=1.16", "onnxscript", "onnxruntime"],
+        # scikit-image: its bundled photos for `fastssl data photos`; the optional extras so that their
+        # tests (log.tensorboard, export --format onnx) run
+        "dev": ["pytest>=7", "scikit-image>=0.19", *TENSORBOARD, *ONNX],
         # ffcv builds a C extension: apt pkg-config libturbojpeg0-dev libopencv-dev first. ==1.0.2: the
         # backend reads its Reader metadata and calls its C routines. It brings opencv-python itself.
         "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
         "dali": ["nvidia-dali-cuda130"],
-        # fastssl export --format onnx: torch.onnx's exporter needs onnxscript; onnxruntime checks the file
-        "onnx": ["onnx>=1.16", "onnxscript", "onnxruntime"],
-        "tensorboard": ["tensorboard>=2.14"],   # log.tensorboard: true
+        "onnx": ONNX,
+        "tensorboard": TENSORBOARD,
     },
     entry_points={"console_scripts": ["fastssl=fastssl.cli:main"]},
 )
