@@ -6,7 +6,10 @@ finite (no host sync in the hot path); the trainer reads it where it syncs anywa
 and before every save, and stops with the step and the last good checkpoint named; before a save it also checks the weights,
 which an update can overflow a step before the loss shows it. In `skip_step`
 mode the step's update is dropped, as GradScaler drops an fp16 step with infinite gradients: that
-needs the verdict before the update, one host read per step, the price of the mode.
+needs the verdict before the update, one host read per step, the price of the mode. The forward
+itself changes state before the verdict (BatchNorm's running statistics and batch counters, in the
+online network and in a momentum network run under no_grad), so in that mode the buffers are copied
+before the forward (`Buffers`) and put back when the step is dropped: a NaN batch leaves no trace.
 """
 from __future__ import annotations
 
@@ -17,10 +20,29 @@ class NonFiniteError(RuntimeError):
     """The loss was NaN or infinite; the message names the step and what is safe on disk."""
 
 
+class Buffers:
+    """Every buffer of `modules`, copied now so that `restore` can undo what a forward pass wrote into
+    them. A copy per step, of state that is small next to the weights (BatchNorm statistics; a
+    queue, where a method keeps one)."""
+
+    def __init__(self, modules):
+        self.saved = [(live, live.detach().clone()) for module in modules for live in module.buffers()]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for live, saved in self.saved:
+            live.copy_(saved)
+
+
 class NonFiniteGuard:
     def __init__(self, mode: str, max_skipped: int, device: torch.device, skipped: int = 0):
         self.mode, self.max_skipped, self.skipped = mode, max_skipped, skipped
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def protect(self, modules) -> Buffers | None:
+        """In skip_step mode, the buffers of `modules` before the step's forward (restored if the step is
+        dropped); None in stop mode, which never drops a step."""
+        return Buffers(modules) if self.mode == "skip_step" else None
 
     def admit(self, loss: torch.Tensor, step: int) -> bool:
         """Whether step `step` (0-based) may update the model with `loss`."""

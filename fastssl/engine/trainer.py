@@ -173,6 +173,7 @@ class Trainer:
                            ("loader", self.loader), ("rng", GlobalRng()), ("guard", self.guard), ("run", self.run)):
             self.state.register(name, part)
         self.saved_step = None   # the step of the last checkpoint this run wrote or resumed from
+        self._last_task = None   # the last trained step's (z, layout), for the task accuracy at a log
         if restored is not None:
             self.state.restore(restored, str(self.out_dir / CHECKPOINT))
             self.saved_step = self.run.step
@@ -218,6 +219,7 @@ class Trainer:
 
     def train_step(self, task: TaskBatch) -> None:
         images = torch.cat(task.views).contiguous(memory_format=torch.channels_last)
+        buffers = self.guard.protect([self.model, self.method, self.auxiliaries])   # skip_step: undo the forward's
         with autocast(self.precision, self.device):
             _, z = self.forward(images)
             targets = self.method.targets(task)
@@ -234,9 +236,13 @@ class Trainer:
         # computes its own rows' share of the loss; every rank guards and logs the same global loss.
         loss = rank_step_loss(self.method, self.auxiliaries, z, layout, targets, task, self.dist)
         self.clock.mark("head", "backward")
-        if not self.guard.admit(loss.total, self.run.step):   # skip_step: the batch is used up, the model untouched
+        if not self.guard.admit(loss.total, self.run.step):
+            # skip_step: the batch is used up (the step and the schedule move on); the weights, the optimizer
+            # and the method's state are untouched and the buffers the forward wrote are put back.
+            buffers.restore()
             self.scheduler.step()
             self.run.step += 1
+            self._last_task = None
             return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.backward).backward()
@@ -257,7 +263,10 @@ class Trainer:
 
     @torch.no_grad()
     def _task_top1(self) -> float | None:
-        """The method's accuracy on the last batch's task (queries vs classes), where it classifies."""
+        """The method's accuracy on the last step's task (queries vs classes), where it classifies and
+        that step trained: None after a skipped step, so a resumed run logs what a straight one does."""
+        if self._last_task is None:
+            return None
         logits = self.method.logits(*self._last_task)
         return None if logits is None else float(logits.top1())
 
@@ -274,7 +283,7 @@ class Trainer:
             total = sum(step["step"] for step in steps)
             record["step_ms"] = float(np.median([step["step"] for step in steps]))
             record["data_wait_share"] = sum(step.get(LOADER_WAIT, 0.0) for step in steps) / total if total else 0.0
-        top1 = self._task_top1() if count else None
+        top1 = self._task_top1()
         if top1 is not None:
             record["task_top1"] = top1
         record.update(means)   # each auxiliary loss alone (unweighted), also inside `loss`
