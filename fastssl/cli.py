@@ -20,7 +20,8 @@ from fastssl.export import formats as export_formats   # torch-free: the files o
 # only have been raised if its module was imported.
 USER_ERRORS = {"fastssl.checkpoint": "CheckpointError", "fastssl.engine.metrics": "MetricsError",
                "fastssl.engine.nonfinite": "NonFiniteError", "fastssl.loaders.atomic": "NoSpaceError",
-               "fastssl.loaders.datasets.base": "DataError", "fastssl.export": "ExportError"}
+               "fastssl.loaders.datasets.base": "DataError", "fastssl.export": "ExportError",
+               "fastssl.engine.rundir": "RunDirError"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -52,12 +53,14 @@ def _cmd_train(args) -> int:
         cfg = config_mod.load_config(saved)
     else:
         cfg = config_mod.load_config(args.config, args.set)
-        out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    _writable_run_dir(out)
+        out = Path(args.out) if args.out else None    # None: a new runs/<date-time>, made unique
     from fastssl.engine.trainer import Trainer  # after validation: a bad config fails in milliseconds
 
-    print(f"run directory: {out}", file=sys.stderr)
-    result = Trainer(cfg, out, resume=bool(args.resume)).fit()
+    # The trainer makes and locks the folder once the rules that need torch have passed: a refused run
+    # leaves no folder, and a folder in use by another process is refused before any data is read.
+    trainer = Trainer(cfg, out, resume=bool(args.resume))
+    print(f"run directory: {trainer.out_dir}", file=sys.stderr)
+    result = trainer.fit()
     if result.is_main and not result.knn_meaningful:   # under torchrun: one result line, rank 0's
         print("knn_top1=n/a (train and test classes are disjoint)")
     elif result.is_main:
@@ -496,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     photos.add_argument("--classes", type=int, default=10, help="class folders (default: %(default)s)")
     photos.add_argument("--seed", type=int, default=0)
     photos.set_defaults(func=_cmd_data_photos)
-    ev = verbs.add_parser("eval", help="evaluate a trained encoder's features: knn, linear, semi, fewshot",
+    ev = verbs.add_parser("eval", help=f"evaluate a trained encoder's features: {', '.join(config_mod.PROTOCOLS)}",
                           description="Evaluate the encoder of a run's checkpoint (features h, not the "
                           "projection); writes RUN/eval_<protocol>.json and prints a one-line summary.")
     ev.add_argument("--ckpt", required=True, help="the run's checkpoint, e.g. runs/x/last.pt (the run's "

@@ -229,7 +229,9 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     log_every: int = 10
-    ckpt_every: int = 0              # steps between checkpoints; 0: only at the end
+    ckpt_every: int = 0              # steps between checkpoints (0: none by step count)
+    ckpt_every_epochs: int = 1       # epochs between checkpoints, at the epoch's end (0: none by epoch);
+                                     # the end of the run always saves one
     cudnn_benchmark: bool = True
     on_nonfinite: OnNonfinite = "stop"  # a NaN/inf loss: stop (nothing non-finite is saved), or skip_step
     max_skipped_steps: int = 10      # skip_step: stop once this many steps were skipped
@@ -381,8 +383,10 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
     for path in paths:
         p = Path(path)
         source = f"config file {shown(str(p))}"
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"{source}: does not exist")
+        if p.is_dir():
+            raise ConfigError(f"{source}: is a directory; -c takes a YAML file (e.g. configs/quickstart.yaml)")
         try:
             data = p.read_bytes()   # bytes: the YAML reader decodes UTF-8/16/32 and names a bad byte
         except OSError as e:
@@ -421,7 +425,7 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _check_choices(cfg)
     cfg.data.validate()
     cfg.loader.validate(world)
-    cfg.augment.validate(cfg.data.image_size)
+    cfg.augment.validate(cfg.data.image_size, cfg.loader.views)
     ld = cfg.loader
     if ld.dtype in VIEW_DTYPES and ld.dtype != "float32":
         require(cfg.train.precision in ("auto", VIEW_DTYPES[ld.dtype]), "loader.dtype", ld.dtype,
@@ -493,6 +497,7 @@ def _validate_train(t: TrainConfig) -> None:
             f"must be <= {MAX_STEPS}")
     int_in("train.log_every", t.log_every, 1, MAX_STEPS)
     int_in("train.ckpt_every", t.ckpt_every, 0, MAX_STEPS)
+    int_in("train.ckpt_every_epochs", t.ckpt_every_epochs, 0, MAX_EPOCHS)
 
 
 def dump_yaml(cfg: Config) -> str:

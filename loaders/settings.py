@@ -79,6 +79,8 @@ class DataConfig:
         path = self.path if self.path is not None else (
             FASHION_MNIST_DEFAULT if self.dataset == "fashion_mnist" else None)
         require(path is not None, "data.path", self.path, f"is required for data.dataset={self.dataset}")
+        require(path.strip() != "", "data.path", path, "must name a folder (an empty path would read the "
+                "current directory)")
         zip_ok = self.dataset == "omniglot" and Path(path).is_file() and Path(path).suffix.lower() == ".zip"
         exists = Path(path).is_dir() or zip_ok or (self.download and self.dataset in ("cifar10", "cifar100"))
         require(exists, "data.path", path, "must be an existing directory"
@@ -143,7 +145,7 @@ class AugmentConfig:
         values = getattr(self, name)
         return values[view % len(values)]
 
-    def validate(self, image_size: int) -> None:
+    def validate(self, image_size: int, views: int) -> None:
         require(0 < self.crop_scale_max <= 1, "augment.crop_scale_max", self.crop_scale_max, "must be in (0, 1]")
         require(0 < self.crop_scale_min <= self.crop_scale_max <= 1, "augment.crop_scale_min",
                 (self.crop_scale_min, self.crop_scale_max), "must satisfy 0 < crop_scale_min <= crop_scale_max <= 1")
@@ -153,8 +155,9 @@ class AugmentConfig:
             finite_in(f"augment.{name}", getattr(self, name), 0, MAX_JITTER)
         require(0 <= self.hue <= 0.5, "augment.hue", self.hue, "must be in [0, 0.5]")
         for name in ("blur_p", "solarize_p"):
-            require(len(getattr(self, name)) <= MAX_VIEWS, f"augment.{name}", getattr(self, name),
-                    f"must hold at most {MAX_VIEWS} values (one per view)")
+            require(len(getattr(self, name)) <= views, f"augment.{name}", getattr(self, name),
+                    f"must hold at most loader.views = {views} values (one per view): a value past the last "
+                    "view would never be used")
             for i, p in enumerate(getattr(self, name)):
                 probability(f"augment.{name}[{i}]", p)
         require(math.isfinite(self.blur_sigma_max) and self.blur_sigma_max <= image_size,

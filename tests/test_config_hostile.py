@@ -1,6 +1,7 @@
 """Hostile config values: YAML 1.2 scalars, exact types, bounds on every field, one-line CLI errors,
 an unwritable --out, alias bombs and object tags. Each case names what it guards against."""
 import math
+import os
 import time
 import typing
 
@@ -9,7 +10,7 @@ import pytest
 from fastssl import config as config_mod
 from fastssl import methods
 from fastssl.cli import main
-from fastssl.config import Config, ConfigError, dump_yaml, load_config
+from fastssl.config import PROTOCOLS, Config, ConfigError, dump_yaml, load_config
 
 
 class _Built(Exception):
@@ -105,7 +106,11 @@ BOUNDS = [
     (["augment.saturation=.nan"], "augment.saturation=nan: must be a finite number in [0, 10]"),
     (["augment.blur_sigma_max=.inf"], "augment.blur_sigma_max=inf: must be a finite number <= data.image_size"),
     (["augment.blur_p=[0.5, .nan]"], "augment.blur_p[1]=nan: must be a probability in [0, 1]"),
-    (["augment.solarize_p=[" + ", ".join(["0.5"] * 33) + "]"], "must hold at most 32 values"),
+    (["augment.solarize_p=[" + ", ".join(["0.5"] * 33) + "]"], "must hold at most loader.views = 2 values"),
+    (["augment.blur_p=[0.5,0.5,0.5]"], "augment.blur_p=[0.5, 0.5, 0.5]: must hold at most loader.views = 2 values "
+                                       "(one per view): a value past the last view would never be used"),
+    (["data.dataset=imagefolder", "data.path="], "data.path='': must name a folder (an empty path would read the "
+                                                 "current directory)"),
     (["loader.batch_size=1000000"], "loader.batch_size=1000000: must be <= 65536"),
     (["loader.views=1000", "task.n_query=999"], "loader.views=1000: must be <= 32"),
     (["loader.workers=100000"], "loader.workers=100000: must be <= 256"),
@@ -252,16 +257,24 @@ def test_dumped_config_reads_back_the_same_under_yaml_1_2(tmp_path):
     assert load_config(path) == cfg
 
 
-@pytest.mark.parametrize("out", ["{tmp}/file/run", "{tmp}/file", "/proc/fastssl-run"])
-def test_unwritable_out_fails_before_the_trainer_is_built(out, tmp_path, capsys):
-    """The old code reached the Trainer, built the data, then failed with a traceback."""
-    (tmp_path / "file").write_text("a regular file")
-    out = out.format(tmp=tmp_path)
-    err = _one_line_error(capsys, ["--out", out])
-    assert f"run directory {out!r}: cannot be written" in err
+def test_a_config_path_that_is_a_folder_or_a_device_is_named_as_such(tmp_path, capsys):
+    """Both used to say "does not exist". A folder is refused as what it is; /dev/null and a pipe (bash's
+    <(...)) are files to read: empty, the defaults."""
+    assert main(["train", "-c", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"fastssl train: error: config file {str(tmp_path)!r}: is a "
+                                               "directory; -c takes a YAML file (e.g. configs/quickstart.yaml)")
+    assert load_config("/dev/null") == load_config(None)
+    read, write = os.pipe()
+    os.write(write, b"optim:\n  lr: 0.25\n")
+    os.close(write)
+    try:
+        assert load_config(f"/dev/fd/{read}").optim.lr == 0.25
+    finally:
+        os.close(read)
 
 
-def test_writable_out_reaches_the_trainer(tmp_path):
-    with pytest.raises(_Built):
-        main(["train", "--out", str(tmp_path / "new" / "run")])
-    assert list((tmp_path / "new" / "run").iterdir()) == []   # the probe file is gone
+def test_the_top_level_help_lists_every_evaluation_protocol(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())   # argparse wraps the line
+    assert f"evaluate a trained encoder's features: {', '.join(PROTOCOLS)} " in text and "oneshot" in PROTOCOLS

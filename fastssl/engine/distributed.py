@@ -92,6 +92,14 @@ class Dist:
         for buffer in module.buffers():
             dist.broadcast(buffer, 0)
 
+    def share(self, value):
+        """Rank 0's picklable `value` on every rank (the run folder it claimed, or its error)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, 0)
+        return box[0]
+
     def gather_images(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image values (b, ...) of every rank -> (W*b, ...), no gradient (task rotations)."""
         if self.world == 1:

@@ -69,6 +69,7 @@ class RunCounters:
     loss_count: int = 0
     finished: bool = False
     metrics_lines: int = 0
+    world: int = 1           # processes the run was trained with (torchrun's world size)
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, name: str, value: torch.Tensor) -> None:
@@ -78,10 +79,11 @@ class RunCounters:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "knn_start": self.knn_start, "loss_count": self.loss_count,
-                "finished": self.finished, "metrics_lines": self.metrics_lines,
+                "finished": self.finished, "metrics_lines": self.metrics_lines, "world": self.world,
                 "sums": {name: value.cpu() for name, value in self.sums.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.knn_start, self.loss_count = state["step"], state["knn_start"], state["loss_count"]
         self.finished, self.metrics_lines = state["finished"], state["metrics_lines"]
+        self.world = state.get("world", self.world)   # older checkpoints did not record it
         self.sums = {name: value.to(self.device) for name, value in state["sums"].items()}

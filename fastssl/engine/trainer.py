@@ -21,8 +21,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fastssl import compat, envinfo, methods
+from fastssl.engine import rundir
 from fastssl import config as config_mod
-from fastssl.checkpoint import load_checkpoint, save_checkpoint
+from fastssl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.distributed import sync_batch_norm
 from fastssl.engine.knn import knn_top1
@@ -42,7 +43,7 @@ from fastssl.loaders.stages import LOADER_WAIT, StageClock
 from fastssl.methods import MethodContext, build_method
 from fastssl.models import build_model
 from fastssl.optim import build_optimizer
-from fastssl.optim.schedule import build_scheduler
+from fastssl.optim.schedule import build_scheduler, retarget
 from fastssl.task.builder import TaskBatch, TaskBuilder
 from fastssl.task.layout import RankRows, TaskLayout
 from fastssl.task.rotation_prediction import build_auxiliaries
@@ -101,23 +102,69 @@ def split_parameters(method: nn.Module, auxiliaries: nn.ModuleList) -> list[torc
 
 
 class Trainer:
-    """Owns one run directory; `fit()` trains from scratch or from its last checkpoint."""
+    """Owns one run directory (`out_dir`; None: a new runs/<date-time>); `fit()` trains from scratch or
+    from its last checkpoint. The folder is claimed (engine/rundir.py) after the config's rules pass,
+    so a rejected run leaves no folder behind, and is held until `fit` ends or `close` is called."""
 
-    def __init__(self, cfg: config_mod.Config, out_dir: Path, resume: bool = False):
-        self.cfg, self.out_dir = cfg, Path(out_dir)
+    def __init__(self, cfg: config_mod.Config, out_dir: Path | None = None, resume: bool = False):
+        self.cfg = cfg
         methods.check(cfg, config_mod.world_size())   # the method's own rules, before anything is read
         if cfg.log.tensorboard:
             require_tensorboard()   # a missing package fails here, not at the first log
+        self.dist, self.device = setup_distributed(resolve_device(cfg.train.device))
+        self.out_dir, created = self._claim(out_dir, resume)
+        self._claimed = True
+        try:
+            self._build(resume)
+        except BaseException:
+            self.close(remove_if_unused=created)
+            raise
+
+    def _claim(self, out_dir: Path | None, resume: bool) -> tuple[Path, bool]:
+        """The run folder, locked by rank 0 (made unique when fastssl names it), and whether this call
+        created it; every rank gets rank 0's folder, or its error."""
+        path, created, error = None, False, None
+        if self.dist.is_main:
+            try:
+                if out_dir is None:
+                    path, created = rundir.claim(rundir.new_folder(rundir.default_path())), True
+                else:
+                    created = not Path(out_dir).exists()
+                    path = rundir.claim(Path(out_dir))
+            except rundir.RunDirError as e:
+                error = str(e)
+        path, error = self.dist.share((str(path) if path else None, error))
+        if error is not None:
+            raise rundir.RunDirError(error)
+        return Path(path), created
+
+    def close(self, remove_if_unused: bool = False) -> None:
+        """Release the run folder; with `remove_if_unused`, a folder this run made and never wrote goes too."""
+        if not getattr(self, "_claimed", False):
+            return
+        self._claimed = False
+        if self.dist.is_main:
+            rundir.release(self.out_dir)
+            if remove_if_unused:
+                rundir.remove_if_unused(self.out_dir)
+
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
+        checkpoint = self.out_dir / CHECKPOINT
         # Both checks come before any data is read: a wrong --out or a torn checkpoint fails at once.
-        restored = load_checkpoint(self.out_dir / CHECKPOINT) if resume else None
-        if not resume and (self.out_dir / CHECKPOINT).exists():
+        if resume and not checkpoint.exists():
+            raise CheckpointError(f"--resume {self.out_dir}: holds no {CHECKPOINT} yet, the run stopped before its "
+                                  f"first checkpoint (train.ckpt_every_epochs={cfg.train.ckpt_every_epochs}, "
+                                  f"train.ckpt_every={cfg.train.ckpt_every}); start it again from its config: "
+                                  f"fastssl train -c {self.out_dir / 'config.yaml'} --out {self.out_dir}")
+        restored = load_checkpoint(checkpoint) if resume else None
+        if not resume and checkpoint.exists():
             raise FileExistsError(f"run directory {str(self.out_dir)!r} already holds {CHECKPOINT}: continue "
                                   f"it with --resume {self.out_dir}, or choose another --out")
         # A checkpoint continues only the run it was trained as: changed fields that would alter the
         # model, the method or the data order are an error; the others are reported.
-        self.config_changes = (compat.check(restored.get("config"), cfg, str(self.out_dir / CHECKPOINT))
+        self.config_changes = (compat.check(restored.get("config"), cfg, str(checkpoint))
                                if restored is not None else [])
-        self.dist, self.device = setup_distributed(resolve_device(cfg.train.device))
         self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)          # restored from the checkpoint on resume, like torch's
@@ -163,7 +210,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps)
         self.scaler = grad_scaler(self.precision, self.device)
 
-        self.run = RunCounters(self.device)
+        self.run = RunCounters(self.device, world=self.dist.world)
         for name in ("loss", *(aux.metric for aux in self.auxiliaries)):   # logged from the first interval on
             self.run.sums[name] = torch.zeros((), device=self.device)
         self.guard = NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps, self.device)
@@ -176,10 +223,30 @@ class Trainer:
         self._last_task = None   # the last trained step's (z, layout), for the task accuracy at a log
         if restored is not None:
             self.state.restore(restored, str(self.out_dir / CHECKPOINT))
+            self.config_changes += self._resumed_differently(restored["run"].get("world"), warmup)
             self.saved_step = self.run.step
             self.metrics = MetricsLog(self._metrics_path(), keep_lines=self.run.metrics_lines)
         else:
             self._start_run_dir()
+
+    def _resumed_differently(self, saved_world: int | None, warmup: int) -> list[str]:
+        """What a resume changes beyond the config's fields, put right where it can be and reported: a new
+        run length recomputes the learning-rate schedule from the restored step (the checkpoint's
+        schedule would end at the old length and train the extra steps at lr 0), and another world
+        size gives other per-process BatchNorm statistics."""
+        lines = []
+        change = retarget(self.scheduler, warmup, self.total_steps)
+        if change is not None:
+            lines.append(f"learning-rate schedule: {change.old_total} -> {change.new_total} steps, recomputed from "
+                         f"the restored step {self.run.step}: lr {change.old_lr:.4g} -> {change.new_lr:.4g}")
+        self.run.world, old = self.dist.world, saved_world
+        if old is not None and old != self.dist.world:
+            per_process = ("" if self.cfg.model.sync_bn else "; BatchNorm statistics are per process "
+                           "(model.sync_bn=false), so the run goes on differently from one on "
+                           f"{old} process{'es' if old > 1 else ''}")
+            lines.append(f"world size: {old} in the checkpoint, {self.dist.world} now (the global batch "
+                         f"loader.batch_size={self.cfg.loader.batch_size} is kept){per_process}")
+        return lines
 
     # -- run directory and checkpoints -------------------------------------------------------------
 
@@ -364,6 +431,7 @@ class Trainer:
             return self._fit()
         finally:
             self.metrics.close()   # TensorBoard's writer too, also when the run stops on an error
+            self.close()
 
     def _fit(self) -> RunResult:
         with ProgressBar("train", self.total_steps, unit="steps", initial=self.run.step, every_s=0,
@@ -400,13 +468,15 @@ class Trainer:
                 if self.run.step % cfg.log_every == 0 or self.run.step == self.total_steps:
                     self._log(epoch, progress, images, time.perf_counter() - tick)
                     tick, images = time.perf_counter(), 0
-                if self.run.step % self.steps_per_epoch == 0:
+                epoch_end = self.run.step % self.steps_per_epoch == 0
+                if epoch_end:
                     # Epoch-end work comes before this step's checkpoint: a run resumed from it starts
                     # the next epoch and must not have skipped the evaluation.
                     epoch += 1
                     if every and epoch % every == 0 and self.run.step < self.total_steps:
                         progress.message(f"knn_top1 after epoch {epoch}: {self._evaluate(epoch):.4f}")
-                if cfg.ckpt_every and self.run.step % cfg.ckpt_every == 0:
+                if ((cfg.ckpt_every and self.run.step % cfg.ckpt_every == 0)
+                        or (epoch_end and cfg.ckpt_every_epochs and epoch % cfg.ckpt_every_epochs == 0)):
                     self.save()
                 if self.run.step >= self.total_steps:
                     break
@@ -417,9 +487,12 @@ class Trainer:
                          is_main=self.dist.is_main, knn_meaningful=self.knn_meaningful)
 
     def _finished(self) -> RunResult:
-        """A resumed run that had already ended: its result, from its metrics (rank 0's); nothing is written."""
+        """A resumed run that had already ended: its result, from its metrics (rank 0's); nothing is written
+        but a missing curves.png."""
         if not self.dist.is_main:
             return self._result(float("nan"))
         records = read_metrics(self.out_dir / "metrics.jsonl")[:self.metrics.lines]
+        if not (self.out_dir / "curves.png").exists():   # lost or deleted: drawn again from the metrics
+            plot_curves(records, self.out_dir / "curves.png")
         final = [r["knn_top1"] for r in records if "knn_top1" in r and r["step"] == self.run.step]
         return self._result(final[-1] if final else float("nan"))

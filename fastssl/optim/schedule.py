@@ -6,6 +6,7 @@ cosine decay anneals to 0 exactly at the last step of the run.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -48,3 +49,28 @@ class WarmupCosine:
 def build_scheduler(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
     """Scales every param group's initial lr by the schedule; call `.step()` after each optimizer step."""
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps))
+
+
+@dataclass(frozen=True)
+class Retargeted:
+    old_total: int
+    new_total: int
+    old_lr: float     # the first param group's lr for the next step, before and after
+    new_lr: float
+
+
+def retarget(scheduler: LambdaLR, warmup_steps: int, total_steps: int) -> Retargeted | None:
+    """Point a restored scheduler at this run's length. A checkpoint brings its WarmupCosine with the
+    old warm-up and total, so a run extended by a few epochs would go on at the old schedule's lr 0:
+    instead the schedule is recomputed for the new length and applied from the restored step on.
+    None if nothing changed."""
+    schedule = scheduler.lr_lambdas[0]
+    if (schedule.warmup_steps, schedule.total_steps) == (warmup_steps, total_steps):
+        return None
+    old_total, old_lr = schedule.total_steps, scheduler.optimizer.param_groups[0]["lr"]
+    for fn in scheduler.lr_lambdas:
+        fn.warmup_steps, fn.total_steps = warmup_steps, total_steps
+    step = scheduler.last_epoch
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+    return Retargeted(old_total, total_steps, old_lr, scheduler.optimizer.param_groups[0]["lr"])

@@ -128,7 +128,7 @@ def _one_process_knn(state: dict) -> float:
     return knn_top1(model.encoder, *batches, 10, cfg.knn.k, cfg.knn.temperature, nullcontext)
 
 
-def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
+def test_two_rank_training_shares_one_task_and_one_model(tmp_path, capsys):
     mp.spawn(_train_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert ranks[0]["rows"] == 2 * 16                      # the head saw the global batch's 2 x 16 rows
@@ -143,8 +143,20 @@ def test_two_rank_training_shares_one_task_and_one_model(tmp_path):
     run = tmp_path / "run"
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in logged if "loss" in r] != [] and (run / "last.pt").exists()
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "curves.png", "env.json", "last.pt",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml", "curves.png", "env.json", "last.pt",
                                                       "metrics.jsonl"]
+    # Resumed by one process: the global batch is kept, the per-process BatchNorm statistics are not, which
+    # used to pass without a word.
+    from fastssl.checkpoint import load_checkpoint
+    from fastssl.cli import main
+
+    assert load_checkpoint(run / "last.pt")["run"]["world"] == WORLD
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert ("resuming with a changed config: world size: 2 in the checkpoint, 1 now (the global batch "
+            "loader.batch_size=16 is kept); BatchNorm statistics are per process (model.sync_bn=false)"
+            ) in capsys.readouterr().err
+
 
 
 def test_sync_bn_converts_every_batch_norm_and_refuses_the_cpu():
