@@ -17,8 +17,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from fastssl.loaders.rules import (ConfigError, choices, cut, finite_in, finite_positive, int_in, probability,
-                                   require, shown)
+from fastssl.loaders.rules import (ConfigError, check_temperature, choices, cut, finite_in, finite_positive, int_in,
+                                   probability, require, shown)
 from fastssl.loaders.settings import (BACKENDS, DATASETS, FASHION_MNIST_DEFAULT, GENERATED, MAX_SEED,  # noqa: F401
                                       MAX_VIEWS, ON_ERROR, AugmentConfig, DataConfig, Impl, LoaderConfig, LoadSettings)
 
@@ -36,7 +36,12 @@ PRECISIONS, LOSS_DTYPES, ON_NONFINITE, DEVICES = (choices(Precision), choices(Lo
                                                   choices(Device))
 VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 MAX_WIDTH = 8                       # 8x the standard ResNet widths
-MAX_DIM = 65536                     # projector and predictor widths
+# Projector and predictor widths: the widest published projector is 8192 (Barlow Twins, VICReg); at
+# 16384 one hidden x hidden matrix is 1 GiB in fp32 (65536 needed 16 GiB).
+MAX_DIM = 16384
+# Far above any recipe's learning rate (LARS's largest published is about 10); past float32's range
+# (3.4e38) an update cannot even be computed.
+MAX_LR = 1e6
 MAX_PROJECTOR_LAYERS = 16
 MAX_EPOCHS = 10_000
 MAX_STEPS = 10**9
@@ -437,7 +442,7 @@ def validate(cfg: Config, world: int | None = None) -> None:
     _validate_train(cfg.train)
     k = cfg.knn
     int_in("knn.k", k.k, 1, MAX_KNN_K)
-    finite_positive("knn.temperature", k.temperature)
+    check_temperature("knn.temperature", k.temperature)
     int_in("knn.every_epochs", k.every_epochs, 0, MAX_EPOCHS)
 
 
@@ -480,7 +485,7 @@ def _validate_task(task: TaskConfig, ld: LoaderConfig) -> None:
 
 
 def _validate_optim(o: OptimConfig) -> None:
-    finite_positive("optim.lr", o.lr)
+    require(math.isfinite(o.lr) and 0 < o.lr <= MAX_LR, "optim.lr", o.lr, f"must be a finite number in (0, {MAX_LR:g}]")
     finite_in("optim.weight_decay", o.weight_decay, 0, 1)
     require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     require(math.isfinite(o.trust_coefficient) and 0 < o.trust_coefficient <= 1, "optim.trust_coefficient",

@@ -10,6 +10,9 @@ import typing
 from typing import Any
 
 MAX_SHOWN = 200          # characters of a value an error message echoes
+# Temperatures divide similarities in [-1, 1] into logits: published ones are 0.01 to 1. Outside
+# [1e-4, 1e4] nothing trains, and at 1e-308 the scale 1 / temperature is not even a float.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
 
 
 class ConfigError(ValueError):
@@ -52,3 +55,7 @@ def finite_positive(key: str, value: float) -> None:
 
 def probability(key: str, value: float) -> None:
     require(0.0 <= value <= 1.0, key, value, "must be a probability in [0, 1]")
+
+
+def check_temperature(key: str, value: float) -> None:
+    finite_in(key, value, MIN_TEMPERATURE, MAX_TEMPERATURE)

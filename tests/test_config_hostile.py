@@ -122,7 +122,16 @@ BOUNDS = [
     (["train.max_steps=10000000000"], "train.max_steps=10000000000: must be <= 1000000000"),
     (["knn.k=1000000000"], "knn.k=1000000000: must be <= 100000"),
     (["model.width=1e6"], "model.width=1000000.0: must be <= 8"),
-    (["model.projector_hidden=100000000"], "model.projector_hidden=100000000: must be <= 65536"),
+    (["model.projector_hidden=100000000"], "model.projector_hidden=100000000: must be <= 16384"),
+    # Numbers that passed validation and then failed with a traceback inside the step:
+    (["optim.lr=1e308"], "optim.lr=1e+308: must be a finite number in (0, 1e+06]"),          # overflow in LARS
+    (["method.contrastive.temperature=5e-324"], "method.contrastive.temperature=5e-324: must be a finite number in "
+                                                "[0.0001, 10000.0]"),                       # scale=inf in sim_xent
+    (["knn.temperature=1e-300"], "knn.temperature=1e-300: must be a finite number in [0.0001, 10000.0]"),
+    (["method.name=r2d2", "method.r2d2.ridge_lambda=1e-300"], "method.r2d2.ridge_lambda=1e-300: must be a finite "
+                                                             "number in [1e-06, 1000000.0]"),  # 0 in fp32
+    (["method.name=svm", "method.svm.c=1e308"], "method.svm.c=1e+308: must be a finite number in [1e-06, 1000000.0]"),
+    (["method.name=byol", "method.byol.predictor_hidden=65536"], "method.byol.predictor_hidden=65536: must be <= 16384"),
     (["model.projector_layers=1000"], "model.projector_layers=1000: must be <= 16"),
     (["method.name=svm", "method.svm.iters=1000000"], "method.svm.iters=1000000: must be <= 1000"),
     (["method.name=svm", "method.svm.tasks=1000"], "method.svm.tasks=1000: must be <= loader.batch_size (128)"),

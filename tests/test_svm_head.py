@@ -208,9 +208,9 @@ def test_head_rejects_batches_the_task_count_does_not_divide():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["method.name=svm", "method.svm.c=0"], "method.svm.c=0.0: must be a finite number > 0"),
-    (["method.name=svm", "method.svm.c=-0.1"], "method.svm.c=-0.1: must be a finite number > 0"),
-    (["method.name=svm", "method.svm.c=.inf"], "method.svm.c=inf: must be a finite number > 0"),
+    (["method.name=svm", "method.svm.c=0"], "method.svm.c=0.0: must be a finite number in [1e-06, 1000000.0]"),
+    (["method.name=svm", "method.svm.c=-0.1"], "method.svm.c=-0.1: must be a finite number in [1e-06, 1000000.0]"),
+    (["method.name=svm", "method.svm.c=.inf"], "method.svm.c=inf: must be a finite number in [1e-06, 1000000.0]"),
     (["method.name=svm", "method.svm.iters=0"], "method.svm.iters=0: must be >= 1"),
     (["method.name=svm", "method.svm.tasks=0"], "method.svm.tasks=0: must be >= 1"),
     (["method.name=svm", "loader.batch_size=32", "method.svm.tasks=3"],

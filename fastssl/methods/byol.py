@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastssl import config as config_mod
 from fastssl.loaders.rules import int_in, require
 from fastssl.models.projector import Projector
 from fastssl.task.builder import TaskBatch
@@ -63,7 +64,7 @@ class BYOLHead(Method):
 
     RENAMED = {"byol_momentum": "momentum", "predictor_hidden": "predictor_hidden"}
     momentum_network = "target"
-    MAX_HIDDEN = 65536
+    MAX_HIDDEN = config_mod.MAX_DIM   # the projector's bound: one matrix at most 1 GiB in fp32
 
     def __init__(self, dim: int, hidden: int, online: nn.Module | None = None, momentum: float = 0.996,
                  total_steps: int = 1, compile: bool = False):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 from fastssl.kernels import narrow, nt_xent, sim_xent, unit_rows
-from fastssl.loaders.rules import finite_positive
+from fastssl.loaders.rules import check_temperature
 from fastssl.task.layout import RankRows, TaskLayout, TaskLogits, mixed_loss
 
 from . import register
@@ -37,7 +37,7 @@ class ContrastiveHead(Method):
 
     @classmethod
     def check(cls, settings: Settings, cfg, world: int) -> None:
-        finite_positive(f"method.{cls.name}.temperature", settings.temperature)
+        check_temperature(f"method.{cls.name}.temperature", settings.temperature)
 
     @classmethod
     def build(cls, settings: Settings, ctx: MethodContext) -> ContrastiveHead:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.kernels import narrow, sim_xent, unit_rows
-from fastssl.loaders.rules import finite_in, finite_positive, int_in, require
+from fastssl.loaders.rules import check_temperature, finite_in, int_in, require
 from fastssl.task.builder import TaskBatch
 from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss
 
@@ -135,7 +135,7 @@ class MoCoHead(Method):
 
     @classmethod
     def check(cls, settings: Settings, cfg, world: int) -> None:
-        finite_positive("method.moco.temperature", settings.temperature)
+        check_temperature("method.moco.temperature", settings.temperature)
         finite_in("method.moco.momentum", settings.momentum, 0.0, 1.0)
         views, batch = cfg.task.n_supp + cfg.task.n_query, cfg.loader.batch_size
         require(settings.queue_size >= views * batch, "method.moco.queue_size", settings.queue_size,

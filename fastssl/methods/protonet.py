@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 from fastssl.kernels import narrow, sim_xent
-from fastssl.loaders.rules import finite_positive
+from fastssl.loaders.rules import check_temperature
 from fastssl.task.layout import RankRows, TaskLayout, TaskLogits, mixed_loss, split_views
 
 from . import register
@@ -36,7 +36,7 @@ class ProtoNetHead(Method):
 
     @classmethod
     def check(cls, settings: Settings, cfg, world: int) -> None:
-        finite_positive(f"method.{cls.name}.temperature", settings.temperature)
+        check_temperature(f"method.{cls.name}.temperature", settings.temperature)
 
     @classmethod
     def build(cls, settings: Settings, ctx: MethodContext) -> ProtoNetHead:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fastssl.kernels import ridge_solve, sim_xent
-from fastssl.loaders.rules import finite_positive
+from fastssl.loaders.rules import check_temperature, finite_in
 from fastssl.task.layout import RankRows, TaskLayout, TaskLogits, mixed_loss, split_views
 
 from . import register
@@ -62,8 +62,10 @@ class R2D2Head(Method):
 
     @classmethod
     def check(cls, settings: Settings, cfg, world: int) -> None:
-        finite_positive(f"method.{cls.name}.temperature", settings.temperature)
-        finite_positive(f"method.{cls.name}.ridge_lambda", settings.ridge_lambda)
+        check_temperature(f"method.{cls.name}.temperature", settings.temperature)
+        # The ridge keeps the fp32 system positive definite: far below 1e-6 it is lost next to the Gram
+        # matrix's entries (and 1e-300 is 0 in fp32); far above 1e6 it drowns them.
+        finite_in(f"method.{cls.name}.ridge_lambda", settings.ridge_lambda, 1e-6, 1e6)
 
     @classmethod
     def build(cls, settings: Settings, ctx: MethodContext) -> R2D2Head:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastssl import config as config_mod
 from fastssl.loaders.rules import int_in, require
 from fastssl.models.projector import Projector
 from fastssl.task.layout import TaskLayout
@@ -48,7 +49,7 @@ class SimSiamHead(Method):
     class Settings:
         predictor_hidden: int = 0  # the predictor's bottleneck width; 0: projector_out / 4 (SimSiam: 2048 -> 512)
 
-    MAX_HIDDEN = 65536
+    MAX_HIDDEN = config_mod.MAX_DIM   # the projector's bound: one matrix at most 1 GiB in fp32
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()

@@ -53,7 +53,7 @@ from torch.nn import functional as F
 
 from fastssl.task.layout import RankRows, Task, TaskLayout, TaskLogits, mixed_loss, split_views
 
-from fastssl.loaders.rules import finite_positive, int_in, require
+from fastssl.loaders.rules import check_temperature, finite_in, int_in, require
 
 from . import register
 from .base import Method, MethodContext
@@ -100,7 +100,9 @@ def project_rows(alpha: torch.Tensor, bound: torch.Tensor, c: float) -> torch.Te
     u = v.sort(dim=-1, descending=True).values
     excess = u.cumsum(dim=-1) - c
     k = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=v.dtype)
-    rho = (u - excess / k > 0).sum(dim=-1, keepdim=True)        # >= 1: the first entry always qualifies
+    # >= 1 in exact arithmetic (the first entry always qualifies); 0 only for a NaN row, which must reach
+    # the loss (and the non-finite guard) as NaN rather than fail as index -1.
+    rho = (u - excess / k > 0).sum(dim=-1, keepdim=True).clamp(min=1)
     theta = excess.gather(-1, rho - 1) / rho.to(v.dtype)
     return bound - (v - theta).clamp(min=0)
 
@@ -184,8 +186,8 @@ class SVMHead(Method):
 
     @classmethod
     def check(cls, settings: Settings, cfg, world: int) -> None:
-        finite_positive("method.svm.temperature", settings.temperature)
-        finite_positive("method.svm.c", settings.c)
+        check_temperature("method.svm.temperature", settings.temperature)
+        finite_in("method.svm.c", settings.c, 1e-6, 1e6)   # the dual's box, in fp32 next to O(1) kernel values
         int_in("method.svm.iters", settings.iters, 1, cls.MAX_ITERS)
         batch, tasks = cfg.loader.batch_size, settings.tasks
         require(tasks >= 1, "method.svm.tasks", tasks, "must be >= 1")

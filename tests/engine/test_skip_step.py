@@ -59,10 +59,11 @@ def _equal(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize("method", ["contrastive", "byol", "moco"])
+@pytest.mark.parametrize("method", ["contrastive", "byol", "moco", "svm"])
 def test_a_nan_batch_under_skip_step_leaves_no_trace(tmp_path, method):
     """Before the fix the NaN batch's forward wrote NaN into 42 BatchNorm buffers and the run stopped at
-    the next save with "the weights became non-finite"."""
+    the next save with "the weights became non-finite"; svm's QP failed on the NaN support with "index -1
+    is out of bounds" instead of returning the NaN loss the guard drops."""
     extra = {"moco": ["method.moco.queue_size=128"]}.get(method, [])
     trainer = Trainer(load_config(None, TINY + [f"method.name={method}", "task.rotation_p=0.5",
                                                 "task.rotation_weight=0.5"] + extra), tmp_path)

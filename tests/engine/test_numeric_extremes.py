@@ -1,0 +1,49 @@
+"""Numbers the config accepts must run: each numeric field at the edge of its rule trains two steps, or
+stops at the non-finite guard with its one-line error; never a traceback from inside the step.
+
+The values below each passed validation before their bounds existed and then failed inside the step
+(optim.lr=1e308: an overflow in LARS; a temperature of 5e-324: scale=inf in sim_xent; ridge_lambda
+1e-300: 0 in fp32; svm's C at 1e308: index -1 in its projection); their refusals are in
+tests/test_config_hostile.py, and here the bounds themselves are shown to compute."""
+import pytest
+import torch
+
+from fastssl.cli import main
+from fastssl.config import MAX_DIM, ModelConfig
+from fastssl.models import build_model
+
+TINY = ["data.num_train=64", "data.num_test=32", "data.image_size=16", "loader.batch_size=16", "train.max_steps=2",
+        "train.log_every=1", "train.precision=fp32", "train.device=cpu", "knn.k=5", "knn.every_epochs=0",
+        "model.width=0.125", "model.projector_hidden=32", "model.projector_out=16", "augment.impl=reference",
+        "method.loss_impl=reference"]
+EDGES = [
+    ["optim.lr=1e6"],
+    ["method.contrastive.temperature=1e-4"], ["method.contrastive.temperature=1e4"], ["knn.temperature=1e-4"],
+    ["method.name=protonet", "method.protonet.temperature=1e-4"],
+    ["method.name=moco", "method.moco.queue_size=64", "method.moco.temperature=1e-4"],
+    ["method.name=r2d2", "method.r2d2.temperature=1e-4", "method.r2d2.ridge_lambda=1e-6"],
+    ["method.name=r2d2", "method.r2d2.ridge_lambda=1e6"],
+    ["method.name=svm", "method.svm.temperature=1e-4", "method.svm.c=1e-6"], ["method.name=svm", "method.svm.c=1e6"],
+    ["task.query_mix=mixup", "task.query_mix_alpha=1e308"], ["task.query_mix=cutmix", "task.query_mix_alpha=5e-324"],
+]
+
+
+@pytest.mark.parametrize("edge", EDGES, ids=[" ".join(e) for e in EDGES])
+def test_a_value_at_the_edge_of_its_rule_runs(tmp_path, capsys, edge):
+    code = main(["train", "--out", str(tmp_path / "run"), *[a for o in TINY + edge for a in ("--set", o)]])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    if code == 0:
+        assert captured.out.startswith("knn_top1=")
+    else:
+        assert code == 2 and captured.err.strip().splitlines()[-1].startswith(
+            "fastssl train: error: the loss became non-finite at step"), captured.err
+
+
+def test_the_widest_projector_allowed_needs_no_matrix_over_1_gib():
+    """At the old bound (65536) a 3-layer projector held a 65536 x 65536 matrix: 16 GiB in fp32."""
+    cfg = ModelConfig(arch="resnet50", width=8, projector_hidden=MAX_DIM, projector_out=MAX_DIM, projector_layers=3)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    largest = max(p.numel() for p in model.projector.parameters())
+    assert largest == MAX_DIM * MAX_DIM and largest * 4 <= 2**30
