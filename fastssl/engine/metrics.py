@@ -19,12 +19,13 @@ class MetricsError(ValueError):
 class MetricsLog:
     """Appends records to RUN/metrics.jsonl, flushed per line so a killed run keeps what it logged.
 
-    `lines` counts the records written; a checkpoint stores it and a resume cuts the file back to it,
-    so records logged after the checkpoint by the killed run are not duplicated. Those lines are not
-    even parsed: the last of them may be torn by a kill or a full disk. A corrupt line before that
-    count is an error. Non-finite numbers are written as null: the file is always valid JSON lines.
-    With path None (ranks other than 0 under DDP) it only counts. An attached sink (TensorBoard) gets
-    each record as written, after the line is in the file.
+    A line is appended whole or not at all (loaders/atomic.py's append_bytes): a full disk is a
+    NoSpaceError that leaves the file as it was. `lines` counts the records written; a checkpoint
+    stores it and a resume cuts the file back to it, so records logged after the checkpoint by the
+    killed run are not duplicated. Those lines are not even parsed: the last of them may be torn by a
+    kill mid-write. A corrupt line before that count is an error. Non-finite numbers are written as
+    null: the file is always valid JSON lines. With path None (ranks other than 0 under DDP) it only
+    counts. An attached sink (TensorBoard) gets each record as written, after the line is in the file.
     """
 
     def __init__(self, path: Path | None, keep_lines: int | None = None):
@@ -53,8 +54,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if self.path is not None:
             record = {k: _finite(v) for k, v in record.items()}
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record, allow_nan=False) + "\n")
+            atomic.append_bytes(self.path, (json.dumps(record, allow_nan=False) + "\n").encode())
             if self.sink is not None:
                 self.sink.write(record)
         self.lines += 1
@@ -70,8 +70,8 @@ class MetricsLog:
         self.sink = sink
 
     def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
+        """Stops mirroring into the sink; nothing is held open (lines and events are written whole as they come)."""
+        self.sink = None
 
 
 def _finite(value):

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastssl.loaders import atomic
+
 LOCK = ".lock"
 MAX_SUFFIX = 10_000
 _held: dict[str, list] = {}   # realpath of a run folder -> [open lock file, claims by this process]
@@ -59,21 +61,34 @@ def _writable_parent(path: Path) -> None:
 
 
 def claim(path: Path) -> Path:
-    """Lock `path` (created if missing) for this process, or raise RunDirError naming the holder."""
+    """Lock `path` (created if missing) for this process, or raise RunDirError naming the holder; a
+    folder this call made is removed again when it cannot be claimed."""
+    key = os.path.realpath(path)
+    if key in _held:
+        _held[key][1] += 1
+        return path
+    created = not path.exists()
+    try:
+        _held[key] = [_lock(path), 1]
+    except BaseException:
+        if created:
+            remove_if_unused(path)
+        raise
+    return path
+
+
+def _lock(path: Path):
+    """RUN/.lock, open, exclusively flocked and naming this process."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(path)
-        if key in _held:
-            _held[key][1] += 1
-            return path
-        handle = open(path / LOCK, "a+")
+        handle = open(path / LOCK, "a+b", buffering=0)   # unbuffered: a failed write leaves nothing to flush
     except OSError as e:
-        raise RunDirError(f"run directory {str(path)!r}: cannot be written ({e.strerror or e})") from None
+        raise _unwritable(path, e) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         handle.seek(0)
-        holder = _describe(handle.read())
+        holder = _describe(handle.read().decode(errors="replace"))
         handle.close()
         if e.errno not in (errno.EAGAIN, errno.EACCES):
             raise RunDirError(f"run directory {str(path)!r}: cannot be locked ({e.strerror or e})") from None
@@ -82,13 +97,18 @@ def claim(path: Path) -> Path:
     try:
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps(_holder()) + "\n")
-        handle.flush()
+        handle.write((json.dumps(_holder()) + "\n").encode())
     except OSError as e:
         handle.close()
-        raise RunDirError(f"run directory {str(path)!r}: cannot be written ({e.strerror or e})") from None
-    _held[key] = [handle, 1]
-    return path
+        raise _unwritable(path, e) from None
+    return handle
+
+
+def _unwritable(path: Path, error: OSError) -> OSError:
+    """A full disk in atomic.py's words; any other failure as a RunDirError."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return atomic.no_space(path / LOCK, None)
+    return RunDirError(f"run directory {str(path)!r}: cannot be written ({error.strerror or error})")
 
 
 def release(path: Path) -> None:

@@ -423,14 +423,15 @@ class Trainer:
             with torch.profiler.profile(activities=activities) as prof:
                 run(TRACE_STEPS)
                 settle()
-            prof.export_chrome_trace(str(trace))
+            with atomic.atomic_path(trace) as tmp:
+                prof.export_chrome_trace(str(tmp))
         return timings, wall, peaks
 
     def fit(self) -> RunResult:
         try:
             return self._fit()
         finally:
-            self.metrics.close()   # TensorBoard's writer too, also when the run stops on an error
+            self.metrics.close()   # detaches TensorBoard's sink, also when the run stops on an error
             self.close()
 
     def _fit(self) -> RunResult:

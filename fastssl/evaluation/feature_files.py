@@ -4,8 +4,10 @@ with their own tools.
 Per split, OUT/<split>_features.npy ((N, D) float32, h = f(x), the encoder output, not normalised) and
 OUT/<split>_labels.npy ((N,) int64), row i being image i of the split in the dataset's order, computed
 batch by batch on the run's device exactly as `fastssl eval` computes them (unaugmented, normalised
-images). Rows go straight into a memory-mapped file: ImageNet's 1.28 M x 2048 features are 10.5 GB and
-never sit in memory whole. Each file is written atomically; OUT/features.json says what they are.
+images). Rows are written to the file batch by batch: ImageNet's 1.28 M x 2048 features are 10.5 GB and
+never sit in memory whole (nor in a memory map, whose pages a full disk cannot back: the process
+would die of SIGBUS, leaving its temporary file). Each file is written atomically, a full disk being
+a NoSpaceError (loaders/atomic.py); OUT/features.json says what they are.
 """
 from __future__ import annotations
 
@@ -36,17 +38,15 @@ def write_split(run: Run, split: str, out_dir: Path) -> dict:
     n, dim = len(dataset), run.encoder.feature_dim
     features_path, labels_path = out_dir / f"{split}_features.npy", out_dir / f"{split}_labels.npy"
     labels = np.empty(n, dtype=np.int64)
-    with atomic.atomic_path(features_path, needed=n * dim * 4) as part:
-        rows = np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(n, dim))
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, dim)}
+    with atomic.atomic_path(features_path, needed=n * dim * 4) as part, open(part, "wb") as rows:
+        np.lib.format.write_array_header_1_0(rows, header)
         start = 0
         for h, y in batch_features(run.encoder, batches, run.autocast, normalize=False):
-            rows[start:start + len(y)] = h.cpu().numpy()
+            rows.write(h.float().cpu().numpy().tobytes())
             labels[start:start + len(y)] = y.cpu().numpy()
             start += len(y)
-        rows.flush()
-        del rows
-    with atomic.atomic_path(labels_path, needed=labels.nbytes) as part, open(part, "wb") as f:
-        np.save(f, labels)   # a file object: given a name without .npy, np.save would append one
+    atomic.save_npy(labels_path, labels)
     return {"features": features_path.name, "labels": labels_path.name, "rows": n, "dim": dim}
 
 

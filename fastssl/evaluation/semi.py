@@ -20,6 +20,7 @@ from torch import nn
 from fastssl.engine.precision import grad_scaler
 from fastssl.config import ConfigError
 from fastssl.evaluation.features import Progress, Run, accuracy, encode, stderr_progress
+from fastssl.loaders import atomic
 from fastssl.loaders.augment import eval_transform
 from fastssl.loaders.factory import build_eval_batches
 
@@ -109,7 +110,7 @@ def evaluate(run: Run, settings: Settings, progress: Progress = stderr_progress)
         tag = f"{100 * fraction:g}%"
         indices = balanced_subset(train.labels, fraction, settings.seed)
         index_file = run.run_dir / f"eval_semi_indices_{100 * fraction:g}pct.npy"
-        np.save(index_file, indices)
+        atomic.save_npy(index_file, indices)
         images = torch.from_numpy(pixels[indices]).to(run.device)
         labels = torch.as_tensor(train.labels[indices], dtype=torch.int64, device=run.device)
         model = finetune(run, images, labels, settings, tag, progress)

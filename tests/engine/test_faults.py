@@ -202,7 +202,7 @@ def test_resuming_a_finished_run_prints_its_result_and_changes_nothing(tmp_path,
 def test_only_the_main_rank_prints_the_result(tmp_path, monkeypatch, capsys):
     """Under torchrun every rank runs `fastssl train`; the result line is rank 0's alone."""
     for is_main, lines in ((False, 0), (True, 1)):
-        monkeypatch.setattr(Trainer, "__init__", lambda self, cfg, out, resume=False: None)
+        monkeypatch.setattr(Trainer, "__init__", lambda self, cfg, out, resume=False: setattr(self, "out_dir", out))
         monkeypatch.setattr(Trainer, "fit", lambda self: RunResult(0.5, 0.1, 3, tmp_path, is_main=is_main))
         assert main(["train", "--out", str(tmp_path / "r")]) == 0
         assert capsys.readouterr().out.count("knn_top1=") == lines
@@ -216,24 +216,6 @@ def test_python_and_numpy_generators_are_seeded_by_the_run(tmp_path):
     random.seed(7)
     np.random.seed(7)
     assert got == (random.random(), float(np.random.rand()))
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path):
-    """mount(size) -> a tmpfs of that many bytes (root only; skips where mounting is not permitted)."""
-    mounted = []
-
-    def mount(size: int) -> Path:
-        path = tmp_path / "disk"
-        path.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode:
-            pytest.skip("cannot mount a tmpfs here (not root, or not permitted)")
-        mounted.append(path)
-        return path
-    yield mount
-    for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_a_full_disk_then_freed_space_resumes_bitwise(tmp_path, mount_tmpfs, capsys):

@@ -175,3 +175,16 @@ def test_resume_before_the_first_checkpoint_says_how_to_start_again(tmp_path, ca
     assert "holds no last.pt yet" in line and line.endswith(advice)
     assert main(advice.split()[1:]) == 0
     assert "knn_top1=" in capsys.readouterr().out
+
+
+def test_a_full_disk_at_the_start_is_the_one_line_message_and_leaves_no_folder(tmp_path, mount_tmpfs, capsys):
+    disk = mount_tmpfs(64 * 1024)
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError:
+            pass
+    assert main(["train", "--out", str(disk / "run"), *_sets(TINY)]) == 2
+    assert _last_error(capsys).startswith(f"fastssl train: error: no space left on device: {disk / 'run' / '.lock'} (")
+    assert not (disk / "run").exists()

@@ -1,6 +1,7 @@
 """loaders/atomic.py: a whole-file write lands entirely or not at all, and a full disk says so."""
 import errno
 
+import numpy as np
 import pytest
 
 from fastssl.loaders import atomic
@@ -50,3 +51,19 @@ def test_csv_and_figures_are_written_whole(tmp_path):
     plt.close(fig)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "r.csv"]
+
+
+def test_a_small_size_is_named_by_its_first_significant_digit(tmp_path):
+    """A metrics line needs a few hundred bytes: "needs about 0.0 MB" would read as nothing needed."""
+    assert "metrics.jsonl needs about 0.0002 MB" in str(atomic.no_space(tmp_path / "metrics.jsonl", 250))
+    assert "features.npy needs about 0.03 MB" in str(atomic.no_space(tmp_path / "features.npy", 128 * 64 * 4))
+    assert "last.pt needs about 1.5 MB" in str(atomic.no_space(tmp_path / "last.pt", 3 * 2**19))
+
+
+def test_an_array_is_saved_under_its_own_name(tmp_path):
+    """np.save given the temporary name `x.npy.tmp` would have written `x.npy.tmp.npy`."""
+    array = np.arange(10, dtype=np.int64) * 3
+    atomic.save_npy(tmp_path / "x.npy", array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    loaded = np.load(tmp_path / "x.npy")
+    assert loaded.dtype == np.int64 and loaded.tolist() == [3 * i for i in range(10)]

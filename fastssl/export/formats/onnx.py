@@ -25,7 +25,8 @@ def write(exported: Exported, path) -> list[str]:
                                 input_names=["images"], output_names=outputs,
                                 dynamic_shapes=({0: torch.export.Dim("batch")},))
     program.model.metadata_props.update({**exported.metadata, "format": "onnx"})
-    with atomic_path(path) as tmp:
+    weights = sum(t.numel() * t.element_size() for t in exported.module.state_dict().values())
+    with atomic_path(path, needed=weights) as tmp:   # about the file's size: the graph is small beside them
         program.save(tmp)
         onnx.checker.check_model(str(tmp))
         try:

@@ -3,13 +3,14 @@ file metadata.json. PyTorch deprecates TorchScript in favour of torch.export; it
 silenced here and said once in the report instead, as the user asked for this format."""
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
 import torch
 
 from fastssl.export.networks import Exported
-from fastssl.loaders.atomic import atomic_path
+from fastssl.loaders.atomic import staged_bytes
 
 SUFFIX = ".torchscript.pt"
 
@@ -21,8 +22,9 @@ def write(exported: Exported, path) -> list[str]:
         # Traced on 2 images, checked on 3 below (so the batch size is not baked in): the tracer's own
         # check would only run the same batch again.
         traced = torch.jit.trace(exported.module, exported.images[:2], check_trace=False)
-        with atomic_path(path) as tmp:
-            torch.jit.save(traced, tmp, _extra_files={"metadata.json": json.dumps(metadata)})
+        data = io.BytesIO()   # in memory: torch.jit.save to a path on a full disk aborts the process
+        torch.jit.save(traced, data, _extra_files={"metadata.json": json.dumps(metadata)})
+        with staged_bytes(path, data.getvalue()) as tmp:
             loaded = torch.jit.load(tmp)
             with torch.no_grad():
                 line = exported.check(loaded(exported.images), "torch.jit.load")

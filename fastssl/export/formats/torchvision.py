@@ -10,12 +10,13 @@ torchvision's class built at the scaled widths.
 from __future__ import annotations
 
 import copy
+import io
 
 import torch
 from torch import nn
 
 from fastssl.export.networks import Exported
-from fastssl.loaders.atomic import atomic_path
+from fastssl.loaders.atomic import staged_bytes
 from fastssl.models import SSLNet
 from fastssl.models.torchvision_compat import as_code, copy_to_torchvision, torchvision_resnet
 
@@ -37,9 +38,9 @@ def write(exported: Exported, path) -> list[str]:
              f"fastssl.models.torchvision_resnet({m.arch!r}, cifar_stem={m.cifar_stem}, width={m.width})")
     adapt = "; ".join(f"model.{name} = {as_code(getattr(model, name))}" for name in ("conv1", "maxpool", "fc"))
     metadata = {**exported.metadata, "format": "torchvision", "build": build, "adapt": adapt}
-    state = model.state_dict()
-    with atomic_path(path, sum(t.numel() * t.element_size() for t in state.values())) as tmp:
-        torch.save({"state_dict": state, "metadata": metadata}, tmp)
+    data = io.BytesIO()   # in memory: torch.save to a path on a full disk raises its own error, not ENOSPC
+    torch.save({"state_dict": model.state_dict(), "metadata": metadata}, data)
+    with staged_bytes(path, data.getvalue()) as tmp:
         loaded = _model(exported)
         loaded.load_state_dict(torch.load(tmp, weights_only=True)["state_dict"])   # strict
         with torch.no_grad():
