@@ -176,6 +176,18 @@ def _cmd_bench_precision(args) -> int:
     return 0
 
 
+def _cmd_bench_checkpoint(args) -> int:
+    if args.reps < 1 or args.warmup < 0:
+        raise config_mod.ConfigError(f"--reps={args.reps} --warmup={args.warmup}: need reps >= 1 and warmup >= 0")
+    from fastssl.bench import checkpoint_check
+
+    rows = checkpoint_check.measure(args.reps, args.warmup, progress=lambda line: print(line, file=sys.stderr))
+    paths = checkpoint_check.write_all(rows, Path(args.out))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(paths[1].read_text())
+    return 0
+
+
 # --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
 KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "ridge": "ridge_bench", "augment": "augment_bench"}
 
@@ -439,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--sizes", default="full", help="small or full (default: %(default)s)")
     precision.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     precision.set_defaults(func=_cmd_bench_precision)
+    ckpt = suites.add_parser("checkpoint", help="what proving a checkpoint's bytes costs at ResNet-50 size, vs "
+                             "plain torch.save/load", description="Save and load a ResNet-50 checkpoint (model + "
+                             "LARS momentum) with fastssl's integrity check (a CRC-32 per tensor, the zip's CRC-32s) "
+                             "and with plain torch.save / torch.load(weights_only=True), alternating in one process.")
+    ckpt.add_argument("--reps", type=int, default=7, help="timed repetitions (median, p20, p80)")
+    ckpt.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    ckpt.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
+    ckpt.set_defaults(func=_cmd_bench_checkpoint)
     kernels = suites.add_parser("kernels", help="one Triton kernel vs its torch baselines: time, memory, error",
                                 description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
                                 "in one process, on the same inputs.")

@@ -57,3 +57,13 @@ def check(saved: dict | None, cfg: config_mod.Config, checkpoint: str, scope: st
         raise CheckpointError(f"checkpoint {checkpoint}: was trained with another config, and these fields "
                               f"change the model, the method or the data order: {lines}")
     return [f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items()]
+
+
+def check_method(saved: dict | None, cfg: config_mod.Config, checkpoint: str, config: str) -> None:
+    """Readers of a trained run take its weights as the method `config` names (export labels the file with
+    it and finds a momentum network by it): a checkpoint of another method, e.g. copied from another
+    run's folder, is a CheckpointError naming both. One whose config names no method is not compared."""
+    trained = (saved or {}).get("method", {}).get("name")
+    if trained and trained != cfg.method.name:
+        raise CheckpointError(f"checkpoint {checkpoint!r}: was trained with method {trained!r}, but {config!r} "
+                              f"names method {cfg.method.name!r} (a checkpoint copied from another run?)")

@@ -1,6 +1,7 @@
 """A trained run as every reader of one needs it (fastssl eval, features, export): its checkpoint,
 loaded with weights_only=True (a torn or foreign file is a CheckpointError naming it), RUN/config.yaml
-with overrides, the check that the overrides still fit the weights, and the online network."""
+with overrides, the checks that the overrides still fit the weights and that the checkpoint is the
+method's the config names, and the online network."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from torch import nn
 
 from fastssl import compat, methods
 from fastssl import config as config_mod
-from fastssl.checkpoint import CheckpointError, load_checkpoint
+from fastssl.checkpoint import load_checkpoint, load_state
 from fastssl.models import SSLNet, build_model
 
 
@@ -24,11 +25,8 @@ class Trained:
 
 
 def load_weights(model: nn.Module, weights: dict, ckpt: Path, what: str = "weights") -> None:
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r}: its {what} do not fit the model of "
-                              f"{str(ckpt.parent / 'config.yaml')!r} (model.* overridden?): {e}") from e
+    load_state(model, weights, ckpt, f"its {what} do not fit the model of {str(ckpt.parent / 'config.yaml')!r} "
+                                     "(model.* overridden?)")
 
 
 def load_trained(ckpt: str | Path, overrides: list[str] = ()) -> Trained:
@@ -42,6 +40,7 @@ def load_trained(ckpt: str | Path, overrides: list[str] = ()) -> Trained:
     cfg = config_mod.load_config(saved, list(overrides))
     compat.check(state.get("config"), cfg, str(ckpt), scope="model.")   # the weights must fit the model
     methods.typed_sections(cfg.method)   # a config naming no method gets the default one's name
+    compat.check_method(state.get("config"), cfg, str(ckpt), str(saved))
     model = build_model(cfg.model)
     load_weights(model, state["model"], ckpt)
     return Trained(cfg, ckpt, state, model)

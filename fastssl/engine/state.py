@@ -1,7 +1,8 @@
 """A run's checkpoint, gathered from the components that own its parts: each registers once, by name.
 
 Saving asks every component for its state_dict; restoring first checks that the checkpoint holds an
-entry for every component and none that no component claims (naming them), then hands each its own.
+entry for every component and none that no component claims (naming them), then hands each its own
+(one that does not fit, e.g. another model width, is one error naming the component, key and shapes).
 The component list is the trainer's registrations, written once, not a list of keys kept beside it.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from fastssl.checkpoint import CheckpointError, capture_rng, restore_rng
+from fastssl.checkpoint import CheckpointError, capture_rng, load_state, restore_rng
 
 NOT_COMPONENTS = ("config", "format")   # stored beside the components: the run config (read before they
                                         # exist, fastssl/compat.py) and the file format tag (checkpoint.py)
@@ -44,7 +45,7 @@ class RunState:
             raise CheckpointError(f"checkpoint {source!r}: does not match this run's components ({found}); "
                                   "written by another fastssl version or another method?")
         for name, part in self._parts.items():
-            part.load_state_dict(state[name])
+            load_state(part, state[name], source, f"component {name!r} does not fit this run")
 
 
 class GlobalRng:
