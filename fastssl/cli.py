@@ -496,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_data_convert)
     chk = data_verbs.add_parser("check", help="decode every file of an ImageFolder, list the bad ones",
                                 description="Validate an ImageFolder (PATH/<class>/<images>): every image "
-                                "file must decode to RGB. Lists bad files with the reason, empty class folders "
-                                "and non-image files; exits 1 when a bad file or an empty class exists.")
+                                "file must decode to RGB. Lists bad files with the reason (symbolic links that "
+                                "lead nowhere included), empty class folders, class folders that lead nowhere and "
+                                "non-image files; exits 1 when a bad file or a bad or empty class folder exists.")
     chk.add_argument("path", help="the folder that holds the class folders")
     chk.set_defaults(func=_cmd_data_check)
     idx = data_verbs.add_parser("index", help="build or refresh the dataset index that start-up reads",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datasets.base import DataError
-from .datasets.files import EXTENSIONS, class_dirs, decode_many, is_image_name, list_dir
+from .datasets.files import EXTENSIONS, decode_many, folders_and_broken_links, image_entries, is_image_name, list_dir
 from .datasets.index import load_index
 from .progress import Progress
 
@@ -29,26 +29,30 @@ class Report:
     bad: list[tuple[Path, str]] = field(default_factory=list)     # image files that do not
     non_images: list[Path] = field(default_factory=list)          # files without an image extension
     empty_classes: list[Path] = field(default_factory=list)       # class folders with no image file
+    broken_classes: list[tuple[Path, str]] = field(default_factory=list)   # links that lead nowhere, why
     hidden: int = 0                                               # names starting with '.', in root and classes
 
     @property
     def ok(self) -> bool:
-        return not (self.bad or self.empty_classes)
+        return not (self.bad or self.empty_classes or self.broken_classes)
 
     def lines(self) -> list[str]:
         """One line per finding, then a summary."""
         out = [f"bad image: {p}: {why}" for p, why in self.bad]
         out += [f"empty class folder: {p}: holds no image file ({' '.join(EXTENSIONS)})" for p in self.empty_classes]
+        out += [f"class folder that leads nowhere: {p}: {why}" for p, why in self.broken_classes]
         out += [f"not an image (ignored by the loaders): {p}" for p in self.non_images]
         verdict = "ok" if self.ok else "FAILED"
         out.append(f"{self.root}: {verdict}: {self.images} images decode, {len(self.bad)} bad, "
-                   f"{len(self.empty_classes)} empty class folders, {len(self.non_images)} non-image files, "
+                   f"{len(self.empty_classes)} empty class folders, {len(self.broken_classes)} class folders that "
+                   f"lead nowhere, {len(self.non_images)} non-image files, "
                    f"{self.hidden} hidden files/folders ignored (names starting with '.')")
         return out
 
 
 def check_folder(root: str | Path, progress: Progress | None = None) -> Report:
-    """Decode every image file of `root/<class>/*`; report bad files, empty classes and non-image files.
+    """Decode every image file of `root/<class>/*`; report bad files, empty classes, class folders that lead
+    nowhere (a dangling symbolic link, a loop of links: a run stops at them) and non-image files.
 
     A missing root, one without class folders, or a split root (`train/`, `test/` holding class folders)
     is a DataError: there is nothing to check, or the class folders are one level down.
@@ -56,22 +60,21 @@ def check_folder(root: str | Path, progress: Progress | None = None) -> Report:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"ImageFolder root {str(root)!r}: is not an existing directory")
-    folders = class_dirs(root)
-    if not folders:
+    folders, broken = folders_and_broken_links(root)
+    if not folders and not broken:
         raise DataError(f"ImageFolder root {str(root)!r}: has no class folders (expected root/<class>/<files>)")
     _refuse_split_root(root)
-    report = Report(root, hidden=_hidden(root))
+    report = Report(root, hidden=_hidden(root), broken_classes=broken)
     paths: list[Path] = []
     for folder in folders:
         report.hidden += _hidden(folder)
-        files = [p for p in list_dir(folder) if p.is_file()]
-        images = [p for p in files if is_image_name(p.name)]
-        report.non_images += [p for p in files if not is_image_name(p.name)]
+        images = [folder / name for name in image_entries(folder)[0]]   # links that lead nowhere included
+        report.non_images += [p for p in list_dir(folder) if p.is_file() and not is_image_name(p.name)]
         if not images:
             report.empty_classes.append(folder)
         paths += images
     failures = decode_many(paths, progress=progress)
-    if not report.empty_classes:       # an index exists only for a folder a run can read
+    if not (report.empty_classes or report.broken_classes):   # an index exists only for a folder a run can read
         _record(root, paths, failures)
     report.bad = [(paths[i], why) for i, why in failures]
     report.images = len(paths) - len(failures)
@@ -97,10 +100,16 @@ def _hidden(folder: Path) -> int:
 def split_folders(root: Path) -> list[Path]:
     """The split folders of `root` when it holds splits (no sub-folder holds an image file, some hold
     folders: `train/`, `test/`), else []."""
-    folders = class_dirs(root)
+    folders = _folders(root)
     if any(p.is_file() and is_image_name(p.name) for folder in folders for p in list_dir(folder)):
         return []
-    return [folder for folder in folders if class_dirs(folder)]
+    return [folder for folder in folders if _folders(folder)]
+
+
+def _folders(root: Path) -> list[Path]:
+    """The folders of `root`; a link that leads nowhere is left to the listings that read labels (telling a
+    split root from a class root reads none)."""
+    return folders_and_broken_links(root)[0]
 
 
 def _refuse_split_root(root: Path) -> None:

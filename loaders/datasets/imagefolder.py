@@ -9,7 +9,9 @@ whose header parses but whose pixels do not is met where it is decoded, with the
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,8 @@ from PIL import Image
 
 from ..progress import ProgressBar
 from .base import DataError
-from .files import DECODE_ERRORS, EXTENSIONS, capped, class_dirs, decode, decode_many, reason, to_rgb
+from .files import (DECODE_ERRORS, EXTENSIONS, capped, class_dirs, decode, decode_many, folders_and_broken_links,
+                    reason, to_rgb)
 from .index import BAD, DECODED, FolderIndex, load_index
 
 __all__ = ["DECODE_ERRORS", "EXTENSIONS", "ImageFolderDataset", "decode", "split_roots", "to_rgb"]
@@ -47,7 +50,7 @@ def _split_folder(root: Path, name: str, key: str) -> Path:
         absent = f"neither {str(folder)!r} nor {str(root / 'val')!r} exists"
     else:
         absent = f"{str(folder)!r} does not exist"
-    present = [d.name for d in class_dirs(root)]
+    present = [d.name for d in folders_and_broken_links(root)[0]]   # names for the hint, not labels
     holds = f"sub-folders there: {capped(present)}" if present else "it has no sub-folders"
     raise DataError(f"{key}={name!r}: {absent} ({holds}); data.path must hold one folder per split: "
                     f"pick it with --set {key}=NAME")
@@ -94,13 +97,34 @@ class RootedPaths(Sequence):
         return self.root / self.files[i]
 
 
+class _SharedFlags:
+    """One flag per file, in memory shared with the processes forked after it is made.
+
+    Why: the training loader's and the eval batches' DataLoader workers are forked copies of the dataset,
+    so a set of warned files in each would name a bad file once per worker that meets it. The test and
+    the set are two steps, not one atomic operation: two processes failing on the same file in the same
+    instant could both warn, but no process ever warns twice.
+    """
+
+    def __init__(self, n: int):
+        self._flags = multiprocessing.RawArray(ctypes.c_bool, n)
+
+    def first(self, i: int) -> bool:
+        """Whether flag i was still clear; sets it."""
+        if self._flags[i]:
+            return False
+        self._flags[i] = True
+        return True
+
+
 class ImageFolderDataset:
     """Labelled images in class sub-folders; implements the ImageDataset protocol.
 
     Rules (each broken one is a DataError naming the path):
     - `root` must exist and hold at least one class folder; sub-folders of a class are not searched.
     - every class folder must hold at least one image file, under either policy: dropping an empty
-      class would silently shift the labels of every later class.
+      class would silently shift the labels of every later class. A class folder that leads nowhere (a
+      dangling symbolic link, a loop of links) is an error for the same reason.
     - a bad file (corrupt, truncated, zero bytes, not an image) raises under `on_error="raise"`; under
       `"skip"` it is dropped from `paths`/`labels`/`sizes` where it is known (at construction, from the
       index; by `check` or `to_array`, which decode), recorded in `skipped` as (path, reason), and
@@ -116,8 +140,8 @@ class ImageFolderDataset:
         self.root = Path(root)
         self.on_error = on_error
         self.skipped: list[tuple[Path, str]] = []
-        self._warned: set[int] = set()
         self.index: FolderIndex = load_index(self.root, progress=ProgressBar(f"indexing {self.root}"))
+        self._warned = _SharedFlags(len(self.index))   # by index position: warned once in the run
         self.classes = self.index.classes
         known_bad = self.index.bad()
         if known_bad:
@@ -156,7 +180,8 @@ class ImageFolderDataset:
         """(image, its index): image `index`, or under on_error=skip the next one that decodes.
 
         For loaders that cannot drop an index mid-epoch: the batch keeps its size and the returned index
-        carries the substitute's label. Each bad file is named once per process.
+        carries the substitute's label. Each bad file is named once, by whichever process meets it first
+        (this one or a DataLoader worker forked from it).
         """
         if self.on_error == "raise":
             return self.load_pil(index), index
@@ -165,8 +190,7 @@ class ImageFolderDataset:
             try:
                 return self.load_pil(at), at
             except DataError as e:
-                if at not in self._warned:
-                    self._warned.add(at)
+                if self._warned.first(int(self.positions[at])):
                     log.warning("%s; data.on_error=skip: the next good file takes its place (run `fastssl data "
                                 "check %s` to record it, so that later runs leave it out)", e, self.root)
         raise DataError(f"ImageFolder {str(self.root)!r}: {SUBSTITUTE_TRIES} files in a row from "

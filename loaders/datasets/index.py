@@ -9,7 +9,9 @@ files whose size or mtime changed only. Removed files drop out.
 
 Each file has a status: HEADER (its header parses), DECODED (fully decoded by `fastssl data check`,
 a conversion or the tensor backend's load) or BAD (with the reason). A decode pass records what it
-found, so a file known to be bad is named or skipped at the next start without being read.
+found, so a file known to be bad is named or skipped at the next start without being read. Symbolic
+links are followed (a folder of links is a normal way to make a subset); an image name that leads to
+no file (a dangling link, a loop of links) is listed and BAD, like a file that does not decode.
 
 The index lives outside the data, which may be read-only or shared: `index_path(root)`, under
 $FASTSSL_INDEX_DIR, else $XDG_CACHE_HOME/fastssl/index, else ~/.cache/fastssl/index. Deleting it (or
@@ -33,12 +35,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ..atomic import atomic_path
 from ..progress import Progress
 from .base import DataError
-from .files import DECODE_ERRORS, EXTENSIONS, is_image_name, reason
+from .files import DECODE_ERRORS, EXTENSIONS, class_dirs, image_entries, open_image, reason
 
 VERSION = 1
 HEADER, DECODED, BAD = 0, 1, 2
@@ -47,6 +48,10 @@ PARALLEL_MIN = 4096         # header reads: below this a process pool costs more
 PARALLEL_CLASSES = 64       # class folders from which listing and stat-ing is spread over processes
 PROGRESS_MIN = 2000         # header passes shorter than this run silently
 SEP = "\0"                  # the one character no file name can hold
+# Byte size and mtime listed for a name that leads to no file (a dangling link, a loop of links): no real
+# file has them, and they stay the same while it stays broken, so the header pass records it BAD once and
+# later starts keep that without reading it; once it leads to a file, its real stat differs and is read.
+LEADS_NOWHERE = -1
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +87,13 @@ class Listing:
 
 def _list_class(root_and_name: tuple[str, str]) -> tuple[list[str], np.ndarray]:
     """The image files of one class folder as 'class/name', in code-point name order, with (byte size,
-    mtime in ns)."""
+    mtime in ns) through symbolic links; LEADS_NOWHERE for a name that leads to no file."""
     root, name = root_and_name
-    with os.scandir(os.path.join(root, name)) as entries:
-        images = sorted((e for e in entries if is_image_name(e.name) and e.is_file()), key=lambda e: e.name)
-    stats = [entry.stat() for entry in images]
-    sizes = np.fromiter([st.st_size for st in stats], np.int64, len(stats))
-    mtimes = np.fromiter([st.st_mtime_ns for st in stats], np.int64, len(stats))
+    names, stats = image_entries(os.path.join(root, name))
+    sizes = np.fromiter([LEADS_NOWHERE if st is None else st.st_size for st in stats], np.int64, len(stats))
+    mtimes = np.fromiter([LEADS_NOWHERE if st is None else st.st_mtime_ns for st in stats], np.int64, len(stats))
     prefix = name + "/"
-    return [prefix + e.name for e in images], np.stack([sizes, mtimes], 1)
+    return [prefix + file for file in names], np.stack([sizes, mtimes], 1)
 
 
 def _pool_map(function, items: list, parallel: bool) -> Iterator:
@@ -110,15 +113,14 @@ def list_folder(root: Path) -> Listing:
     """List and stat every image file of root/<class>/, in label order then code-point name order;
     class folders are spread over all cores when there are many (stat is most of a second start).
 
-    DataError for a root that is missing, holds no class folder, or has a class folder without an image
-    file (dropping it would shift the labels of every later class).
+    DataError for a root that is missing, holds no class folder, or has a class folder that leads nowhere
+    or holds no image file (dropping it would shift the labels of every later class).
     """
     if not root.exists():
         raise DataError(f"ImageFolder root {str(root)!r}: does not exist")
     if not root.is_dir():
         raise DataError(f"ImageFolder root {str(root)!r}: is not a directory")
-    with os.scandir(root) as entries:
-        classes = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    classes = [folder.name for folder in class_dirs(root)]
     if not classes:
         raise DataError(f"ImageFolder root {str(root)!r}: has no class folders "
                         f"(expected root/<class>/<image files>)")
@@ -186,7 +188,7 @@ class FolderIndex:
 def _header(path: str) -> tuple[int, int, str]:
     """(height, width, "") read from a file's header, or (0, 0, reason) when PIL cannot parse it."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
         return height, width, ""
     except DECODE_ERRORS as e:

@@ -1,6 +1,9 @@
-"""An ImageFolder holding every kind of bad data the loaders must answer for, and a JPEG that only a
-decode finds bad, shared by the loader tests."""
+"""An ImageFolder holding every kind of bad data the loaders must answer for, a JPEG that only a
+decode finds bad, symbolic links that lead to no file and class folders that lead nowhere, shared by
+the loader tests."""
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +65,52 @@ def bad_folder(tmp_path) -> dict:
         "empty": root / "d_empty",
         "images": 6,
     }
+
+
+@pytest.fixture
+def broken_links(tmp_path):
+    """make(folder) -> three image-named symbolic links in `folder` that lead to no file, in name order:
+    dangling.jpg (to tmp_path/.gone/missing.jpg, which does not exist) and loop_a.jpg, loop_b.jpg (each
+    the other's target). Creating the missing file repairs the first."""
+    def make(folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.symlink(tmp_path / ".gone" / "missing.jpg", folder / "dangling.jpg")
+        os.symlink("loop_b.jpg", folder / "loop_a.jpg")
+        os.symlink("loop_a.jpg", folder / "loop_b.jpg")
+        return [folder / "dangling.jpg", folder / "loop_a.jpg", folder / "loop_b.jpg"]
+    return make
+
+
+@pytest.fixture
+def broken_link_reasons(tmp_path) -> list[str]:
+    """What the loaders say of `broken_links`'s three links, in their order."""
+    missing = os.path.realpath(tmp_path / ".gone" / "missing.jpg")
+    return [f"BrokenLinkError: dangling symbolic link (its target {missing!r} does not exist)",
+            "BrokenLinkError: symbolic link loop (too many levels of symbolic links through 'loop_b.jpg')",
+            "BrokenLinkError: symbolic link loop (too many levels of symbolic links through 'loop_a.jpg')"]
+
+
+@pytest.fixture(params=["dangling", "loop"])
+def broken_class_links(request, tmp_path) -> dict:
+    """data/train: real classes a and d (an image each) and, by the parameter, class-folder links that lead
+    nowhere: b -> tmp_path/gone ("dangling") or b -> c -> b ("loop"); data/test: each of these classes real.
+
+    "root", "train", "whys" (link name -> what is wrong with it) and "message" (the one-line error that
+    names the first link).
+    """
+    root, gone = tmp_path / "data", tmp_path / "gone"
+    dangling = f"dangling symbolic link (its target {os.path.realpath(gone)!r} does not exist)"
+    loop = "symbolic link loop (too many levels of symbolic links through {!r})"
+    links = {"dangling": {"b": (gone, dangling)},
+             "loop": {"b": ("c", loop.format("c")), "c": ("b", loop.format("b"))}}[request.param]
+    for split, classes in (("train", "ad"), ("test", ["a", *links, "d"])):
+        for i, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(pixels(i)).save(root / split / name / "0.png")
+    train = root / "train"
+    for name, (target, _) in links.items():
+        os.symlink(target, train / name)
+    whys = {name: why for name, (_, why) in links.items()}
+    message = (f"class folder {str(train / 'b')!r}: {whys['b']}; a class folder cannot be skipped, whatever "
+               "data.on_error says: leaving it out would silently shift the labels of every later class")
+    return {"root": root, "train": train, "whys": whys, "message": message}

@@ -107,6 +107,16 @@ def test_empty_class_folder_is_an_error(tmp_path, on_error):
     assert str(tmp_path / "b") in str(err.value)
 
 
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_cli_convert_refuses_a_class_folder_link_that_leads_nowhere(broken_class_links, on_error, tmp_path, capsys):
+    dst = tmp_path / "d.beton"
+    argv = ["data", "convert", "--src", f"imagefolder:{broken_class_links['train']}", "--dst", str(dst),
+            "--on-error", on_error]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"fastssl data: error: {broken_class_links['message']}\n"
+    assert not dst.exists()
+
+
 def test_a_failure_inside_a_writer_process_is_reported_not_hung(tmp_path):
     class Flaky(ArrayDataset):
         def load_pil(self, index):
@@ -159,6 +169,22 @@ def test_cli_convert_and_errors(tmp_path, capsys):
     assert main(["data", "convert", "--src", "nope:/x", "--dst", str(dst)]) == 2
     with pytest.raises(SystemExit):
         main(argv + ["--jpeg-quality", "80"])                  # --raw and --jpeg-quality exclude each other
+
+
+def test_cli_convert_names_or_skips_links_that_lead_to_no_file(tmp_path, capsys, broken_links, broken_link_reasons):
+    put(tmp_path / "src" / "a" / "0.png", (Image.new("RGB", (4, 4), (1, 2, 3)), "PNG"))
+    put(tmp_path / "src" / "b" / "0.png", (Image.new("RGB", (4, 4), (4, 5, 6)), "PNG"))
+    links = broken_links(tmp_path / "src" / "a")
+    dst = tmp_path / "out" / "d.beton"
+    argv = ["data", "convert", "--src", f"imagefolder:{tmp_path / 'src'}", "--dst", str(dst), "--raw", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"image file {str(links[0])!r}: cannot be decoded ({broken_link_reasons[0]}); 2 more bad files" in err
+    assert not dst.exists()
+    assert main(argv + ["--on-error", "skip"]) == 0
+    assert capsys.readouterr().out == f"wrote 2 images to {dst}\nskipped 3 unreadable files (first: {links[0]})\n"
+    images, labels = stored(dst)
+    assert labels.tolist() == [0, 1] and [im[0, 0].tolist() for im in images] == [[1, 2, 3], [4, 5, 6]]
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DEFAULT).is_dir(), reason=f"Fashion-MNIST not installed at "

@@ -150,6 +150,23 @@ def test_header_bad_files_are_settled_when_the_dataset_is_built(bad_folder, capl
     assert len(seen) == bad_folder["images"]
 
 
+def test_links_that_lead_to_no_file_are_settled_when_the_dataset_is_built(tmp_path, broken_links,
+                                                                         broken_link_reasons):
+    index_folder(tmp_path)
+    links = broken_links(tmp_path / "class0")
+    with pytest.raises(DataError, match="cannot be decoded") as err:
+        ImageFolderDataset(tmp_path)
+    assert str(err.value).startswith(f"image file {str(links[0])!r}: cannot be decoded ({broken_link_reasons[0]})")
+    ds = ImageFolderDataset(tmp_path, on_error="skip")
+    assert ds.skipped == list(zip(links, broken_link_reasons)) and len(ds) == N
+    seen = []
+    for b in loader(ds):
+        number = pixels(b.views[0]).mean((2, 3)).round().long()[:, 0]      # flat images: R is the number
+        assert [ds.paths[i].name for i in b.index.tolist()] == [f"{k:03d}.png" for k in number.tolist()]
+        seen += b.index.tolist()
+    assert sorted(seen) == list(range(N))
+
+
 def folder_with_pixel_bad_file(root, cut_jpeg):
     """index_folder's first N - 1 images and class0/bad.jpg, pixel-truncated: the last file of class 0
     (dataset index 8), so its substitute under skip is class1/001.png, of another label and size."""

@@ -8,7 +8,7 @@ from fastssl.loaders import check
 from fastssl.loaders.datasets import ImageFolderDataset
 from fastssl.loaders.datasets.base import DataError
 from fastssl.loaders.datasets.files import decode_many
-from fastssl.loaders.datasets.index import BAD, DECODED, load_index
+from fastssl.loaders.datasets.index import BAD, DECODED, index_path, load_index
 
 
 def test_check_folder_reports_each_kind_of_bad_data(bad_folder):
@@ -39,7 +39,8 @@ def test_cli_data_check_exit_codes_and_paths(bad_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     for path in bad_folder["bad"] + [bad_folder["empty"], bad_folder["non_image"]]:
         assert str(path) in out
-    assert "FAILED: 6 images decode, 3 bad, 1 empty class folders, 1 non-image files" in out
+    assert ("FAILED: 6 images decode, 3 bad, 1 empty class folders, 0 class folders that lead nowhere, "
+            "1 non-image files") in out
 
     clean = tmp_path / "clean" / "a"
     clean.mkdir(parents=True)
@@ -87,3 +88,31 @@ def test_check_folder_counts_hidden_files(bad_folder):
     report = check.check_folder(root)
     assert report.hidden == 3 and report.non_images == [bad_folder["non_image"]]
     assert report.lines()[-1].endswith("1 non-image files, 3 hidden files/folders ignored (names starting with '.')")
+
+
+def test_cli_data_check_lists_links_that_lead_to_no_file_and_records_them(tmp_path, capsys, broken_links,
+                                                                          broken_link_reasons):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a" / "0.png")
+    links = broken_links(root / "a")
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    for link, why in zip(links, broken_link_reasons):
+        assert f"bad image: {link}: {why}\n" in out
+    assert (f"{root}: FAILED: 1 images decode, 3 bad, 0 empty class folders, 0 class folders that lead nowhere, "
+            "0 non-image files") in out
+    index = load_index(root)
+    assert index.header_reads == 0 and index.status.tolist() == [DECODED, BAD, BAD, BAD]
+    assert index.bad() == list(zip([1, 2, 3], broken_link_reasons))
+
+
+def test_cli_data_check_lists_class_folder_links_that_lead_nowhere(broken_class_links, capsys):
+    """Each one, with what is wrong, among the findings; the other classes are still checked."""
+    train, whys = broken_class_links["train"], broken_class_links["whys"]
+    assert main(["data", "check", str(train)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        *(f"class folder that leads nowhere: {train / name}: {why}" for name, why in whys.items()),
+        f"{train}: FAILED: 2 images decode, 0 bad, 0 empty class folders, {len(whys)} class folders that lead "
+        "nowhere, 0 non-image files, 0 hidden files/folders ignored (names starting with '.')"]
+    assert not index_path(train).exists()   # no index of a folder that no run can read

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from fastssl.config import DataConfig
+from fastssl.config import Config, DataConfig
 from fastssl.loaders.datasets import DataError, ImageFolderDataset, build_dataset, load_cifar
 from fastssl.loaders.datasets import cifar
 from fastssl.config import FASHION_MNIST_DEFAULT as DEFAULT_ROOT
 from fastssl.loaders.datasets.fashion_mnist import CLASSES as FASHION_CLASSES, load_fashion_mnist
+from fastssl.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.loaders.factory import build_train_loader
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIDE = 6
@@ -212,6 +215,53 @@ def test_imagefolder_skip_refuses_a_class_left_without_images(tmp_path):
     with pytest.raises(DataError, match="none of its files can be decoded") as err:
         ImageFolderDataset(tmp_path, on_error="skip").check()
     assert str(tmp_path / "b") in str(err.value)
+
+
+def splits_with_broken_links(root: Path, broken_links) -> tuple[Config, list[Path]]:
+    """root/train and root/test with classes a and b of three images each, train/a also holding the three
+    links of `broken_links`; the config of an unaugmented run over them, one batch per epoch."""
+    for split in ("train", "test"):
+        for label, name in enumerate("ab"):
+            for k in range(3):
+                save(root / split / name / f"{k}.png", encoded(label, k))
+    cfg = Config()
+    cfg.data.dataset, cfg.data.path, cfg.data.image_size = "imagefolder", str(root), SIDE
+    cfg.loader.batch_size = 6
+    a = cfg.augment
+    a.crop_scale_min = a.crop_scale_max = 1.0
+    a.flip_p = a.jitter_p = a.grayscale_p = 0.0
+    return cfg, broken_links(root / "train" / "a")
+
+
+def test_imagefolder_links_that_lead_to_no_file_raise_naming_the_first(tmp_path, broken_links, broken_link_reasons):
+    cfg, links = splits_with_broken_links(tmp_path, broken_links)
+    with pytest.raises(DataError) as err:
+        build_dataset(cfg.data, "train")
+    train = tmp_path / "train"
+    assert str(err.value) == (f"image file {str(links[0])!r}: cannot be decoded ({broken_link_reasons[0]}); 2 more "
+                              f"bad files in {str(train)!r} (data.on_error=skip drops and counts such files; "
+                              f"`fastssl data check {train}` lists them all)")
+
+
+@pytest.mark.parametrize("backend", ["tensor", "torchvision"])
+def test_imagefolder_links_that_lead_to_no_file_are_skipped_and_counted(tmp_path, caplog, broken_links,
+                                                                         broken_link_reasons, backend):
+    cfg, links = splits_with_broken_links(tmp_path, broken_links)
+    cfg.data.on_error, cfg.loader.backend = "skip", backend
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(cfg.data, "train")
+    assert ds.skipped == list(zip(links, broken_link_reasons))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ImageFolder {tmp_path / 'train'}: skipped 3 file(s) that cannot be decoded (first: {links[0]}: "
+        f"{broken_link_reasons[0]})"]
+    batch, = list(build_train_loader(cfg.load_settings(), ds, "cpu"))
+    assert sorted(batch.index.tolist()) == list(range(6))
+    assert batch.labels.tolist() == ds.labels[batch.index.numpy()].tolist()
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    for view in batch.views:
+        for image, i in zip(view, batch.index.tolist()):
+            pixels = torch.round((image.float() * std + mean) * 255).permute(1, 2, 0).to(torch.uint8).numpy()
+            assert np.array_equal(pixels, np.asarray(Image.open(ds.paths[i]))), ds.paths[i]
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])

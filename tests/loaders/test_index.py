@@ -146,3 +146,53 @@ def test_cli_data_index_covers_each_split_and_lists_bad_files(tmp_path, capsys):
     assert "5 headers read" in capsys.readouterr().out
     assert main(["data", "index", str(tmp_path / "missing")]) == 2
     assert "is not an existing directory" in capsys.readouterr().err
+
+
+def test_links_that_lead_to_no_file_are_bad_and_settled_without_reading_them_again(
+        tmp_path, capsys, broken_links, broken_link_reasons):
+    """A dangling link and a loop of links are listed (not passed over, not a crash), stored BAD with why,
+    kept so at the next start without a header read; a repaired link is read again."""
+    root = make_folder(tmp_path / "data")
+    links = broken_links(root / "c1")                 # positions 8, 9, 10: after c1/0-3.jpg
+    assert main(["data", "index", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{root}: 15 files in 3 classes, 15 headers read" in out and "3 known bad" in out
+    for link, why in zip(links, broken_link_reasons):
+        assert f"bad image: {link}: {why}\n" in out
+    index = load_index(root)
+    assert index.header_reads == 0 and index.bad() == list(zip([8, 9, 10], broken_link_reasons))
+    assert index.labels.tolist() == [0] * 4 + [1] * 7 + [2] * 4
+    (tmp_path / ".gone").mkdir()
+    Image.fromarray(np.zeros((7, 9, 3), np.uint8)).save(tmp_path / ".gone" / "missing.jpg")
+    index = load_index(root)
+    assert index.header_reads == 1 and index.status[8] == HEADER and [index.height[8], index.width[8]] == [7, 9]
+    assert index.bad() == list(zip([9, 10], broken_link_reasons[1:]))
+
+
+def test_a_tree_of_links_into_another_folder_reads_as_the_files_it_links(tmp_path):
+    """A subset made of links (to files, and a linked class folder) serves the linked files; a changed
+    target is read again, as the index follows the links when it stats."""
+    source = make_folder(tmp_path / "source")
+    subset = tmp_path / "subset"
+    (subset / "c0").mkdir(parents=True)
+    for name in ("1.jpg", "3.jpg"):
+        os.symlink(source / "c0" / name, subset / "c0" / name)
+    os.symlink(source / "c2", subset / "c2")
+    ds = ImageFolderDataset(subset)
+    expected = [source / "c0" / "1.jpg", source / "c0" / "3.jpg"] + [source / "c2" / f"{i}.jpg" for i in range(4)]
+    assert ds.classes == ["c0", "c2"] and ds.labels.tolist() == [0, 0, 1, 1, 1, 1]
+    assert ds.sizes.tolist() == pil_sizes(expected) and ds.index.header_reads == 6
+    assert np.array_equal(ds.to_array(8), np.stack([np.asarray(Image.open(p).resize((8, 8), Image.BILINEAR))
+                                                     for p in expected]))
+    target = source / "c2" / "0.jpg"
+    Image.fromarray(np.zeros((30, 5, 3), np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))
+    again = ImageFolderDataset(subset)
+    assert again.index.header_reads == 1 and again.sizes[2].tolist() == [30, 5]
+
+
+def test_cli_data_index_names_a_class_folder_link_that_leads_nowhere(broken_class_links, capsys):
+    """A loop is not a raw OSError, a dangling link not a class passed over: one line, no index."""
+    assert main(["data", "index", str(broken_class_links["root"])]) == 2
+    assert capsys.readouterr().err == f"fastssl data: error: {broken_class_links['message']}\n"
+    assert not index_path(broken_class_links["train"]).exists()

@@ -1,5 +1,6 @@
 """ImageFolder splits at real scale: train and test must name the same classes, ImageNet's `val/` stands in
 for a missing `test/`, and a bad file under the torchvision backend is a one-line error with the hint."""
+import itertools
 import logging
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from fastssl.cli import main
 from fastssl.config import Config, DataConfig
-from fastssl.loaders.datasets import DataError, ImageFolderDataset, build_dataset
+from fastssl.loaders.datasets import DataError, ImageFolderDataset, build_dataset, imagefolder
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
 
 # A tiny, fast training run; the data options come with each test.
@@ -115,6 +116,16 @@ def test_missing_test_split_names_both_and_suggests_the_option(tmp_path):
     assert "sub-folders there: holdout, train" in message and "--set data.test_split=NAME" in message
 
 
+def test_build_dataset_refuses_a_class_folder_link_that_leads_nowhere(broken_class_links):
+    """Passed over, train/b would give d label 1 in train and 2 in test: neither policy skips it, and the
+    test split, which holds b, names it rather than a class mismatch."""
+    for on_error, split in itertools.product(("raise", "skip"), ("train", "test")):
+        cfg = DataConfig(dataset="imagefolder", path=str(broken_class_links["root"]), on_error=on_error)
+        with pytest.raises(DataError) as err:
+            build_dataset(cfg, split)
+        assert str(err.value) == broken_class_links["message"]
+
+
 def torchvision_cfg(workers: int) -> Config:
     cfg = Config()
     cfg.data.image_size = 16
@@ -163,3 +174,33 @@ def test_a_shard_is_every_world_th_image_from_rank_on_and_skips_within_itself(tm
     (tmp_path / "a" / "x.jpg").write_bytes(cut_jpeg)   # index 3 of 7: shard 1 of 2 holds 1, 3, 5
     folder = Shard(ImageFolderDataset(tmp_path, on_error="skip"), 1, 2)
     assert folder.load_usable(1)[1] == 2               # the shard's own next image, not index 4 of shard 0
+
+
+def test_a_file_met_mid_run_is_warned_about_once_whichever_process_meets_it(tmp_path, cut_jpeg):
+    """Under skip, a pixel-truncated file met in four epochs by both of the training loader's workers (the
+    shuffle puts it in batch 4, 4, 2, then 1) and in four passes by the eval batches' own workers is
+    named by one warning in all, not one per process that met it. Workers are processes, so the count
+    comes from a log file they all append to."""
+    tree(tmp_path / "data", "ab", per_class=3)
+    bad = tmp_path / "data" / "a" / "x.jpg"
+    bad.write_bytes(cut_jpeg)                          # index 3 of 7: a/0-2, a/x, b/0-2
+    dataset = ImageFolderDataset(tmp_path / "data", on_error="skip")
+    cfg = torchvision_cfg(workers=2)
+    cfg.loader.batch_size = 1                          # batch b goes to worker b % 2
+    said = tmp_path / "warnings.log"
+    handler = logging.FileHandler(said)                # appends: every process's lines land in it
+    logger = logging.getLogger(imagefolder.__name__)
+    logger.addHandler(handler)
+    try:
+        train = build_train_loader(cfg.load_settings(), dataset, "cpu")
+        evaluation = build_eval_batches(cfg.load_settings(), dataset, "cpu", batch_size=2)
+        for epoch, at in enumerate([4, 4, 2, 1]):
+            train.set_epoch(epoch)
+            assert train.sampler.indices(epoch, at).tolist() == [3]
+            assert sorted(i for b in train for i in b.index.tolist()) == [0, 1, 2, 4, 4, 5, 6]
+            assert torch.cat([labels for _, labels in evaluation]).tolist() == [0, 0, 0, 1, 1, 1, 1]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = said.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"image file {str(bad)!r}: cannot be decoded")
