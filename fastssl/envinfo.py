@@ -72,5 +72,8 @@ def collect() -> dict[str, str]:
         "dali": _dali_version(),
         "ffcv": _module_version("ffcv"),
         "numpy": _module_version("numpy"),
+        # CPU results are reproducible at a given thread count only: threads change the order of float sums.
+        "cpu_threads": str(torch.get_num_threads()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),   # the kernels' instruction set: AVX2, AVX512
         "git_commit": git_commit(),
     }

@@ -27,6 +27,9 @@ def test_env_reports_the_installed_versions(capsys):
     assert info["torch"] == torch.__version__
     assert info["cuda"] == (torch.version.cuda or "none")
     assert info["gpu"] == ("none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
+    # what a CPU result depends on besides the code (README: the same numbers at the same threads and CPU)
+    assert info["cpu_threads"] == str(torch.get_num_threads())
+    assert info["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256")
     for name, module in [("dali", "nvidia.dali"), ("ffcv", "ffcv")]:
         installed = importlib.util.find_spec(module) is not None
         assert (info[name] != "not installed") == installed
