@@ -5,10 +5,13 @@ the same second: they shared one folder, two results were lost and metrics.jsonl
 runs. A default folder is therefore created with os.mkdir, which fails if it exists, trying the
 suffixes -2, -3, ... until one is new. And two processes writing one folder (a second --resume of a
 run still going) crashed on each other's temporary checkpoint and logged steps twice, so the process
-that writes a folder holds an exclusive flock on RUN/.lock, with its pid, host, start time and command
+that writes a folder holds an exclusive lock on RUN/.lock, with its pid, host, start time and command
 inside for whoever is refused. The kernel drops the lock when the process dies, SIGKILL included, so
-a killed run never leaves a stale one. Within one process a folder may be claimed again (the lock is
-the process's, counted), as tests and notebooks do with a Trainer per attempt.
+a killed run never leaves a stale one. It is a POSIX record lock (fcntl), not an flock: an flock
+belongs to the open file, which forked children share, so the DataLoader workers of a SIGKILLed run,
+alive for a moment after it, held it and refused the `--resume` started right after; a record lock
+belongs to the process alone (and works across hosts on NFS). Within one process a folder may be
+claimed again (the lock is the process's, counted), as tests and notebooks do with a Trainer per attempt.
 """
 from __future__ import annotations
 
@@ -78,14 +81,14 @@ def claim(path: Path) -> Path:
 
 
 def _lock(path: Path):
-    """RUN/.lock, open, exclusively flocked and naming this process."""
+    """RUN/.lock, open, exclusively locked and naming this process."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         handle = open(path / LOCK, "a+b", buffering=0)   # unbuffered: a failed write leaves nothing to flush
     except OSError as e:
         raise _unwritable(path, e) from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         handle.seek(0)
         holder = _describe(handle.read().decode(errors="replace"))

@@ -188,3 +188,34 @@ def test_a_full_disk_at_the_start_is_the_one_line_message_and_leaves_no_folder(t
     assert main(["train", "--out", str(disk / "run"), *_sets(TINY)]) == 2
     assert _last_error(capsys).startswith(f"fastssl train: error: no space left on device: {disk / 'run' / '.lock'} (")
     assert not (disk / "run").exists()
+
+
+HOLD_AND_FORK = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from fastssl.engine import rundir
+    rundir.claim(Path(sys.argv[1]))
+    child = os.fork()              # as a DataLoader forks its workers
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_the_children_of_a_killed_holder_do_not_keep_its_folder(tmp_path):
+    """A SIGKILLed run's DataLoader workers live on for a moment; with an flock (shared with forked
+    children) they held the lock and refused the --resume started right after (found by the random-kill
+    test on the torchvision backend)."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(run)], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)                          # the child is still alive
+        assert rundir.claim(run) == run
+        rundir.release(run)
+    finally:
+        os.kill(child, signal.SIGKILL)
