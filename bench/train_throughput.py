@@ -66,6 +66,8 @@ def measure(cfg: Config, backends: list[str], steps: int, windows: int, warmup: 
             progress(f"window {w + 1}/{windows}: " + ", ".join(f"{b} {s[-1]:,.0f} img/s" for b, s in samples.items()))
         device = next(iter(trainers.values())).device
         precision = next(iter(trainers.values())).precision
+        for trainer in trainers.values():
+            trainer.close()   # their folders' locks (fit, which releases them itself, is not what runs here)
     where = context(device)
     shape = f"{cfg.loader.views}x{cfg.loader.batch_size}x{cfg.data.image_size}px {cfg.model.arch} w{cfg.model.width}"
     return [Row("train_throughput", backend, shape, precision, "train step", "images/s", *summarize(s),

@@ -65,7 +65,10 @@ def profile_backend(cfg: config_mod.Config, backend: str, steps: int, warmup: in
 
     bcfg = backend_config(cfg, backend, warmup + steps + (TRACE_STEPS if trace else 0))
     trainer = Trainer(bcfg, run_dir)
-    timings, wall_s, peaks = trainer.profile_steps(warmup, steps, sync=sync, trace=trace)
+    try:
+        timings, wall_s, peaks = trainer.profile_steps(warmup, steps, sync=sync, trace=trace)
+    finally:
+        trainer.close()   # the run folder's lock: profile_steps is not fit, which releases it itself
     step, stages = stage_stats(timings, stage_order(), peaks)
     wall_ms = 1000.0 * wall_s / steps
     marked_ms = sum(t["step"] for t in timings) / steps
