@@ -21,11 +21,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fastssl import compat, envinfo, methods
-from fastssl.engine import rundir
 from fastssl import config as config_mod
 from fastssl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.distributed import sync_batch_norm
+from fastssl.engine import rundir
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, read_metrics
 from fastssl.engine.nonfinite import NonFiniteGuard
@@ -112,7 +112,7 @@ class Trainer:
         if cfg.log.tensorboard:
             require_tensorboard()   # a missing package fails here, not at the first log
         self.dist, self.device = setup_distributed(resolve_device(cfg.train.device))
-        self.out_dir, created = self._claim(out_dir, resume)
+        self.out_dir, created = self._claim(out_dir)
         self._claimed = True
         try:
             self._build(resume)
@@ -120,7 +120,7 @@ class Trainer:
             self.close(remove_if_unused=created)
             raise
 
-    def _claim(self, out_dir: Path | None, resume: bool) -> tuple[Path, bool]:
+    def _claim(self, out_dir: Path | None) -> tuple[Path, bool]:
         """The run folder, locked by rank 0 (made unique when fastssl names it), and whether this call
         created it; every rank gets rank 0's folder, or its error."""
         path, created, error = None, False, None
