@@ -222,7 +222,7 @@ class Trainer:
         self.saved_step = None   # the step of the last checkpoint this run wrote or resumed from
         self._last_task = None   # the last trained step's (z, layout), for the task accuracy at a log
         if restored is not None:
-            self.state.restore(restored, str(self.out_dir / CHECKPOINT))
+            self.state.restore(restored, str(checkpoint))
             self.config_changes += self._resumed_differently(restored["run"].get("world"), warmup)
             self.saved_step = self.run.step
             self.metrics = MetricsLog(self._metrics_path(), keep_lines=self.run.metrics_lines)

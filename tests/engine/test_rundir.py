@@ -131,8 +131,12 @@ def test_a_trainer_holds_its_folder_until_fit_ends(tmp_path):
     assert subprocess.run(probe, capture_output=True, text=True).returncode == 0
 
 
-@pytest.mark.parametrize("override", ["method.contrastive.temperature=0.0", "train.device=cuda",
-                                      "data.dataset=imagefolder"])
+REFUSED = {"method.contrastive.temperature=0.0": "method.contrastive.temperature=0.0: must be a finite number in",
+           "train.device=cuda": "train.device='cuda': no CUDA GPU is available on this machine",
+           "data.dataset=imagefolder": "data.train_split='train': "}   # a folder without split folders
+
+
+@pytest.mark.parametrize("override", list(REFUSED))
 def test_a_run_refused_after_torch_loads_leaves_no_folder(tmp_path, monkeypatch, override, capsys):
     """Rules checked once torch is loaded (a method's own settings, the device, the data) used to fail
     after the CLI had made the run folder, leaving it empty."""
@@ -144,7 +148,8 @@ def test_a_run_refused_after_torch_loads_leaves_no_folder(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     for out in (["--out", str(tmp_path / "run")], []):
         assert main(["train", *out, *_sets(TINY + [override] + extra)]) == 2
-        assert _last_error(capsys).startswith("fastssl train: error: ")
+        line = _last_error(capsys)
+        assert line.startswith("fastssl train: error: ") and REFUSED[override] in line, line
         assert not (tmp_path / "run").exists()
         assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
