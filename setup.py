@@ -36,6 +36,9 @@ setup(
         # backend reads its Reader metadata and calls its C routines. It brings opencv-python itself.
         "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
         "dali": ["nvidia-dali-cuda130"],
+        # `fastssl bench peers`: the trainers fastssl is compared with, pinned to the measured versions.
+        # The core never imports them (bench/peers/*_runner.py do, inside train()).
+        "peers": ["lightly==1.6.0", "lightly-train==0.18.0"],
         "onnx": ONNX,
         "tensorboard": TENSORBOARD,
     },

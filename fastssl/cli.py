@@ -9,6 +9,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fastssl import config as config_mod
@@ -186,6 +187,45 @@ def _cmd_bench_checkpoint(args) -> int:
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     print(paths[1].read_text())
     return 0
+
+
+def _cmd_bench_peers(args) -> int:
+    from fastssl.bench import peers_bench
+    from fastssl.bench.peers.recipe import Recipe
+
+    listed = (lambda text: [x.strip() for x in text.split(",") if x.strip()])
+    try:
+        widths = [float(w) for w in listed(args.width)]
+    except ValueError:
+        raise config_mod.ConfigError(f"--width {args.width!r}: must be numbers, comma-separated") from None
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--batch", args.batch, 2), ("--res", args.res, 8),
+                             ("--seeds", args.seeds, 1), ("--workers", args.workers, 0), ("--window", args.window, 1),
+                             ("--skip", args.skip, 0), ("--limit-train", args.limit_train, 0),
+                             ("--limit-test", args.limit_test, 0)):
+        if value < low:
+            raise config_mod.ConfigError(f"{flag}={value}: must be >= {low}")
+    if not widths or any(not 0 < w <= 4 for w in widths):
+        raise config_mod.ConfigError(f"--width {args.width!r}: each width must be in (0, 4]")
+    data = Path(args.data)
+    if not (data / "train").is_dir():
+        raise config_mod.ConfigError(f"--data {args.data}: must be a folder holding train/<class>/ (and test/<class>/)")
+    say = (lambda line: print(line, file=sys.stderr, flush=True))
+    work = Path(args.work)
+    if args.limit_train or args.limit_test:
+        data = peers_bench.subset(data, work / f"data_{args.limit_train}_{args.limit_test}",
+                                  {"train": args.limit_train, "test": args.limit_test})
+    base = Recipe(epochs=args.epochs, batch=args.batch, res=args.res, workers=args.workers)
+    backends = listed(args.backends)
+    specs, skipped = peers_bench.plan(listed(args.peers), listed(args.methods), backends, widths, args.seeds, base,
+                                      str(data.resolve()), work, "")
+    if any(s.backend == "ffcv" for s in specs):
+        beton = peers_bench.prepare_beton(str(data.resolve()), work, say)
+        specs = [replace(s, beton=beton) if s.backend == "ffcv" else s for s in specs]
+    rows = peers_bench.measure(specs, args.skip, args.window, args.timeout, not args.no_probe, say) + skipped
+    paths = peers_bench.write_all(rows, base, shlex.join(["fastssl", *args.argv]), Path(args.out))
+    say(f"wrote {', '.join(map(str, paths))}")
+    print(paths[1].read_text())
+    return 0 if any(r.status == "ok" for r in rows) else 1
 
 
 # --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
@@ -459,6 +499,35 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     ckpt.add_argument("--out", default="bench/results", help="folder for the CSV/Markdown/PNG")
     ckpt.set_defaults(func=_cmd_bench_checkpoint)
+    peers = suites.add_parser("peers", help="fastssl vs lightly, LightlyTrain and solo-learn on one recipe: "
+                              "images/s and the common evaluator's kNN/linear", description="Train the same "
+                              "network with the same data, batch, views, augmentation, optimizer, schedule and "
+                              "epochs with each trainer (each run its own process), time every optimizer step "
+                              "the same way and score every backbone with one evaluator. Peers: pip install "
+                              "'fastssl[peers]'.")
+    peers.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and test/<class>/")
+    peers.add_argument("--peers", default="fastssl,lightly,lightly-train,solo-learn", help="comma-separated "
+                       "(default: %(default)s)")
+    peers.add_argument("--backends", default="tensor,torchvision,ffcv,dali", help="fastssl's data backends, "
+                       "comma-separated; those without their extra are reported as not run (default: %(default)s)")
+    peers.add_argument("--methods", default="simclr,byol", help="comma-separated (default: %(default)s)")
+    peers.add_argument("--epochs", type=int, default=1, help="epochs per run (default: %(default)s)")
+    peers.add_argument("--width", default="1.0", help="ResNet-18 width multiplier(s), comma-separated")
+    peers.add_argument("--batch", type=int, default=256, help="(default: %(default)s)")
+    peers.add_argument("--res", type=int, default=32, help="image side; < 64 uses the CIFAR stem (default: %(default)s)")
+    peers.add_argument("--seeds", type=int, default=1, help="seeds per run, 0..N-1 (default: %(default)s)")
+    peers.add_argument("--workers", type=int, default=2, help="loading workers, every trainer (default: %(default)s)")
+    peers.add_argument("--limit-train", type=int, default=0, help="use the first N images of each train class "
+                       "(0: all)")
+    peers.add_argument("--limit-test", type=int, default=0, help="use the first N images of each test class (0: all)")
+    peers.add_argument("--skip", type=int, default=3, help="first steps left out of the rates (start-up) "
+                       "(default: %(default)s)")
+    peers.add_argument("--window", type=int, default=4, help="steps per timing window (default: %(default)s)")
+    peers.add_argument("--timeout", type=float, default=7200, help="seconds one run may take (default: %(default)s)")
+    peers.add_argument("--no-probe", action="store_true", help="kNN only, no linear probe")
+    peers.add_argument("--work", default="runs/bench-peers", help="run folders; finished runs there are reused")
+    peers.add_argument("--out", default="bench/results/peers_cpu", help="path stem of the CSV/Markdown/PNG")
+    peers.set_defaults(func=_cmd_bench_peers)
     kernels = suites.add_parser("kernels", help="one Triton kernel vs its torch baselines: time, memory, error",
                                 description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
                                 "in one process, on the same inputs.")

@@ -1,0 +1,31 @@
+"""`fastssl bench peers`: fastssl beside the trainers a user would pick instead, on one recipe.
+
+One module per trainer, `<name>_runner.py`, found by its NAME (adding a peer is adding a file):
+NAME, METHODS, version(), substitutions(spec) (what it cannot express and what it did instead) and
+train(spec, device) -> the trained backbone; or, for a trainer that cannot run here, unavailable()
+-> the reason. Every run is its own process (child.py), timed by the same optimizer-step hook
+(clock.py); every backbone is scored by the same evaluator (evaluate.py); peers_bench.py orchestrates.
+The peers' packages are imported only inside their runners' train(): `pip install 'fastssl[peers]'`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+
+def runners() -> dict[str, ModuleType]:
+    """NAME -> runner module, for every `*_runner` module of this package."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.endswith("_runner"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            found[module.NAME] = module
+    return found
+
+
+def runner(name: str) -> ModuleType:
+    table = runners()
+    if name not in table:
+        raise ValueError(f"peer {name!r}: must be one of {', '.join(sorted(table))}")
+    return table[name]

@@ -1,0 +1,81 @@
+"""fastssl itself: `fastssl train` with the recipe as --set overrides, on one data backend, then
+`fastssl export --format torchvision` of the online encoder, the file the evaluator loads.
+
+Run through fastssl.cli.main in the child process, exactly the command a user types; the overrides
+are printed in the report so the run can be repeated by hand.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastssl.bench.peers.network import backbone
+from fastssl.bench.peers.recipe import Spec
+
+NAME = "fastssl"
+METHODS = ("simclr", "byol")
+BACKENDS = ("tensor", "torchvision", "ffcv", "dali")
+METHOD_NAMES = {"simclr": "contrastive", "byol": "byol"}
+
+
+def version() -> str:
+    from importlib.metadata import version as _version
+
+    return _version("fastssl")
+
+
+def substitutions(spec: Spec) -> list[str]:
+    notes = ["kNN of the encoder at random init and at the end (fastssl train's default monitor), "
+             "checkpoint every epoch"]
+    if spec.recipe.method == "byol":
+        notes.append("BYOL loss 2 - 2 cos (the BYOL paper's), twice lightly's example loss -cos at equal lr")
+    return notes
+
+
+def overrides(spec: Spec) -> list[str]:
+    """The `--set` list that makes `fastssl train` run the recipe."""
+    r = spec.recipe
+    brightness, contrast, saturation, hue = r.jitter
+    method = METHOD_NAMES[r.method]
+    sets = {
+        "data.dataset": "imagefolder", "data.path": spec.data, "data.image_size": r.res,
+        "loader.backend": spec.backend, "loader.batch_size": r.batch, "loader.views": r.views,
+        "loader.workers": r.workers,
+        "augment.crop_scale_min": r.crop_scale_min, "augment.crop_scale_max": 1.0, "augment.flip_p": r.flip_p,
+        "augment.jitter_p": r.jitter_p, "augment.brightness": brightness, "augment.contrast": contrast,
+        "augment.saturation": saturation, "augment.hue": hue, "augment.grayscale_p": r.grayscale_p,
+        "augment.blur_p": 0.0, "augment.solarize_p": 0.0,
+        "model.arch": r.arch, "model.cifar_stem": r.cifar_stem, "model.width": r.width,
+        "model.projector_hidden": r.projector_hidden, "model.projector_out": r.projector_out,
+        "model.projector_layers": 2, "model.projector_bn": True,
+        "method.name": method,
+        "optim.name": "sgd", "optim.lr": r.lr, "optim.momentum": r.momentum, "optim.weight_decay": r.weight_decay,
+        "optim.warmup_epochs": r.epochs * r.warmup_fraction,
+        "train.epochs": r.epochs, "train.seed": r.seed, "knn.every_epochs": 0,
+    }
+    if r.method == "simclr":
+        sets["method.contrastive.temperature"] = r.temperature
+    if r.method == "byol":
+        sets["method.byol.momentum"] = r.ema_start
+        sets["method.byol.predictor_hidden"] = r.projector_hidden
+    if spec.backend == "ffcv":
+        sets["loader.beton"] = spec.beton
+    return [f"{key}={value}" for key, value in sets.items()]
+
+
+def train(spec: Spec, device: torch.device) -> nn.Module:
+    from fastssl.cli import main
+    from fastssl.export.exporter import export
+
+    run = Path(spec.out) / "run"
+    args = ["train", "--out", str(run)]
+    for item in overrides(spec):
+        args += ["--set", item]
+    if main(args) != 0:
+        raise RuntimeError(f"fastssl train {' '.join(args)} failed")
+    path, _ = export(run, "torchvision", "encoder", "online", "last.pt", Path(spec.out) / "encoder.torchvision.pt")
+    trained = backbone(spec.recipe)
+    trained.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    return trained
