@@ -82,21 +82,23 @@ def plan(peers: list[str], methods: list[str], backends: list[str], widths: list
     if bad:
         raise ConfigError(f"--methods {','.join(bad)}: must be among {', '.join(METHODS)}")
     specs, skipped = [], []
-    for width in widths:
-        for method in methods:
-            for peer in peers:
-                module = table[peer]
-                reason = module.unavailable() if hasattr(module, "unavailable") else None
-                if reason is None and method not in module.METHODS:
-                    reason = f"{peer} offers {', '.join(module.METHODS)}, not {method}"
-                kinds = [(b, _backend_missing(b)) for b in backends] if peer == "fastssl" else [("", None)]
-                for backend, missing in kinds:
-                    name = f"{peer}:{backend}" if backend else peer
-                    why = reason or missing
-                    if why:
-                        skipped.append(RunRow(name, method, width, 0, "not run", why, module.version()))
-                        continue
-                    for seed in range(seeds):
+    # Seeds outermost: a slow spell of the machine then falls on every trainer's seed alike, not on one trainer.
+    for seed in range(seeds):
+        for width in widths:
+            for method in methods:
+                for peer in peers:
+                    module = table[peer]
+                    reason = module.unavailable() if hasattr(module, "unavailable") else None
+                    if reason is None and method not in module.METHODS:
+                        reason = f"{peer} offers {', '.join(module.METHODS)}, not {method}"
+                    kinds = [(b, _backend_missing(b)) for b in backends] if peer == "fastssl" else [("", None)]
+                    for backend, missing in kinds:
+                        name = f"{peer}:{backend}" if backend else peer
+                        why = reason or missing
+                        if why:
+                            if seed == 0:
+                                skipped.append(RunRow(name, method, width, 0, "not run", why, module.version()))
+                            continue
                         recipe = replace(base, method=method, width=width, seed=seed)
                         folder = out / "runs" / f"{name.replace(':', '-')}_{method}_w{width:g}_s{seed}"
                         specs.append(Spec(peer=peer, recipe=recipe, data=data, out=str(folder), backend=backend,
