@@ -161,8 +161,13 @@ class ModelConfig:
     projector_out: int = 64
     projector_layers: int = 2
     projector_bn: bool = True
+    projector_out_bn: bool = False   # BN on the projection z too (SimCLR v2; lightly's SimCLR head)
     channels_last: bool = True
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (CUDA only)
+    per_view_bn: bool = False        # BatchNorm statistics of each view apart (one forward per view, as
+                                     # lightly's and solo-learn's loops do); false: one forward of all views
+    zero_init_residual: bool = True  # last BN gamma of every residual branch starts at 0 (Goyal et al.);
+                                     # false: torchvision's init (gamma 1)
 
 
 @dataclass

@@ -191,7 +191,7 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        self.model = build_model(cfg.model).to(self.device)
+        self.model = build_model(cfg.model, cfg.loader.views).to(self.device)
         if cfg.model.sync_bn and self.dist.world > 1:
             self.model = sync_batch_norm(self.model, self.device)
         # Under DDP the encoder's gradients are averaged over ranks (see engine/distributed.py).

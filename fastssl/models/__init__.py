@@ -21,31 +21,52 @@ def __getattr__(name: str):
 
 def build_encoder(model_cfg) -> ResNet:
     """The ResNet that `model_cfg` (a ModelConfig) names; ValueError naming model.arch otherwise."""
-    return ResNet(model_cfg.arch, cifar_stem=model_cfg.cifar_stem, width=model_cfg.width)
+    return ResNet(model_cfg.arch, cifar_stem=model_cfg.cifar_stem, width=model_cfg.width,
+                  zero_init_residual=model_cfg.zero_init_residual)
 
 
 def build_projector(model_cfg, in_dim: int) -> Projector:
     return Projector(in_dim, model_cfg.projector_hidden, model_cfg.projector_out,
-                     layers=model_cfg.projector_layers, batch_norm=model_cfg.projector_bn)
+                     layers=model_cfg.projector_layers, batch_norm=model_cfg.projector_bn,
+                     out_bn=model_cfg.projector_out_bn)
 
 
 class SSLNet(nn.Module):
-    """`forward(x) -> (h, z)`: h is the representation kept for evaluation, z what the head sees."""
+    """`forward(x) -> (h, z)`: h is the representation kept for evaluation, z what the head sees.
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module):
+    bn_groups > 1 (model.per_view_bn): in training, x's rows are that many equal blocks (the views,
+    view-major) and each block goes through the network alone, so every BatchNorm normalises a view
+    with its own batch statistics, as loops that call the network once per view have it. With one
+    forward of all views, a BN layer's statistics mix an image's views: lightly's own SimCLR loop made
+    to do that scored 2.5 kNN points lower (2 seeds, CIFAR-10 JPEG, width 1/8; bench/NOTES.md, peers).
+    In eval mode BN uses its running statistics and the blocks would change nothing, so x goes whole.
+    """
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, bn_groups: int = 1):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
+        self.bn_groups = bn_groups
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and self.bn_groups > 1:
+            if x.shape[0] % self.bn_groups:
+                raise ValueError(f"per-view BatchNorm: {x.shape[0]} rows are not {self.bn_groups} equal views")
+            parts = [self._whole(block) for block in x.chunk(self.bn_groups)]
+            return torch.cat([h for h, _ in parts]), torch.cat([z for _, z in parts])
+        return self._whole(x)
+
+    def _whole(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
         return h, self.projector(h)
 
 
-def build_model(model_cfg) -> SSLNet:
-    """Encoder + projector; conv weights in channels_last when asked, the layout tensor cores want."""
+def build_model(model_cfg, views: int = 1) -> SSLNet:
+    """Encoder + projector; conv weights in channels_last when asked, the layout tensor cores want.
+    `views`: the rows' view count, whose blocks model.per_view_bn normalises apart."""
     encoder = build_encoder(model_cfg)
-    model = SSLNet(encoder, build_projector(model_cfg, encoder.feature_dim))
+    model = SSLNet(encoder, build_projector(model_cfg, encoder.feature_dim),
+                   bn_groups=views if model_cfg.per_view_bn else 1)
     if model_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

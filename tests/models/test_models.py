@@ -181,6 +181,46 @@ def test_zero_init_residual_can_be_disabled():
     assert all(torch.equal(b.last_bn.weight, torch.ones_like(b.last_bn.weight)) for b in blocks)
 
 
+def test_projector_out_bn_normalises_z_as_lightlys_simclr_head():
+    from lightly.models.modules import SimCLRProjectionHead   # the peers extra: the independent reference
+
+    ours = Projector(64, 32, 16, layers=2, batch_norm=True, out_bn=True)
+    theirs = SimCLRProjectionHead(64, 32, 16)
+    described = [(type(m).__name__, getattr(m, "bias", None) is not None) for m in ours]
+    assert described == [(type(m).__name__, getattr(m, "bias", None) is not None) for m in theirs.layers]
+    ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values())))
+    x = torch.randn(8, 64)
+    torch.testing.assert_close(ours(x), theirs(x))   # training mode: both normalise z by its batch
+
+
+def test_per_view_bn_normalises_each_view_with_its_own_statistics():
+    cfg = ModelConfig(width=0.125, projector_hidden=32, projector_out=16, per_view_bn=True, channels_last=False)
+    model = build_model(cfg, views=2)
+    reference = copy.deepcopy(model)
+    x = torch.randn(12, 3, 32, 32)
+    h, z = model(x)
+    views = [reference.encoder(v) for v in x.chunk(2)]   # one network call per view, as lightly's loop makes
+    torch.testing.assert_close(h, torch.cat(views))
+    torch.testing.assert_close(z, torch.cat([reference.projector(v) for v in views]))
+    joint = copy.deepcopy(reference)
+    joint.bn_groups = 1
+    assert not torch.allclose(joint(x)[1], z, atol=1e-3)   # one forward of both views mixes their statistics
+    torch.testing.assert_close(model.encoder.stem[1].running_mean, reference.encoder.stem[1].running_mean)
+    model.eval()
+    with torch.no_grad():   # eval: running statistics, the views' blocks change nothing
+        torch.testing.assert_close(model(x)[0], model.encoder(x))
+    with pytest.raises(ValueError, match="per-view BatchNorm: 13 rows are not 2 equal views"):
+        model.train()(torch.randn(13, 3, 32, 32))
+    assert build_model(ModelConfig(width=0.125), views=2).bn_groups == 1
+
+
+def test_zero_init_residual_follows_the_config():
+    for flag, gamma in ((True, 0.0), (False, 1.0)):
+        model = build_model(ModelConfig(width=0.125, zero_init_residual=flag))
+        gammas = [m.last_bn.weight for m in model.encoder.modules() if isinstance(m, BasicBlock)]
+        assert all(torch.equal(g, torch.full_like(g, gamma)) for g in gammas)
+
+
 @pytest.mark.parametrize("layers, bn, expected", [
     (1, True, [("Linear", 512, 64, True)]),
     (2, True, [("Linear", 512, 256, False), ("BatchNorm1d",), ("ReLU",), ("Linear", 256, 64, True)]),
