@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # extra is a prebuilt Linux wheel (CPU operators run without a GPU), so it is always in.
 EXTRAS ?= $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo dev,ffcv,dali,peers || echo dev,dali,peers)
 
-.PHONY: train test gpu-check
+.PHONY: train test gpu-check peer-bundle
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,10 @@ test: $(VENV)/.installed .triton36/.installed
 GPU_OUT ?= gpu-results
 gpu-check:
 	$(PYTHON) bench/gpu_run.py $(GPU_OUT) $(ARGS)
+
+# What `python bench/gpu_run.py OUT --suite peers` needs on a GPU machine without network: the peers'
+# wheels for its Python 3.12 (.peer-wheels/1 and /2, one call each) and a CIFAR-10 JPEG subset
+# (.peer-data). DATA: an ImageFolder root with train/ and test/. README "On a GPU".
+peer-bundle: $(VENV)/.installed
+	$(BIN)/python bench/peer_bundle.py --data $(DATA)
+

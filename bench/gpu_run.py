@@ -162,7 +162,65 @@ STEPS = [
                                        ["--set", "data.num_train=1024", "--steps", "5", "--windows", "3",
                                         "--warmup", "6"])),
 ]
+PEER_SITE = ROOT / ".peers-site"     # git-ignored: kept between calls on a warm machine
+PEER_WHEELS = ROOT / ".peer-wheels"   # `make peer-bundle`: the peers' wheels for the GPU image's Python
+PEER_DATA = ROOT / ".peer-data"       # `make peer-bundle`: CIFAR-10 JPEG, 500 train / 200 test per class
+
+
+def _peer_install(run: Run) -> list[str]:
+    """pip install --target .peers-site every wheel carried in .peer-wheels/ (none: nothing to do; a
+    rehearsal uses the peers of the running Python)."""
+    wheels = sorted(str(w) for w in PEER_WHEELS.rglob("*.whl")) if PEER_WHEELS.is_dir() else []
+    if run.rehearse or not wheels:
+        why = "rehearsal: the peers of this Python" if run.rehearse else f"no wheels in {PEER_WHEELS}"
+        return [*run.python, "-c", f"print({why!r})"]
+    return [*run.python, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--upgrade",
+            "--target", str(PEER_SITE), *wheels]
+
+
+def _peers(name: str, real: list[str], tiny_shape: list[str], data: Callable[[Run], str]
+           ) -> Callable[[Run], list[str]]:
+    """fastssl bench peers, width 1, every peer, fastssl's tensor and torchvision backends, bf16 on CUDA;
+    rehearsed at width 1/8 on 4 images a class, on the same network kind (`tiny_shape`)."""
+    tiny = ["--width", "0.125", "--batch", "16", "--epochs", "1", "--limit-train", "4", "--limit-test", "2",
+            "--skip", "0", "--window", "1", "--workers", "1", "--methods", "simclr", *tiny_shape]
+    return lambda run: run.fastssl(
+        "bench", "peers", "--data", data(run), "--peers", "fastssl,lightly,lightly-train,solo-learn",
+        "--backends", "tensor,torchvision", "--no-probe", "--work", run.out(name) + "/work",
+        "--out", run.out(name) + f"/{name}", *_sizes(run, real, tiny))
+
+
+def _cifar(run: Run) -> str:
+    return str(PEER_DATA) if PEER_DATA.is_dir() else os.environ.get("FASTSSL_PEER_DATA", str(PEER_DATA))
+
+
+def _photos(run: Run) -> str:
+    return run.out("photos_data") + "/photos"
+
+
+SUITES = {
+    "all": STEPS,
+    # `--suite peers`: fastssl beside lightly and LightlyTrain on the GPU (README "On a GPU").
+    "peers": [
+        Step("env", 45, _env_command),
+        Step("peer_install", 120, _peer_install),
+        Step("peers_resnet18", 200, _peers("peers_resnet18", [
+            "--arch", "resnet18", "--res", "32", "--batch", "256", "--epochs", "3", "--workers", "12",
+            "--methods", "simclr,byol", "--skip", "10", "--window", "5"], ["--arch", "resnet18", "--res", "32"],
+            _cifar)),
+        Step("photos", 40, lambda run: run.fastssl("data", "photos", _photos(run),
+                                                   *_sizes(run, ["--train", "2560", "--test", "256"],
+                                                           ["--train", "40", "--test", "20"]))),
+        Step("peers_resnet50", 150, _peers("peers_resnet50", [
+            "--arch", "resnet50", "--res", "224", "--batch", "128", "--epochs", "1", "--workers", "12",
+            "--methods", "simclr", "--skip", "5", "--window", "3"], ["--arch", "resnet50", "--res", "64"], _photos)),
+    ],
+}
 STEP_NAMES = ["install"] + [s.name for s in STEPS]
+
+
+def step_names(suite: str) -> list[str]:
+    return ["install"] + [s.name for s in SUITES[suite]]
 
 
 class Log:
@@ -188,7 +246,7 @@ def commit() -> str:
         return "unknown"
 
 
-def _run_process(argv: list[str], cap: float, env: dict, log: Log) -> tuple[int | None, float]:
+def run_process(argv: list[str], cap: float, env: dict, log: Log) -> tuple[int | None, float]:
     """Run argv in its own process group, its output streamed to the log; (return code or None when it
     ran out of time, seconds)."""
     start = time.monotonic()
@@ -241,15 +299,15 @@ def install(run: Run, env: dict, log: Log) -> gpu_targets.Outcome:
              "print('fastssl from', fastssl.__file__)"]
     pip = [*run.python, *INSTALL, str(ROOT)] + (["--dry-run"] if run.rehearse else [])
     log("$ " + " ".join(pip))
-    code, _ = _run_process(pip, 120, env, log)
-    if code == 0 and _run_process(probe, 60, env, log)[0] == 0:
+    code, _ = run_process(pip, 120, env, log)
+    if code == 0 and run_process(probe, 60, env, log)[0] == 0:
         return gpu_targets.Outcome("install", "ok", "pip install -e (no index, no build isolation)")
     log("pip install did not give an importable fastssl: using the symlink overlay")
     site = _overlay(run.scratch)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH", "")]))
     run.python.append("-P")                      # the tree's own fastssl/ must not shadow the overlay
     probe = [*run.python, *probe[1:]]
-    if _run_process(probe, 60, env, log)[0] == 0:
+    if run_process(probe, 60, env, log)[0] == 0:
         return gpu_targets.Outcome("install", "ok", f"symlink overlay at {site} (pip exited {code})")
     return gpu_targets.Outcome("install", "failed", "neither pip nor the overlay gave an importable fastssl")
 
@@ -269,6 +327,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("out", type=Path, help="folder for gpu_run.log, summary.md and results.tar.gz")
     parser.add_argument("--deadline", type=float, default=530, help="seconds for the whole run (default: "
                         "%(default)s, under a 10-minute command limit with room to send the files back)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="all", help="all: every measurement of "
+                        "the project; peers: fastssl beside lightly and LightlyTrain (needs .peer-wheels/ and "
+                        ".peer-data/ from `make peer-bundle`)")
+    parser.add_argument("--only", help="comma-separated steps to run, the others skipped (e.g. a first call "
+                        "that only installs: --only env,peer_install)")
     parser.add_argument("--rehearse", action="store_true", help="every step at tiny sizes (CPU: Triton's "
                         "interpreter), same deadline logic and outputs")
     parser.add_argument("--cap", action="append", default=[], metavar="STEP=SECONDS",
@@ -283,11 +346,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             caps[name] = float(seconds)
         except ValueError:
             parser.error(f"--cap {item!r}: must be STEP=SECONDS")
-        if name not in STEP_NAMES or caps[name] <= 0:
-            parser.error(f"--cap {item!r}: STEP must be one of {', '.join(STEP_NAMES)}, SECONDS > 0")
-    unknown = set(args.broken) - set(STEP_NAMES)
+        names = step_names(args.suite)
+        if name not in names or caps[name] <= 0:
+            parser.error(f"--cap {item!r}: STEP must be one of {', '.join(names)}, SECONDS > 0")
+    unknown = set(args.broken) - set(step_names(args.suite))
     if unknown:
-        parser.error(f"--break {sorted(unknown)}: must be one of {', '.join(STEP_NAMES)}")
+        parser.error(f"--break {sorted(unknown)}: must be one of {', '.join(step_names(args.suite))}")
+    args.only = [x.strip() for x in args.only.split(",")] if args.only else None
+    if args.only and set(args.only) - set(step_names(args.suite)):
+        parser.error(f"--only {sorted(set(args.only) - set(step_names(args.suite)))}: must be among "
+                     f"{', '.join(step_names(args.suite))}")
     if args.deadline <= 0:
         parser.error(f"--deadline {args.deadline}: must be > 0")
     args.caps = caps
@@ -333,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         outcomes.append(install(run, env, log))
     finish_step()
-    for step in STEPS:
+    if args.suite == "peers":   # the peers' wheels, installed by this call's peer_install or an earlier call's
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), str(PEER_SITE)]))
+    for step in SUITES[args.suite]:
+        if args.only and step.name not in args.only:
+            outcomes.append(gpu_targets.Outcome(step.name, "skipped", "not asked (--only)"))
+            continue
         cap = min(args.caps.get(step.name, step.cap), left())
         if cap < MIN_STEP_SECONDS:
             log(f"## {step.name}: skipped, {left():.0f} s left of the deadline")
@@ -344,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         if step.name in args.broken:
             argv = [*run.python, "-c", f"raise SystemExit('{step.name} broken on purpose (--break)')"]
         log(f"## {step.name}: cap {cap:.0f} s, t = {time.monotonic() - start:.0f} s\n$ {' '.join(argv)}")
-        code, seconds = _run_process(argv, cap, _step_env(run, env, step), log)
+        code, seconds = run_process(argv, cap, _step_env(run, env, step), log)
         status = "timed out" if code is None else "ok" if code == 0 else "failed"
         detail = f"{seconds:.0f} s" + ("" if code in (0, None) else f", exit {code}")
         log(f"## {step.name}: {status} ({detail})")

@@ -199,6 +199,28 @@ def train(name: str) -> Callable[[Path], list[Target]]:
     return targets
 
 
+def peers(name: str, least: float = 2.0) -> Callable[[Path], list[Target]]:
+    """fastssl's fastest backend over the fastest peer, per method (`fastssl bench peers` CSV rows)."""
+    def targets(folder: Path) -> list[Target]:
+        rows = [r for r in read_rows(folder) if r.get("status") == "ok" and r.get("ips_median")]
+        rule = f"fastssl >= {least:g}x the fastest peer"
+        out = []
+        for method in sorted({r["method"] for r in rows}):
+            mine = [r for r in rows if r["method"] == method and r["trainer"].startswith("fastssl")]
+            theirs = [r for r in rows if r["method"] == method and not r["trainer"].startswith("fastssl")]
+            if not mine or not theirs:
+                out.append(_missing(f"{method}, {name}", rule, "fastssl or every peer not measured"))
+                continue
+            best = max(mine, key=lambda r: float(r["ips_median"]))
+            peer = max(theirs, key=lambda r: float(r["ips_median"]))
+            ratio = float(best["ips_median"]) / float(peer["ips_median"])
+            out.append(Target(f"{method}, {name}", rule, f"{ratio:.2f}x ({best['trainer']} "
+                              f"{float(best['ips_median']):,.0f} vs {peer['trainer']} {float(peer['ips_median']):,.0f} "
+                              "images/s)", ratio >= least, f"{best['file']}: {best['trainer']} / {peer['trainer']}"))
+        return out or [_missing(name, rule, "not measured")]
+    return targets
+
+
 def environment(folder: Path) -> list[Target]:
     path = folder / "env.json"
     if not path.is_file():
@@ -211,7 +233,8 @@ def environment(folder: Path) -> list[Target]:
 
 READERS = {"env": environment, "tests": tests, "sim_xent": sim_xent, "sim_xent_memory": sim_xent_memory,
            "ridge": ridge, "augment": augment, "loader": loader,
-           "train_resnet18": train("ResNet-18, 32 px"), "train_resnet50": train("ResNet-50, 224 px")}
+           "train_resnet18": train("ResNet-18, 32 px"), "train_resnet50": train("ResNet-50, 224 px"),
+           "peers_resnet18": peers("ResNet-18, 32 px"), "peers_resnet50": peers("ResNet-50, 224 px")}
 
 
 def _verdict(met: bool | None, rehearse: bool) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -155,8 +156,10 @@ def _finished(spec: Spec, folder: Path) -> bool:
 
 
 def _train(spec: Spec, folder: Path, timeout: float, row: RunRow) -> None:
-    """The child process; on failure row.reason gets the exit code and the log's last line."""
-    (folder / "result.json").unlink(missing_ok=True)
+    """The child process, in a folder cleared of any earlier unfinished attempt (a stale fastssl run
+    folder would be trained on top of); on failure row.reason gets the exit code and the log's last line."""
+    shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     spec.launched = time.time()
     spec.save(folder / "spec.json")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -255,13 +258,20 @@ def recipe_line(r: Recipe) -> str:
             f"{r.workers} loading workers")
 
 
-def write_all(rows: list[RunRow], base: Recipe, command: str, stem: Path) -> list[Path]:
+def start_context() -> dict:
+    """Device, versions, commit and date, taken when the bench starts: the code that ran, not what the
+    checkout holds when it ends."""
     import torch
 
     from fastssl.bench.harness import context
+
+    return context(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def write_all(rows: list[RunRow], base: Recipe, command: str, stem: Path, info: dict) -> list[Path]:
     from fastssl.bench.peers import report
 
-    info = context(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    info = dict(info)
     versions = sorted({f"{r.trainer.split(':')[0]} {r.version}" for r in rows})
     info["peers"] = ", ".join(versions)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -214,15 +214,16 @@ def _cmd_bench_peers(args) -> int:
     if args.limit_train or args.limit_test:
         data = peers_bench.subset(data, work / f"data_{args.limit_train}_{args.limit_test}",
                                   {"train": args.limit_train, "test": args.limit_test})
-    base = Recipe(epochs=args.epochs, batch=args.batch, res=args.res, workers=args.workers)
+    base = Recipe(arch=args.arch, epochs=args.epochs, batch=args.batch, res=args.res, workers=args.workers)
     backends = listed(args.backends)
     specs, skipped = peers_bench.plan(listed(args.peers), listed(args.methods), backends, widths, args.seeds, base,
                                       str(data.resolve()), work, "")
     if any(s.backend == "ffcv" for s in specs):
         beton = peers_bench.prepare_beton(str(data.resolve()), work, say)
         specs = [replace(s, beton=beton) if s.backend == "ffcv" else s for s in specs]
+    info = peers_bench.start_context()
     rows = peers_bench.measure(specs, args.skip, args.window, args.timeout, not args.no_probe, say) + skipped
-    paths = peers_bench.write_all(rows, base, shlex.join(["fastssl", *args.argv]), Path(args.out))
+    paths = peers_bench.write_all(rows, base, shlex.join(["fastssl", *args.argv]), Path(args.out), info)
     say(f"wrote {', '.join(map(str, paths))}")
     print(paths[1].read_text())
     return 0 if any(r.status == "ok" for r in rows) else 1
@@ -512,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "comma-separated; those without their extra are reported as not run (default: %(default)s)")
     peers.add_argument("--methods", default="simclr,byol", help="comma-separated (default: %(default)s)")
     peers.add_argument("--epochs", type=int, default=1, help="epochs per run (default: %(default)s)")
-    peers.add_argument("--width", default="1.0", help="ResNet-18 width multiplier(s), comma-separated")
+    peers.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"),
+                       help="torchvision ResNet every trainer trains (default: %(default)s)")
+    peers.add_argument("--width", default="1.0", help="width multiplier(s), comma-separated (default: %(default)s)")
     peers.add_argument("--batch", type=int, default=256, help="(default: %(default)s)")
     peers.add_argument("--res", type=int, default=32, help="image side; < 64 uses the CIFAR stem (default: %(default)s)")
     peers.add_argument("--seeds", type=int, default=1, help="seeds per run, 0..N-1 (default: %(default)s)")

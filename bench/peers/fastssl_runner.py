@@ -28,7 +28,9 @@ def version() -> str:
 
 def substitutions(spec: Spec) -> list[str]:
     notes = ["kNN of the encoder at random init and at the end (fastssl train's default monitor), "
-             "checkpoint every epoch"]
+             "checkpoint every epoch",
+             "model.zero_init_residual=false and model.per_view_bn=true (fastssl's defaults are true and "
+             "false): torchvision's init and per-view BatchNorm statistics, as every peer has them"]
     if spec.recipe.method == "byol":
         notes.append("BYOL loss 2 - 2 cos (the BYOL paper's), twice lightly's example loss -cos at equal lr")
     return notes
@@ -49,7 +51,10 @@ def overrides(spec: Spec) -> list[str]:
         "augment.blur_p": 0.0, "augment.solarize_p": 0.0,
         "model.arch": r.arch, "model.cifar_stem": r.cifar_stem, "model.width": r.width,
         "model.projector_hidden": r.projector_hidden, "model.projector_out": r.projector_out,
-        "model.projector_layers": 2, "model.projector_bn": True,
+        "model.projector_layers": 2, "model.projector_bn": True, "model.projector_out_bn": r.projector_out_bn,
+        # the recipe's network is torchvision's ResNet, initialised as torchvision does (no zero-init
+        # residual gamma), and every peer's loop forwards each view alone (per-view BN statistics)
+        "model.zero_init_residual": False, "model.per_view_bn": True,
         "method.name": method,
         "optim.name": "sgd", "optim.lr": r.lr, "optim.momentum": r.momentum, "optim.weight_decay": r.weight_decay,
         "optim.warmup_epochs": r.epochs * r.warmup_fraction,

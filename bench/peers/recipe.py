@@ -58,6 +58,11 @@ class Recipe:
     def warmup_fraction(self) -> float:
         return 0.1
 
+    @property
+    def projector_out_bn(self) -> bool:
+        """BN on the projection z: lightly's and LightlyTrain's SimCLR heads have it, BYOL's head has not."""
+        return self.method == "simclr"
+
 
 @dataclass
 class Spec:

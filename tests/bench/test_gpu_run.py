@@ -52,7 +52,7 @@ def test_a_step_past_its_cap_is_killed_with_its_children(tmp_path):
               "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
               f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)")
     start = time.monotonic()
-    code, seconds = gpu_run._run_process([sys.executable, "-c", script], 2, dict(os.environ), log)
+    code, seconds = gpu_run.run_process([sys.executable, "-c", script], 2, dict(os.environ), log)
     assert code is None and seconds < 2 + gpu_run.KILL_GRACE + 3 and time.monotonic() - start < 12
     child = int(pid_file.read_text())
     time.sleep(0.5)
@@ -153,3 +153,25 @@ def test_targets_read_gpu_rows_as_the_issue_states_them(tmp_path):
     assert aug[1:3] == ["69% (3,300 of 4,800 GB/s)", "NOT met"]
     (loader,) = [v for k, v in rows.items() if k.startswith("tensor loader")]
     assert loader[1:3] == ["150,000 images/s; 10.0x torchvision", "met"]
+
+
+def test_peers_suite_rehearsal_runs_every_trainer_and_judges_the_ratio(cifar10_jpeg_root, tmp_path):
+    """`--suite peers` as a GPU session runs it, at tiny sizes: every step ok, each peers table has
+    fastssl and lightly rows and the summary states fastssl's ratio to the fastest peer."""
+    pytest.importorskip("lightly")
+    out = tmp_path / "out"
+    env = {**os.environ, "FASTSSL_PEER_DATA": str(cifar10_jpeg_root)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_run.py"), str(out), "--suite", "peers",
+                           "--rehearse"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    status = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines()
+              if line.count("|") == 4 and not line.startswith("|---")}
+    assert {s: status[s] for s in gpu_run.step_names("peers")} == {s: "ok" for s in gpu_run.step_names("peers")}
+    for name in ("ResNet-18, 32 px", "ResNet-50, 224 px"):
+        assert f"| simclr, {name} | fastssl >= 2x the fastest peer | " in summary
+    with tarfile.open(out / "results.tar.gz") as tar:
+        members = tar.getnames()
+        table = tar.extractfile("peers_resnet50/peers_resnet50.md").read().decode()
+    assert "peers_resnet18/peers_resnet18.csv" in members
+    assert "| lightly 1.6.0 | simclr | 0.125 |" in table and "resnet50 (standard stem) at 64 px" in table
