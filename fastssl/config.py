@@ -227,6 +227,7 @@ class OptimConfig:
     momentum: float = 0.9
     trust_coefficient: float = 0.001  # LARS only
     warmup_epochs: float = 1.0
+    decay_norm_and_bias: bool = False   # weight decay on BN parameters and biases too (lightly's loops)
 
 
 @dataclass

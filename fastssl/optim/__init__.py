@@ -19,13 +19,15 @@ __all__ = ["LARS", "build_optimizer", "build_scheduler", "lr_at", "param_groups"
 
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
     """Two groups: tensors with ndim > 1 (conv and linear weights) decay; the rest (biases, BN
-    weights and biases) get weight_decay 0 and `lars_exclude=True`. Empty groups are left out."""
+    weights and biases) get weight_decay 0 (or weight_decay too with decay_norm_and_bias, as a plain
+    torch optimizer over model.parameters() has it) and `lars_exclude=True`. Empty groups are left out."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay, "lars_exclude": False},
-        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": weight_decay if decay_norm_and_bias else 0.0,
+         "lars_exclude": True},
     ]
     return [g for g in groups if g["params"]]
 
@@ -47,7 +49,7 @@ def build_optimizer(optim_cfg, model: nn.Module) -> torch.optim.Optimizer:
     trust_coefficient are unused). Build it after moving the model to its device: the fused choice
     looks at where the parameters are.
     """
-    name, groups = optim_cfg.name, param_groups(model, optim_cfg.weight_decay)
+    name, groups = optim_cfg.name, param_groups(model, optim_cfg.weight_decay, optim_cfg.decay_norm_and_bias)
     if name == "lars":
         return LARS(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
                     weight_decay=optim_cfg.weight_decay, trust_coefficient=optim_cfg.trust_coefficient)

@@ -235,6 +235,22 @@ def test_param_groups_split_by_ndim():
     assert id(named["projector.0.weight"]) in decay             # linear
 
 
+def test_decay_norm_and_bias_steps_as_plain_torch_sgd_over_all_parameters():
+    model = tiny_model().to(memory_format=torch.contiguous_format)
+    reference = copy.deepcopy(model)
+    ours = build_optimizer(OptimConfig(name="sgd", lr=0.1, weight_decay=0.05, decay_norm_and_bias=True), model)
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05)
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(3):
+        for net, opt in ((model, ours), (reference, plain)):
+            opt.zero_grad()
+            net(x)[1].square().sum().backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+    assert [g["weight_decay"] for g in param_groups(model, 0.05, decay_norm_and_bias=True)] == [0.05, 0.05]
+
+
 def test_param_groups_skip_frozen_and_empty():
     model = nn.Linear(3, 2, bias=False)
     assert [len(g["params"]) for g in param_groups(model, 0.1)] == [1]
