@@ -200,7 +200,7 @@ def _cmd_bench_peers(args) -> int:
         raise config_mod.ConfigError(f"--width {args.width!r}: must be numbers, comma-separated") from None
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch", args.batch, 2), ("--res", args.res, 8),
                              ("--seeds", args.seeds, 1), ("--workers", args.workers, 0), ("--window", args.window, 1),
-                             ("--skip", args.skip, 0), ("--limit-train", args.limit_train, 0),
+                             ("--skip", args.skip, 0), ("--limit-train", args.limit_train, 0), ("--profile-steps", args.profile_steps, 0),
                              ("--limit-test", args.limit_test, 0)):
         if value < low:
             raise config_mod.ConfigError(f"{flag}={value}: must be >= {low}")
@@ -218,6 +218,8 @@ def _cmd_bench_peers(args) -> int:
     backends = listed(args.backends)
     specs, skipped = peers_bench.plan(listed(args.peers), listed(args.methods), backends, widths, args.seeds, base,
                                       str(data.resolve()), work, "")
+    if args.profile_steps:
+        specs = [replace(s, profile_after=args.skip, profile_steps=args.profile_steps) for s in specs]
     if any(s.backend == "ffcv" for s in specs):
         beton = peers_bench.prepare_beton(str(data.resolve()), work, say)
         specs = [replace(s, beton=beton) if s.backend == "ffcv" else s for s in specs]
@@ -528,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--window", type=int, default=4, help="steps per timing window (default: %(default)s)")
     peers.add_argument("--timeout", type=float, default=7200, help="seconds one run may take (default: %(default)s)")
     peers.add_argument("--no-probe", action="store_true", help="kNN only, no linear probe")
+    peers.add_argument("--profile-steps", type=int, default=0, help="torch.profiler over this many steps after "
+                       "--skip, every trainer alike: RUN/profile.txt (profiled rates are the profiler's: use "
+                       "another --work and --out)")
     peers.add_argument("--work", default="runs/bench-peers", help="run folders; finished runs there are reused")
     peers.add_argument("--out", default="bench/results/peers_cpu", help="path stem of the CSV/Markdown/PNG")
     peers.set_defaults(func=_cmd_bench_peers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 
@@ -29,3 +30,18 @@ def runner(name: str) -> ModuleType:
     if name not in table:
         raise ValueError(f"peer {name!r}: must be one of {', '.join(sorted(table))}")
     return table[name]
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of a peer's package, or 'not installed'."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def not_installed(distribution: str) -> str | None:
+    """Why a peer cannot run when its package is missing (None when it is there)."""
+    if installed_version(distribution) == "not installed":
+        return f"{distribution} is not installed: pip install 'fastssl[peers]'"
+    return None

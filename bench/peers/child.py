@@ -17,6 +17,7 @@ import torch
 
 from fastssl.bench.peers import runner
 from fastssl.bench.peers.clock import StepClock, peak_memory_mib
+from fastssl.bench.peers.profiler import StepProfiler
 from fastssl.bench.peers.recipe import Spec
 from fastssl.loaders import atomic
 
@@ -25,12 +26,15 @@ def main(spec_path: str) -> int:
     spec = Spec.load(Path(spec_path))
     module = runner(spec.peer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(spec.out)
+    profiler = StepProfiler(out, spec.profile_after, spec.profile_steps) if spec.profile_steps else None
     clock = StepClock(sync_every=5).start()
     tick = time.time()
     net = module.train(spec, device)
     wall = time.time() - tick
     clock.stop()
-    out = Path(spec.out)
+    if profiler is not None:
+        profiler.finish()
     data = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, data)
     atomic.write_bytes(out / "backbone.pt", data.getvalue())

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastssl.bench.peers import installed_version
 from fastssl.bench.peers.network import backbone
 from fastssl.bench.peers.recipe import Spec
 
@@ -21,9 +22,7 @@ METHOD_NAMES = {"simclr": "contrastive", "byol": "byol"}
 
 
 def version() -> str:
-    from importlib.metadata import version as _version
-
-    return _version("fastssl")
+    return installed_version("fastssl")
 
 
 def substitutions(spec: Spec) -> list[str]:

@@ -10,11 +10,11 @@ On a GPU the forward runs under bf16 autocast, as a user of the loop would add.
 from __future__ import annotations
 
 import copy
-from importlib.metadata import version as _version
 
 import torch
 from torch import nn
 
+from fastssl.bench.peers import installed_version, not_installed
 from fastssl.bench.peers.network import backbone, feature_dim
 from fastssl.bench.peers.recipe import Spec
 
@@ -23,7 +23,11 @@ METHODS = ("simclr", "byol")
 
 
 def version() -> str:
-    return _version("lightly")
+    return installed_version("lightly")
+
+
+def unavailable() -> str | None:
+    return not_installed("lightly")
 
 
 def substitutions(spec: Spec) -> list[str]:

@@ -8,12 +8,12 @@ LightlyTrain offers SimCLR (and DINO and distillation), not BYOL, MoCo or SimSia
 """
 from __future__ import annotations
 
-from importlib.metadata import version as _version
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fastssl.bench.peers import installed_version, not_installed
 from fastssl.bench.peers.network import backbone, feature_dim
 from fastssl.bench.peers.recipe import Spec
 
@@ -22,7 +22,11 @@ METHODS = ("simclr",)
 
 
 def version() -> str:
-    return _version("lightly-train")
+    return installed_version("lightly-train")
+
+
+def unavailable() -> str | None:
+    return not_installed("lightly-train")
 
 
 def substitutions(spec: Spec) -> list[str]:

@@ -74,6 +74,8 @@ class Spec:
     backend: str = ""                # fastssl only: tensor, torchvision, ffcv or dali
     beton: str = ""                  # fastssl ffcv only
     launched: float = 0.0            # time.time() when the parent started the process
+    profile_after: int = 0           # --profile-steps: torch.profiler from this optimizer step ...
+    profile_steps: int = 0           # ... for this many steps (0: not profiled)
     substitutions: list[str] = field(default_factory=list)
 
     @property

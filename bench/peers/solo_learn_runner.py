@@ -7,7 +7,7 @@ on the machine at hand so the report states what happened there, not what was tr
 """
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from fastssl.bench.peers import installed_version
 
 NAME = "solo-learn"
 METHODS = ("simclr", "byol")
@@ -16,17 +16,12 @@ PYPI_REASON = ("the package index has only solo-learn 1.0.2 (2021), which requir
 
 
 def version() -> str:
-    try:
-        return _version("solo-learn")
-    except PackageNotFoundError:
-        return "not installed"
+    return installed_version("solo-learn")
 
 
 def unavailable() -> str | None:
     """Why solo-learn cannot train here, or None if it imports (then the bench still has no runner for it)."""
-    try:
-        _version("solo-learn")
-    except PackageNotFoundError:
+    if version() == "not installed":
         return f"not installed: {PYPI_REASON}"
     try:
         import solo.methods  # noqa: F401

@@ -47,6 +47,24 @@ def test_clock_counts_every_optimizer_step_of_any_optimizer():
     assert len(clock.times) == 6 and clock.times == sorted(clock.times)
 
 
+def test_step_profiler_covers_exactly_the_asked_steps(tmp_path):
+    from fastssl.bench.peers.profiler import StepProfiler
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    profiler = StepProfiler(tmp_path, start_after=2, steps=3)
+    for step in range(8):
+        loss = model(torch.randn(4, 3)).sum()
+        loss.backward()
+        optimizer.step()
+    profiler.finish()   # already written at step 5; a second call changes nothing
+    text = (tmp_path / "profile.txt").read_text()
+    assert text.startswith("torch.profiler over optimizer steps 3..5")
+    assert "aten::addmm" in text and "Optimizer.step#SGD.step" in text
+    counted = [line.split() for line in text.splitlines() if line.strip().startswith("Optimizer.step#SGD.step")]
+    assert counted and counted[0][-1] == "3"   # the last column: calls; steps 3, 4 and 5
+
+
 def test_fastssl_overrides_are_the_recipe(tmp_path):
     recipe = Recipe(method="byol", width=0.25, batch=64, epochs=5, seed=2)
     spec = Spec(peer="fastssl", recipe=recipe, data=str(tmp_path), out="/out", backend="torchvision")
@@ -69,6 +87,23 @@ def test_plan_lists_what_is_not_run_and_puts_seeds_outermost(tmp_path):
         ("lightly-train", "byol", "lightly-train offers simclr, not byol")]
     with pytest.raises(ConfigError, match="--peers nope: must be among fastssl, lightly, lightly-train, solo-learn"):
         peers_bench.plan(["nope"], ["simclr"], ["tensor"], [1.0], 1, Recipe(), "/data", tmp_path, "")
+
+
+def test_a_peer_without_its_package_is_a_row_that_says_how_to_install_it(tmp_path, monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    import fastssl.bench.peers as peers
+
+    real = peers.version
+
+    def version(name):
+        if name == "lightly":
+            raise PackageNotFoundError(name)
+        return real(name)
+    monkeypatch.setattr(peers, "version", version)
+    specs, skipped = peers_bench.plan(["lightly"], ["simclr"], [], [1.0], 1, Recipe(), "/data", tmp_path, "")
+    assert specs == [] and [(r.trainer, r.status, r.reason, r.version) for r in skipped] == [
+        ("lightly", "not run", "lightly is not installed: pip install 'fastssl[peers]'", "not installed")]
 
 
 def test_spec_round_trip(tmp_path):
