@@ -29,11 +29,15 @@ class StepProfiler:
             self.profiler.start()
             self.running = True
         elif self.running and self.seen == self.start_after + self.steps:
-            self.finish()
+            self._write()   # the hook stays registered: torch is iterating over the hooks right now
 
     def finish(self) -> None:
-        """Stops the profiler (if it ran) and writes the table; called at the last profiled step or at exit."""
+        """At the run's end: writes the table if the run stopped before the last profiled step, and
+        unregisters the hook."""
+        self._write()
         self._handle.remove()
+
+    def _write(self) -> None:
         if not self.running:
             return
         self.running = False

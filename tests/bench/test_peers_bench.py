@@ -53,11 +53,14 @@ def test_step_profiler_covers_exactly_the_asked_steps(tmp_path):
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     profiler = StepProfiler(tmp_path, start_after=2, steps=3)
+    clock = StepClock().start()   # a second hook: the profiler must not unregister itself mid-iteration
     for step in range(8):
         loss = model(torch.randn(4, 3)).sum()
         loss.backward()
         optimizer.step()
-    profiler.finish()   # already written at step 5; a second call changes nothing
+    clock.stop()
+    profiler.finish()   # already written at step 5; only unregisters
+    assert len(clock.times) == 8
     text = (tmp_path / "profile.txt").read_text()
     assert text.startswith("torch.profiler over optimizer steps 3..5")
     assert "aten::addmm" in text and "Optimizer.step#SGD.step" in text
@@ -84,7 +87,7 @@ def test_plan_lists_what_is_not_run_and_puts_seeds_outermost(tmp_path):
         ("fastssl:tensor", "simclr", 0), ("lightly-train", "simclr", 0), ("fastssl:tensor", "byol", 0),
         ("fastssl:tensor", "simclr", 1), ("lightly-train", "simclr", 1), ("fastssl:tensor", "byol", 1)]
     assert [(r.trainer, r.method, r.reason) for r in skipped] == [
-        ("lightly-train", "byol", "lightly-train offers simclr, not byol")]
+        ("lightly-train", "byol", "lightly-train's runner covers simclr, not byol")]
     with pytest.raises(ConfigError, match="--peers nope: must be among fastssl, lightly, lightly-train, solo-learn"):
         peers_bench.plan(["nope"], ["simclr"], ["tensor"], [1.0], 1, Recipe(), "/data", tmp_path, "")
 
