@@ -198,29 +198,32 @@ def _photos(run: Run) -> str:
     return run.out("photos_data") + "/photos"
 
 
-SUITES = {
-    "all": STEPS,
-    # `--suite peers`: fastssl beside lightly and LightlyTrain on the GPU (README "On a GPU").
-    "peers": [
-        Step("env", 45, _env_command),
-        Step("peer_install", 120, _peer_install),
-        Step("peers_resnet18", 200, _peers("peers_resnet18", [
-            "--arch", "resnet18", "--res", "32", "--batch", "256", "--epochs", "3", "--workers", "12",
-            "--methods", "simclr,byol", "--skip", "10", "--window", "5"], ["--arch", "resnet18", "--res", "32"],
-            _cifar)),
-        Step("photos", 40, lambda run: run.fastssl("data", "photos", _photos(run),
-                                                   *_sizes(run, ["--train", "2560", "--test", "256"],
-                                                           ["--train", "40", "--test", "20"]))),
-        Step("peers_resnet50", 150, _peers("peers_resnet50", [
-            "--arch", "resnet50", "--res", "224", "--batch", "128", "--epochs", "1", "--workers", "12",
-            "--methods", "simclr", "--skip", "5", "--window", "3"], ["--arch", "resnet50", "--res", "64"], _photos)),
-    ],
-}
+# `--suite peers`: fastssl beside lightly and LightlyTrain on the GPU (README "On a GPU").
+PEER_STEPS = [
+    Step("env", 45, _env_command),
+    Step("peer_install", 120, _peer_install),
+    Step("peers_resnet18", 200, _peers("peers_resnet18", [
+        "--arch", "resnet18", "--res", "32", "--batch", "256", "--epochs", "3", "--workers", "12",
+        "--methods", "simclr,byol", "--skip", "10", "--window", "5"], ["--arch", "resnet18", "--res", "32"],
+        _cifar)),
+    Step("photos", 40, lambda run: run.fastssl("data", "photos", _photos(run),
+                                               *_sizes(run, ["--train", "2560", "--test", "256"],
+                                                       ["--train", "40", "--test", "20"]))),
+    Step("peers_resnet50", 150, _peers("peers_resnet50", [
+        "--arch", "resnet50", "--res", "224", "--batch", "128", "--epochs", "1", "--workers", "12",
+        "--methods", "simclr", "--skip", "5", "--window", "3"], ["--arch", "resnet50", "--res", "64"], _photos)),
+]
+SUITES = ("all", "peers")
 STEP_NAMES = ["install"] + [s.name for s in STEPS]
 
 
+def suite_steps(suite: str) -> list[Step]:
+    """The suite's steps, looked up when run (so a test may replace STEPS)."""
+    return STEPS if suite == "all" else PEER_STEPS
+
+
 def step_names(suite: str) -> list[str]:
-    return ["install"] + [s.name for s in SUITES[suite]]
+    return ["install"] + [s.name for s in suite_steps(suite)]
 
 
 class Log:
@@ -327,7 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("out", type=Path, help="folder for gpu_run.log, summary.md and results.tar.gz")
     parser.add_argument("--deadline", type=float, default=530, help="seconds for the whole run (default: "
                         "%(default)s, under a 10-minute command limit with room to send the files back)")
-    parser.add_argument("--suite", choices=sorted(SUITES), default="all", help="all: every measurement of "
+    parser.add_argument("--suite", choices=SUITES, default="all", help="all: every measurement of "
                         "the project; peers: fastssl beside lightly and LightlyTrain (needs .peer-wheels/ and "
                         ".peer-data/ from `make peer-bundle`)")
     parser.add_argument("--only", help="comma-separated steps to run, the others skipped (e.g. a first call "
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     finish_step()
     if args.suite == "peers":   # the peers' wheels, installed by this call's peer_install or an earlier call's
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), str(PEER_SITE)]))
-    for step in SUITES[args.suite]:
+    for step in suite_steps(args.suite):
         if args.only and step.name not in args.only:
             outcomes.append(gpu_targets.Outcome(step.name, "skipped", "not asked (--only)"))
             continue

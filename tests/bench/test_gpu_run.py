@@ -175,3 +175,20 @@ def test_peers_suite_rehearsal_runs_every_trainer_and_judges_the_ratio(cifar10_j
         table = tar.extractfile("peers_resnet50/peers_resnet50.md").read().decode()
     assert "peers_resnet18/peers_resnet18.csv" in members
     assert "| lightly 1.6.0 | simclr | 0.125 |" in table and "resnet50 (standard stem) at 64 px" in table
+
+
+def test_peers_target_is_fastssls_fastest_backend_over_the_fastest_peer(tmp_path):
+    folder = tmp_path / "peers_resnet18"
+    folder.mkdir()
+    rows = [("fastssl:tensor", "simclr", "9000", "ok"), ("fastssl:torchvision", "simclr", "3000", "ok"),
+            ("lightly", "simclr", "2000", "ok"), ("lightly-train", "simclr", "4000", "ok"),
+            ("lightly-train", "byol", "", "not run"), ("fastssl:tensor", "byol", "5000", "ok"),
+            ("lightly", "byol", "2600", "ok")]
+    with open(folder / "peers.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trainer", "method", "ips_median", "status"])
+        writer.writerows(rows)
+    targets = {t.measurement: t for t in gpu_targets.peers("ResNet-18, 32 px")(folder)}
+    simclr, byol = targets["simclr, ResNet-18, 32 px"], targets["byol, ResNet-18, 32 px"]
+    assert simclr.met is True and simclr.result.startswith("2.25x (fastssl:tensor 9,000 vs lightly-train 4,000")
+    assert byol.met is False and byol.result.startswith("1.92x (fastssl:tensor 5,000 vs lightly 2,600")
