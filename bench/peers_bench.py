@@ -91,7 +91,7 @@ def plan(peers: list[str], methods: list[str], backends: list[str], widths: list
                     module = table[peer]
                     reason = module.unavailable() if hasattr(module, "unavailable") else None
                     if reason is None and method not in module.METHODS:
-                        reason = f"{peer} offers {', '.join(module.METHODS)}, not {method}"
+                        reason = f"{peer}'s runner covers {', '.join(module.METHODS)}, not {method}"
                     kinds = [(b, _backend_missing(b)) for b in backends] if peer == "fastssl" else [("", None)]
                     for backend, missing in kinds:
                         name = f"{peer}:{backend}" if backend else peer
