@@ -37,8 +37,12 @@ setup(
         "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
         "dali": ["nvidia-dali-cuda130"],
         # `fastssl bench peers`: the trainers fastssl is compared with, pinned to the measured versions.
-        # The core never imports them (bench/peers/*_runner.py do, inside train()).
+        # The core never imports them (bench/peers/*_runner.py do, inside train()). The test environment
+        # takes lightly alone: LightlyTrain brings Hugging Face's `kernels` package, whose setuptools hook
+        # imports `kernels._internals` and, with this tree's own kernels/ first on the path, breaks any
+        # --no-build-isolation build of fastssl in that environment (the wheel test's).
         "peers": ["lightly==1.6.0", "lightly-train==0.18.0"],
+        "lightly": ["lightly==1.6.0"],
         "onnx": ONNX,
         "tensorboard": TENSORBOARD,
     },
