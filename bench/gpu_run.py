@@ -191,7 +191,8 @@ def _peers(name: str, real: list[str], tiny_shape: list[str], data: Callable[[Ru
 
 
 def _cifar(run: Run) -> str:
-    return str(PEER_DATA) if PEER_DATA.is_dir() else os.environ.get("FASTSSL_PEER_DATA", str(PEER_DATA))
+    """$FASTSSL_PEER_DATA (a rehearsal's ImageFolder), else the carried .peer-data."""
+    return os.environ.get("FASTSSL_PEER_DATA") or str(PEER_DATA)
 
 
 def _photos(run: Run) -> str:

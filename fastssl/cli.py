@@ -207,8 +207,10 @@ def _cmd_bench_peers(args) -> int:
     if not widths or any(not 0 < w <= 4 for w in widths):
         raise config_mod.ConfigError(f"--width {args.width!r}: each width must be in (0, 4]")
     data = Path(args.data)
-    if not (data / "train").is_dir():
-        raise config_mod.ConfigError(f"--data {args.data}: must be a folder holding train/<class>/ (and test/<class>/)")
+    missing = [split for split in ("train", "test") if not (data / split).is_dir()]
+    if missing:   # before any training: the evaluator needs test/ only after every run has trained
+        raise config_mod.ConfigError(f"--data {args.data}: has no {' or '.join(missing)}/ folder; it must hold "
+                                     "train/<class>/ and test/<class>/ (the kNN bank and the scored images)")
     say = (lambda line: print(line, file=sys.stderr, flush=True))
     work = Path(args.work)
     if args.limit_train or args.limit_test:

@@ -205,3 +205,12 @@ def test_tiny_bench_runs_each_trainer_and_one_evaluator_scores_them(cifar10_jpeg
     table = out.with_suffix(".md").read_text()
     assert "| lightly 1.6.0 | simclr | 0.125 |" in table and "solo-learn simclr (width 0.125): not run" in table
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_without_a_test_split_is_refused_before_any_training(tmp_path, capsys):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    assert main(["bench", "peers", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert (f"--data {tmp_path}: has no test/ folder; it must hold train/<class>/ and test/<class>/"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "w").exists()
