@@ -23,6 +23,9 @@ USER_ERRORS = {"fastssl.checkpoint": "CheckpointError", "fastssl.engine.metrics"
                "fastssl.engine.nonfinite": "NonFiniteError", "fastssl.loaders.atomic": "NoSpaceError",
                "fastssl.loaders.datasets.base": "DataError", "fastssl.export": "ExportError",
                "fastssl.engine.rundir": "RunDirError"}
+# `fastssl data check/index --images`: the data.dataset=images reader's listing, not class folders.
+IMAGES_HELP = ("PATH is a data.dataset=images source: unlabelled image files in a folder at any depth (sub-folders "
+               "are not classes), or a .txt file listing one image path per line")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -306,7 +309,8 @@ def _cmd_data_check(args) -> int:
     from fastssl.loaders import check
     from fastssl.loaders.progress import ProgressBar
 
-    report = check.check_folder(args.path, progress=ProgressBar(f"checking {args.path}"))
+    checker = check.check_images if args.images else check.check_folder
+    report = checker(args.path, progress=ProgressBar(f"checking {args.path}"))
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 
@@ -314,20 +318,26 @@ def _cmd_data_check(args) -> int:
 def _cmd_data_index(args) -> int:
     from fastssl.loaders import check
     from fastssl.loaders.datasets.base import DataError
-    from fastssl.loaders.datasets.index import index_path, load_index
+    from fastssl.loaders.datasets.index import Source, images_source, index_path, load_index
     from fastssl.loaders.progress import ProgressBar
 
     root = Path(args.path)
-    if not root.is_dir():
+    if args.images:
+        sources = [images_source(root)]
+    elif not root.is_dir():
         raise DataError(f"ImageFolder root {str(root)!r}: is not an existing directory")
-    for folder in check.split_folders(root) or [root]:
+    else:
+        sources = [Source(folder) for folder in check.split_folders(root) or [root]]
+    for source in sources:
         start = time.monotonic()
-        index = load_index(folder, rebuild=args.rebuild, progress=ProgressBar(f"indexing {folder}"))
+        index = load_index(source.path, rebuild=args.rebuild, progress=ProgressBar(f"indexing {source.path}"),
+                           kind=source.kind)
         bad = index.bad()
-        print(f"{folder}: {len(index):,} files in {len(index.classes):,} classes, {index.header_reads:,} headers "
-              f"read in {time.monotonic() - start:.1f} s, {len(bad):,} known bad -> {index_path(folder)}")
+        held = f"in {len(index.classes):,} classes" if index.classes else "(unlabelled)"
+        print(f"{source.path}: {len(index):,} files {held}, {index.header_reads:,} headers read in "
+              f"{time.monotonic() - start:.1f} s, {len(bad):,} known bad -> {index_path(source.path, source.kind)}")
         for position, why in bad:
-            print(f"bad image: {folder / index.files[position]}: {why}")
+            print(f"bad image: {index.root / index.files[position]}: {why}")
     return 0
 
 
@@ -560,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Write a dataset as an FFCV .beton (loader.backend=ffcv, "
                                  "loader.beton=DST), bad files settled by --on-error.")
     conv.add_argument("--src", required=True, help="imagefolder:PATH (PATH holds the class folders), "
+                      "images:PATH (unlabelled: a folder read at any depth or a .txt list of image paths), "
                       "cifar10:PATH, cifar100:PATH or fashion-mnist:PATH")
     conv.add_argument("--dst", required=True, help="the .beton file to write")
     conv.add_argument("--split", default="train", help="train or test, for cifar and fashion-mnist "
@@ -579,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "lead nowhere included), empty class folders, class folders that lead nowhere and "
                                 "non-image files; exits 1 when a bad file or a bad or empty class folder exists.")
     chk.add_argument("path", help="the folder that holds the class folders")
+    chk.add_argument("--images", action="store_true", help=IMAGES_HELP)
     chk.set_defaults(func=_cmd_data_check)
     idx = data_verbs.add_parser("index", help="build or refresh the dataset index that start-up reads",
                                 description="Build or bring up to date the index of an ImageFolder (or of each "
@@ -587,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "re-read only new or changed files. The index lives under $FASTSSL_INDEX_DIR "
                                 "(default ~/.cache/fastssl/index).")
     idx.add_argument("path", help="a folder of class folders, or one of split folders")
+    idx.add_argument("--images", action="store_true", help=IMAGES_HELP)
     idx.add_argument("--rebuild", action="store_true", help="forget the stored index and read every header")
     idx.set_defaults(func=_cmd_data_index)
     photos = data_verbs.add_parser("photos", help="write a data-free JPEG ImageFolder at photo sizes (decoder "

@@ -1,4 +1,5 @@
-"""`fastssl data check PATH`: decode every file of an ImageFolder and report what would stop or change a run.
+"""`fastssl data check PATH`: decode every file of an ImageFolder (or, with --images, of an `images` source:
+a folder read at any depth, or a .txt list) and report what would stop or change a run.
 
 Start-up reads headers only (the folder's index), so a file whose header parses but whose pixels do
 not (a truncated JPEG) is met mid-run. This is the pass that finds all of them up front: each file is
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .datasets.base import DataError
 from .datasets.files import EXTENSIONS, decode_many, folders_and_broken_links, image_entries, is_image_name, list_dir
-from .datasets.index import load_index
+from .datasets.index import Source, images_source, load_index, nested_folders
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class Report:
     non_images: list[Path] = field(default_factory=list)          # files without an image extension
     empty_classes: list[Path] = field(default_factory=list)       # class folders with no image file
     broken_classes: list[tuple[Path, str]] = field(default_factory=list)   # links that lead nowhere, why
-    hidden: int = 0                                               # names starting with '.', in root and classes
+    hidden: int = 0                                               # names starting with '.', in the folders read
+    labelled: bool = True                                         # an ImageFolder; else an `images` source
 
     @property
     def ok(self) -> bool:
@@ -43,9 +45,10 @@ class Report:
         out += [f"class folder that leads nowhere: {p}: {why}" for p, why in self.broken_classes]
         out += [f"not an image (ignored by the loaders): {p}" for p in self.non_images]
         verdict = "ok" if self.ok else "FAILED"
-        out.append(f"{self.root}: {verdict}: {self.images} images decode, {len(self.bad)} bad, "
-                   f"{len(self.empty_classes)} empty class folders, {len(self.broken_classes)} class folders that "
-                   f"lead nowhere, {len(self.non_images)} non-image files, "
+        classes = (f"{len(self.empty_classes)} empty class folders, {len(self.broken_classes)} class folders that "
+                   f"lead nowhere, ") if self.labelled else ""
+        out.append(f"{self.root}: {verdict}: {self.images} images decode, {len(self.bad)} bad, {classes}"
+                   f"{len(self.non_images)} non-image files, "
                    f"{self.hidden} hidden files/folders ignored (names starting with '.')")
         return out
 
@@ -73,22 +76,45 @@ def check_folder(root: str | Path, progress: Progress | None = None) -> Report:
         if not images:
             report.empty_classes.append(folder)
         paths += images
+    # An index exists only for a folder a run can read.
+    readable = not (report.empty_classes or report.broken_classes)
+    files = [f"{p.parent.name}/{p.name}" for p in paths]
+    return _decode(report, Source(root), files, paths, progress, record=readable)
+
+
+def check_images(path: str | Path, progress: Progress | None = None) -> Report:
+    """Decode every file the `images` reader serves from `path` (a folder at any depth, or a .txt list);
+    report bad files and, in a folder, non-image files. DataError for a path that is neither, or that
+    holds or lists no image file: a run stops there too."""
+    source = images_source(path)
+    listing = source.listing()
+    folders = [source.path / f for f in nested_folders(source.path)] if source.kind == "nested" else []
+    report = Report(source.path, labelled=False, hidden=sum(_hidden(f) for f in folders),
+                    non_images=[p for f in folders for p in list_dir(f) if p.is_file() and not is_image_name(p.name)])
+    paths = [source.root / f for f in listing.files]
+    return _decode(report, source, listing.files, paths, progress, record=True)
+
+
+def _decode(report: Report, source: Source, files: list[str], paths: list[Path], progress: Progress | None,
+            record: bool) -> Report:
+    """Decode `paths` (the listing `files` of `source`, as files), note the outcome in `report` and, where
+    `record`, in the source's index."""
     failures = decode_many(paths, progress=progress)
-    if not (report.empty_classes or report.broken_classes):   # an index exists only for a folder a run can read
-        _record(root, paths, failures)
+    if record:
+        _record(source, files, failures)
     report.bad = [(paths[i], why) for i, why in failures]
     report.images = len(paths) - len(failures)
     return report
 
 
-def _record(root: Path, paths: list[Path], failures: list[tuple[int, str]]) -> None:
-    """Note in the folder's index which files decode and which do not (unless files moved meanwhile)."""
-    index = load_index(root)
-    if index.files != [f"{p.parent.name}/{p.name}" for p in paths]:
-        log.warning("%s changed during the check: its index records nothing of it", root)
+def _record(source: Source, files: list[str], failures: list[tuple[int, str]]) -> None:
+    """Note in the source's index which files decode and which do not (unless files moved meanwhile)."""
+    index = load_index(source.path, kind=source.kind)
+    if index.files != files:
+        log.warning("%s changed during the check: its index records nothing of it", source.path)
         return
     bad = {i for i, _ in failures}
-    index.record([i for i in range(len(paths)) if i not in bad], failures)
+    index.record([i for i in range(len(files)) if i not in bad], failures)
     index.save()
 
 

@@ -1,8 +1,8 @@
 """`fastssl data convert`: any dataset the project reads, written as an FFCV `.beton` for the `ffcv` backend.
 
-Bad data is settled here, once, so the loader never meets it: an ImageFolder under `on_error="skip"`
-is checked (every file decoded) before writing, which fixes the index -> label mapping; under
-`"raise"` the first bad file stops the conversion with its path. FFCV's writer decodes in worker
+Bad data is settled here, once, so the loader never meets it: an ImageFolder or `images` source under
+`on_error="skip"` is checked (every file decoded) before writing, which fixes the index -> label mapping;
+under `"raise"` the first bad file stops the conversion with its path. FFCV's writer decodes in worker
 processes and waits for a sample count, so an exception in a worker would hang it: samples never
 raise there, a failure only sets a flag, and a flagged conversion is deleted and reported. The file is
 written as `DST.tmp` and renamed at the end (loaders/atomic.py), so an interrupted run never leaves a `.beton` behind.
@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .datasets import ImageFolderDataset, load_cifar, load_fashion_mnist
+from .datasets import ImageFolderDataset, ImagesDataset, load_cifar, load_fashion_mnist
 from .datasets.base import DataError, ImageDataset
 
 IMAGE, LABEL = "image", "label"          # the .beton's field names, read back by the ffcv backend
-SOURCES = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
+FILE_SOURCES = {"imagefolder": ImageFolderDataset, "images": ImagesDataset}   # read through their index
+SOURCES = (*FILE_SOURCES, "cifar10", "cifar100", "fashion-mnist")
 SPLITS = ("train", "test")
 DEFAULT_JPEG_QUALITY = 90
 PAGE_SIZE = 1 << 23                      # FFCV's default page, 8 MiB: ample for a JPEG sample
@@ -42,11 +43,12 @@ def parse_source(text: str) -> tuple[str, Path]:
 
 
 def load_source(kind: str, path: Path, split: str = "train", on_error: str = "raise") -> ImageDataset:
-    """The dataset to convert. imagefolder: PATH holds the class folders (split is not used)."""
+    """The dataset to convert. imagefolder: PATH holds the class folders; images: PATH is a folder read at
+    any depth or a .txt list of image paths, written with label 0 (split is not used by either)."""
     if split not in SPLITS:
         raise DataError(f"--split {split!r}: must be one of {', '.join(SPLITS)}")
-    if kind == "imagefolder":
-        dataset = ImageFolderDataset(path, on_error=on_error)
+    if kind in FILE_SOURCES:
+        dataset = FILE_SOURCES[kind](path, on_error=on_error)
         if on_error == "skip":
             dataset.check()      # drop bad files now: the writer cannot drop an index
         return dataset
@@ -92,7 +94,7 @@ def _page_size(dataset: ImageDataset, raw: bool, max_res: int | None) -> int:
 class ConvertResult:
     path: Path
     images: int
-    skipped: list[tuple[Path, str]]      # files dropped under on_error="skip" (ImageFolder only)
+    skipped: list[tuple[Path, str]]      # files dropped under on_error="skip" (ImageFolder, images only)
 
 
 def convert(dataset: ImageDataset, dst: str | os.PathLike, raw: bool = False,

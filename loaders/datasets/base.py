@@ -19,7 +19,9 @@ class ImageDataset(Protocol):
     image (grayscale, CMYK, RGBA, palette converted). `load_usable(i)` returns (image, index): image
     i, or where the dataset's bad-file policy says so another one in its place, for loaders that cannot
     drop an index mid-epoch. `to_array(size)` returns every image as one uint8 (N, size, size, 3)
-    array, for backends that keep the whole split on the device.
+    array, for backends that keep the whole split on the device. An unlabelled dataset (data.dataset=
+    images) has labels all 0, no classes and `labelled = False`: readers that score labels ask
+    `getattr(dataset, "labelled", True)`.
     """
 
     labels: np.ndarray

@@ -6,6 +6,9 @@ mapping. The file list, labels and image sizes come from the folder's index (ind
 reads headers of new or changed files only and decodes nothing. A file known to be bad (its header
 does not parse, or a decode pass found it broken) is settled by the policy at construction; one
 whose header parses but whose pixels do not is met where it is decoded, with the same message.
+
+All of that is `IndexedImages`, shared with the unlabelled `images` reader (images.py): the two differ
+only in how their source is listed (index.py's kinds) and in how they name it.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from .files import (DECODE_ERRORS, EXTENSIONS, capped, class_dirs, decode, decod
                     reason, to_rgb)
 from .index import BAD, DECODED, FolderIndex, load_index
 
-__all__ = ["DECODE_ERRORS", "EXTENSIONS", "ImageFolderDataset", "decode", "split_roots", "to_rgb"]
+__all__ = ["DECODE_ERRORS", "EXTENSIONS", "ImageFolderDataset", "IndexedImages", "decode", "split_roots", "to_rgb"]
 ON_ERROR = ("raise", "skip")
 SUBSTITUTE_TRIES = 64        # files tried in place of a bad one under on_error=skip before giving up
 
@@ -117,30 +120,33 @@ class _SharedFlags:
         return True
 
 
-class ImageFolderDataset:
-    """Labelled images in class sub-folders; implements the ImageDataset protocol.
+class IndexedImages:
+    """Image files read through their index (index.py) with a raise/skip policy for bad files; implements
+    the ImageDataset protocol. The base of ImageFolderDataset and ImagesDataset, which pass the `kind` of
+    listing (index.py) and set how messages name the source.
 
-    Rules (each broken one is a DataError naming the path):
-    - `root` must exist and hold at least one class folder; sub-folders of a class are not searched.
-    - every class folder must hold at least one image file, under either policy: dropping an empty
-      class would silently shift the labels of every later class. A class folder that leads nowhere (a
-      dangling symbolic link, a loop of links) is an error for the same reason.
-    - a bad file (corrupt, truncated, zero bytes, not an image) raises under `on_error="raise"`; under
-      `"skip"` it is dropped from `paths`/`labels`/`sizes` where it is known (at construction, from the
-      index; by `check` or `to_array`, which decode), recorded in `skipped` as (path, reason), and
-      counted in one warning per pass; a class left with no good file is an error, for the same reason
-      as an empty class folder.
-    An index cannot be dropped mid-epoch, so a file found bad while training is replaced by the next
-    good one under `"skip"` (`load_usable`); `fastssl data check` records it so the next run leaves it out.
+    `source` is what is listed as `kind` (a folder, or a list file); `root` is the folder its listed names
+    are relative to, `paths[i]` image i's file. A bad file (corrupt, truncated, zero bytes, not an image,
+    a name that leads to no file) raises under `on_error="raise"`; under `"skip"` it is dropped from
+    `paths`/`labels`/`sizes` where it is known (at construction, from the index; by `check` or
+    `to_array`, which decode), recorded in `skipped` as (path, reason), and counted in one warning per
+    pass. An index cannot be dropped mid-epoch, so a file found bad while training is replaced by the
+    next good one under `"skip"` (`load_usable`); `fastssl data check` records it so the next run leaves
+    it out.
     """
 
-    def __init__(self, root: str | os.PathLike, on_error: str = "raise"):
+    labelled = True
+    TITLE = "ImageFolder"                 # how messages name the source
+    CHECK = "fastssl data check"          # the command that decodes every file of the source
+
+    def __init__(self, source: str | os.PathLike, on_error: str, kind: str):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: must be one of {', '.join(ON_ERROR)}")
-        self.root = Path(root)
+        self.source = Path(source)
         self.on_error = on_error
         self.skipped: list[tuple[Path, str]] = []
-        self.index: FolderIndex = load_index(self.root, progress=ProgressBar(f"indexing {self.root}"))
+        self.index: FolderIndex = load_index(self.source, kind=kind, progress=ProgressBar(f"indexing {source}"))
+        self.root = self.index.root
         self._warned = _SharedFlags(len(self.index))   # by index position: warned once in the run
         self.classes = self.index.classes
         known_bad = self.index.bad()
@@ -148,18 +154,21 @@ class ImageFolderDataset:
             self._apply_policy([(self.root / self.index.files[i], why) for i, why in known_bad])
         self._keep(np.flatnonzero(self.index.status != BAD))
 
+    def _emptied(self, label: int) -> str:
+        """The error for label `label` left without a file that decodes: here, for a source whose files
+        all failed (an unlabelled one has label 0 alone)."""
+        return f"{self.TITLE} {str(self.source)!r}: none of its files can be decoded (see the warning above)"
+
     def _keep(self, positions: np.ndarray) -> None:
-        """Serve the index's files at `positions` (ascending); a class left without files is an error."""
+        """Serve the index's files at `positions` (ascending); a label left without files is an error."""
         index = self.index
         if len(positions) == len(index):
             files = index.files
         else:
             files = [index.files[i] for i in positions]
-        emptied = np.flatnonzero(np.bincount(index.labels[positions], minlength=len(self.classes)) == 0)
+        emptied = np.flatnonzero(np.bincount(index.labels[positions], minlength=max(1, len(self.classes))) == 0)
         if len(emptied):
-            folder = self.root / self.classes[emptied[0]]
-            raise DataError(f"class folder {str(folder)!r}: none of its files can be decoded "
-                            f"(see the warning above); a class without images would be silently missing")
+            raise DataError(self._emptied(int(emptied[0])))
         self.positions = positions
         self.paths = RootedPaths(self.root, files)
         self.labels = index.labels[positions]
@@ -191,10 +200,10 @@ class ImageFolderDataset:
                 return self.load_pil(at), at
             except DataError as e:
                 if self._warned.first(int(self.positions[at])):
-                    log.warning("%s; data.on_error=skip: the next good file takes its place (run `fastssl data "
-                                "check %s` to record it, so that later runs leave it out)", e, self.root)
-        raise DataError(f"ImageFolder {str(self.root)!r}: {SUBSTITUTE_TRIES} files in a row from "
-                        f"{str(self.paths[index])!r} cannot be decoded: run `fastssl data check {self.root}`")
+                    log.warning("%s; data.on_error=skip: the next good file takes its place (run `%s %s` to "
+                                "record it, so that later runs leave it out)", e, self.CHECK, self.source)
+        raise DataError(f"{self.TITLE} {str(self.source)!r}: {SUBSTITUTE_TRIES} files in a row from "
+                        f"{str(self.paths[index])!r} cannot be decoded: run `{self.CHECK} {self.source}`")
 
     def check(self) -> None:
         """Decode every file not yet known to decode, and apply the policy now, so the index -> label
@@ -228,11 +237,31 @@ class ImageFolderDataset:
         """Raise for the first bad file, or record and log all of them (the caller drops them)."""
         first, why = failures[0]
         if self.on_error == "raise":
-            more = f"; {len(failures) - 1} more bad files in {str(self.root)!r}" if len(failures) > 1 else ""
+            more = f"; {len(failures) - 1} more bad files in {str(self.source)!r}" if len(failures) > 1 else ""
             raise DataError(f"image file {str(first)!r}: cannot be decoded ({why}){more} "
-                            f"(data.on_error=skip drops and counts such files; `fastssl data check "
-                            f"{self.root}` lists them all)")
+                            f"(data.on_error=skip drops and counts such files; `{self.CHECK} "
+                            f"{self.source}` lists them all)")
         self.skipped += failures
-        log.warning("ImageFolder %s: skipped %d file(s) that cannot be decoded (first: %s: %s)",
-                    self.root, len(failures), first, why)
+        log.warning("%s %s: skipped %d file(s) that cannot be decoded (first: %s: %s)",
+                    self.TITLE, self.source, len(failures), first, why)
+
+
+class ImageFolderDataset(IndexedImages):
+    """Labelled images in class sub-folders: `root/<class>/<image files>`.
+
+    Rules (each broken one is a DataError naming the path), besides IndexedImages's bad-file policy:
+    - `root` must exist and hold at least one class folder; sub-folders of a class are not searched.
+    - every class folder must hold at least one image file, under either policy: dropping an empty
+      class would silently shift the labels of every later class. A class folder that leads nowhere (a
+      dangling symbolic link, a loop of links) is an error for the same reason.
+    - under `on_error="skip"`, a class left with no good file is an error, for the same reason as an
+      empty class folder.
+    """
+
+    def __init__(self, root: str | os.PathLike, on_error: str = "raise"):
+        super().__init__(root, on_error, "classes")
+
+    def _emptied(self, label: int) -> str:
+        return (f"class folder {str(self.root / self.classes[label])!r}: none of its files can be decoded "
+                f"(see the warning above); a class without images would be silently missing")
 
