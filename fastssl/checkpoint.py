@@ -195,6 +195,28 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> 
     return state
 
 
+def load_state_file(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file that is not a fastssl checkpoint (model.init): safetensors, or a
+    torch.save file loaded with weights_only=True, bare or under 'state_dict' (fastssl export's torchvision
+    files) or 'model' (most training scripts'); CheckpointError naming `what` and the file otherwise."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{what} {str(path)!r}: cannot be read as a state dict "
+                              f"({' '.join(str(e).split())[:200]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} {str(path)!r}: must hold a state dict (names -> tensors)")
+    return state
+
+
 def capture_rng() -> dict:
     """Every global RNG a training step may touch, in a weights_only-loadable form."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

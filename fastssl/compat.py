@@ -40,7 +40,11 @@ def differences(saved: dict, cfg: config_mod.Config) -> dict[str, tuple]:
     """{field: (checkpoint's value, current value)} for every field that differs; the method sections
     are compared typed (a section left to its defaults is written out, as the checkpoint's was)."""
     methods.typed_sections(cfg.method)
-    old, new = _flat(saved), _flat(config_mod.to_dict(cfg))
+    # A field the checkpoint's fastssl did not have yet ran at its default (new fields default to the old
+    # behaviour), so it is compared as that.
+    new = _flat(config_mod.to_dict(cfg))
+    defaults = _flat(config_mod.to_dict(config_mod.Config()))
+    old = {**{k: v for k, v in defaults.items() if k in new}, **_flat(saved)}
     return {key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
             for key in sorted(set(old) | set(new)) if old.get(key, "<absent>") != new.get(key, "<absent>")}
 

@@ -23,7 +23,7 @@ from fastssl.loaders.settings import (BACKENDS, DATASETS, FASHION_MNIST_DEFAULT,
                                       MAX_VIEWS, ON_ERROR, AugmentConfig, DataConfig, Impl, LoaderConfig, LoadSettings)
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]                 # fastssl/models/resnet.py builds each
-Optimizer = Literal["lars", "sgd", "adamw"]                         # fastssl/optim builds each
+Optimizer = Literal["auto", "lars", "sgd", "adamw"]                 # fastssl/optim builds each
 QueryMix = Literal["none", "mixup", "cutmix"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LossDtype = Literal["auto", "fp32", "bf16"]
@@ -152,11 +152,22 @@ def load_yaml(text: str | bytes, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML ({cut(' '.join(problem.split()))})") from None
 
 
+# model.arch beyond fastssl's own ResNets: a backbone family's prefix and the library's model name
+# (fastssl/models/backbones, one module per family), or "module": an nn.Module given to fastssl.train.
+ARCH_FORM = re.compile(r"^[a-z0-9_]+/[A-Za-z0-9_.\-]+$")
+USER_MODULE = "module"
+
+
 @dataclass
 class ModelConfig:
-    arch: Arch = "resnet18"
-    cifar_stem: bool = True          # 3x3 conv stem without max-pool, for small images
-    width: float = 0.125             # channel multiplier on the standard widths (64, 128, 256, 512)
+    arch: str = "resnet18"           # resnet18|34|50 (fastssl's), torchvision/<name>, timm/<name>; "module": the
+                                     # nn.Module given to fastssl.train (fastssl/models/backbones)
+    kwargs: dict[str, Any] = field(default_factory=dict)   # the backbone constructor's arguments, e.g. a ViT's
+                                     # {img_size: 32, patch_size: 4}
+    init: str | None = None          # weights to start from: a local state-dict file (nothing downloads)
+    cifar_stem: bool | None = None   # 3x3 conv stem without max-pool, for small images (ResNets only);
+                                     # null: on for ResNets at data.image_size <= 64, off elsewhere
+    width: float = 0.125             # fastssl's ResNets: channel multiplier on the widths (64, 128, 256, 512)
     projector_hidden: int = 256
     projector_out: int = 64
     projector_layers: int = 2
@@ -221,9 +232,9 @@ MOVED_KEYS = {"method.head": "method.name", "method.n_supp": "task.n_supp", "met
 
 @dataclass
 class OptimConfig:
-    name: Optimizer = "lars"
-    lr: float = 1.0
-    weight_decay: float = 1e-6
+    name: Optimizer = "auto"         # auto: adamw for a backbone with attention (the ViT recipes), else lars
+    lr: float | None = None          # null: the optimizer's recipe value (fastssl/optim/recipe.py)
+    weight_decay: float | None = None   # null: the optimizer's recipe value
     momentum: float = 0.9
     trust_coefficient: float = 0.001  # LARS only
     warmup_epochs: float = 1.0
@@ -253,6 +264,8 @@ class KnnConfig:
     k: int = 200
     temperature: float = 0.1
     every_epochs: int = 4            # 0: only at the start and the end
+    data: str | None = None          # a labelled ImageFolder (train/test splits) to score the run on; null: the
+                                     # run's own data where labelled (data.dataset=images has no labels)
 
 
 @dataclass
@@ -323,6 +336,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={shown(value)}: must be a string")
         return value
+    if origin is dict:   # dict[str, Any]: a mapping of names to YAML values, passed on as read
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}={shown(value)}: must be a mapping of names to values, e.g. {{img_size: 32}}")
+        return dict(value)
     raise ConfigError(f"{key}: unsupported schema type {typ}")
 
 
@@ -344,6 +361,8 @@ def fill(obj: Any, values: dict, prefix: str = "") -> None:
                 raise ConfigError(f"{key}={shown(value)}: must be a mapping of "
                                   f"{', '.join(_field_types(type(current)))}")
             fill(current, value, key + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):   # a later file or --set adds keys
+            setattr(obj, name, {**current, **_coerce(key, value, types_[name])})
         else:
             setattr(obj, name, _coerce(key, value, types_[name]))
 
@@ -386,9 +405,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                overrides: Sequence[str] = ()) -> Config:
+                overrides: Sequence[str] = (), settings: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file(s) in order (a run config, then recipe fragments such as
-    those in configs/augment/), then `--set` overrides; validated before returning."""
+    those in configs/augment/), then `settings` ({"train.epochs": 10}: values as Python gives them, read
+    as a file's), then `--set` overrides; validated before returning."""
     cfg = Config()
     paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
     for path in paths:
@@ -407,8 +427,11 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: must hold a mapping at the top level")
         fill(cfg, values)
-    for text in overrides:
-        parts, value = parse_override(text)
+    dotted = [(key, value) for key, value in (settings or {}).items()]
+    for key, value in dotted + [parse_override(text) for text in overrides]:
+        parts = key.split(".") if isinstance(key, str) else key
+        if not all(parts):
+            raise ConfigError(f"setting {shown(key)}: empty key component")
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
@@ -450,6 +473,9 @@ def validate(cfg: Config, world: int | None = None) -> None:
     int_in("knn.k", k.k, 1, MAX_KNN_K)
     check_temperature("knn.temperature", k.temperature)
     int_in("knn.every_epochs", k.every_epochs, 0, MAX_EPOCHS)
+    if k.data is not None:
+        require(Path(k.data).is_dir(), "knn.data", k.data, "must be an existing folder (a labelled ImageFolder "
+                "with its train and test splits)")
 
 
 def _check_choices(section: Any, prefix: str = "") -> None:
@@ -463,6 +489,12 @@ def _check_choices(section: Any, prefix: str = "") -> None:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    require(m.arch in ARCHS or m.arch == USER_MODULE or ARCH_FORM.match(m.arch) is not None, "model.arch", m.arch,
+            f"must be one of {', '.join(ARCHS)} (fastssl's ResNets), or FAMILY/NAME such as torchvision/resnet50 "
+            "or timm/vit_small_patch16_224")
+    if m.init is not None:
+        require(Path(m.init).is_file(), "model.init", m.init, "must be an existing weights file (a state dict "
+                "saved with torch.save or safetensors; nothing is downloaded)")
     # Narrower nets (stem < 8 channels) hang inside oneDNN's CPU convolution weight-gradient kernel
     # (torch 2.14.1, measured: a width-1/16 ResNet-18 spins forever in backward); 1/8 is fine.
     require(math.isfinite(m.width) and m.width >= 0.125, "model.width", m.width,
@@ -491,8 +523,11 @@ def _validate_task(task: TaskConfig, ld: LoaderConfig) -> None:
 
 
 def _validate_optim(o: OptimConfig) -> None:
-    require(math.isfinite(o.lr) and 0 < o.lr <= MAX_LR, "optim.lr", o.lr, f"must be a finite number in (0, {MAX_LR:g}]")
-    finite_in("optim.weight_decay", o.weight_decay, 0, 1)
+    if o.lr is not None:
+        require(math.isfinite(o.lr) and 0 < o.lr <= MAX_LR, "optim.lr", o.lr,
+                f"must be a finite number in (0, {MAX_LR:g}]")
+    if o.weight_decay is not None:
+        finite_in("optim.weight_decay", o.weight_decay, 0, 1)
     require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     require(math.isfinite(o.trust_coefficient) and 0 < o.trust_coefficient <= 1, "optim.trust_coefficient",
             o.trust_coefficient, "must be a finite number in (0, 1]")

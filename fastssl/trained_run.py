@@ -29,8 +29,9 @@ def load_weights(model: nn.Module, weights: dict, ckpt: Path, what: str = "weigh
                                      "(model.* overridden?)")
 
 
-def load_trained(ckpt: str | Path, overrides: list[str] = ()) -> Trained:
-    """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied."""
+def load_trained(ckpt: str | Path, overrides: list[str] = (), module: nn.Module | None = None) -> Trained:
+    """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied;
+    `module`: a fresh instance of the user's network, for a run of model.arch=module."""
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt, ("model", "run"))
     saved = ckpt.parent / "config.yaml"
@@ -41,6 +42,6 @@ def load_trained(ckpt: str | Path, overrides: list[str] = ()) -> Trained:
     compat.check(state.get("config"), cfg, str(ckpt), scope="model.")   # the weights must fit the model
     methods.typed_sections(cfg.method)   # a config naming no method gets the default one's name
     compat.check_method(state.get("config"), cfg, str(ckpt), str(saved))
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, image_size=cfg.data.image_size, module=module, init=False)
     load_weights(model, state["model"], ckpt)
     return Trained(cfg, ckpt, state, model)

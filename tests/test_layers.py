@@ -53,11 +53,12 @@ def test_choices_have_one_source():
     from fastssl.loaders.factory import TRAIN_BACKENDS
     from fastssl.loaders.settings import BACKENDS
     from fastssl.models.resnet import ARCH_SPECS
+    from fastssl.optim.recipe import RECIPES
 
     assert tuple(ARCH_SPECS) == ARCHS
     assert tuple(TRAIN_BACKENDS) == BACKENDS
     assert LOSS_IMPLS == IMPLS
-    assert OPTIMIZERS == ("lars", "sgd", "adamw")
+    assert OPTIMIZERS == ("auto", *RECIPES)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--set", "optim.lr=0"]])

@@ -8,6 +8,7 @@ loader, RNG, the non-finite guard and the run's counters. The trainer names no m
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -61,7 +62,13 @@ class RunResult:
     steps: int
     out_dir: Path
     is_main: bool = True        # rank 0 (or one process): the one that reports the result
-    knn_meaningful: bool = True  # False where the splits share no class: knn_top1 is NaN, not a score
+    knn_off: str | None = None  # why no kNN score exists (knn_top1 is NaN, not a score); None: it does
+
+    def summary(self) -> str:
+        """The run's result line, as `fastssl train` prints it."""
+        if self.knn_off:
+            return f"knn_top1=n/a ({self.knn_off})"
+        return f"knn_top1={self.knn_top1:.4f} (random init: {self.knn_start:.4f})"
 
 
 @dataclass
@@ -101,13 +108,28 @@ def split_parameters(method: nn.Module, auxiliaries: nn.ModuleList) -> list[torc
             for p in part.parameters() if p.requires_grad]
 
 
+def monitor_splits(cfg: config_mod.Config, train_set) -> tuple[tuple | None, str | None]:
+    """The (train, test) splits the kNN monitor scores, or None and why none: the labelled ImageFolder
+    knn.data names, else the run's own splits where they are labelled and share their classes."""
+    if cfg.knn.data:
+        labelled = dataclasses.replace(cfg.data, dataset="imagefolder", path=cfg.knn.data)
+        return (build_dataset(labelled, "train"), build_dataset(labelled, "test")), None
+    if not getattr(train_set, "labelled", True):
+        return None, "no labelled data: set knn.data to a labelled ImageFolder to score the run"
+    if getattr(train_set, "disjoint_classes", False):
+        return None, "train and test classes are disjoint"
+    return (train_set, build_dataset(cfg.data, "test")), None
+
+
 class Trainer:
     """Owns one run directory (`out_dir`; None: a new runs/<date-time>); `fit()` trains from scratch or
     from its last checkpoint. The folder is claimed (engine/rundir.py) after the config's rules pass,
     so a rejected run leaves no folder behind, and is held until `fit` ends or `close` is called."""
 
-    def __init__(self, cfg: config_mod.Config, out_dir: Path | None = None, resume: bool = False):
+    def __init__(self, cfg: config_mod.Config, out_dir: Path | None = None, resume: bool = False,
+                 module: nn.Module | None = None):
         self.cfg = cfg
+        self.module = module   # the user's network, for model.arch=module (fastssl.train)
         methods.check(cfg, config_mod.world_size())   # the method's own rules, before anything is read
         if cfg.log.tensorboard:
             require_tensorboard()   # a missing package fails here, not at the first log
@@ -173,17 +195,16 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.deterministic
 
-        train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
-        self.num_classes = len(train_set.classes) or int(train_set.labels.max()) + 1
+        train_set = build_dataset(cfg.data, "train")
         settings = cfg.load_settings()
         self.loader = build_train_loader(settings, train_set, self.device, self.dist.rank, self.dist.world,
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
-        # A dataset whose splits share no class (`disjoint_classes`) has no kNN score: none is computed.
-        self.knn_meaningful = not getattr(train_set, "disjoint_classes", False)
-        if self.knn_meaningful:   # under torchrun each rank embeds its shard of each split (engine/knn.py)
+        monitored, self.knn_off = monitor_splits(cfg, train_set)
+        if monitored:   # under torchrun each rank embeds its shard of each split (engine/knn.py)
+            self.num_classes = len(monitored[0].classes) or int(monitored[0].labels.max()) + 1
             self.knn_train, self.knn_test = (
                 build_eval_batches(settings, Shard(split, self.dist.rank, self.dist.world) if self.dist.world > 1
-                                   else split, self.device) for split in (train_set, test_set))
+                                   else split, self.device) for split in monitored)
         self.clock = StageClock(self.device)    # the step's stage marks: data-wait share and step time per log
         self.loader.clock = self.clock
         self.steps_per_epoch = len(self.loader)
@@ -191,7 +212,9 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        self.model = build_model(cfg.model, cfg.loader.views).to(self.device)
+        # model.init's weights on a fresh start only: a resumed run's come from its checkpoint
+        self.model = build_model(cfg.model, cfg.loader.views, cfg.data.image_size, self.module, init=not resume
+                                 ).to(self.device)
         if cfg.model.sync_bn and self.dist.world > 1:
             self.model = sync_batch_norm(self.model, self.device)
         # Under DDP the encoder's gradients are averaged over ranks (see engine/distributed.py).
@@ -205,7 +228,8 @@ class Trainer:
         self.auxiliaries = build_auxiliaries(cfg.task, cfg.model.projector_out).to(self.device)
         self.tasks = TaskBuilder(cfg.task, len(train_set), cfg.train.seed, self.method.mix_blocks(self.dist.world))
         # Frozen parts (a target network) are left out: the optimizer takes what requires grad.
-        self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.method, self.auxiliaries]))
+        self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.method, self.auxiliaries]),
+                                         cfg.loader.batch_size)
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps)
         self.scaler = grad_scaler(self.precision, self.device)
@@ -443,11 +467,11 @@ class Trainer:
                 return self._finished()
             if self.cfg.log.tensorboard and self.dist.is_main:
                 self.metrics.attach(TensorBoardSink(self.out_dir, start_step=self.run.step))
-            if self.run.step == 0 and self.metrics.lines == 0 and self.knn_meaningful:
+            if self.run.step == 0 and self.metrics.lines == 0 and not self.knn_off:
                 self.run.knn_start = self._evaluate(epoch=0)
                 progress.message(f"knn_top1 at random init: {self.run.knn_start:.4f}")
             epoch = self._train(progress)
-        final = self._evaluate(epoch) if self.knn_meaningful else float("nan")
+        final = float("nan") if self.knn_off else self._evaluate(epoch)
         self.run.finished = True
         self.save()
         if self.dist.is_main:
@@ -458,7 +482,7 @@ class Trainer:
         """The steps left of the run; the epoch it ends in."""
         cfg = self.cfg.train
         per_batch = self.cfg.loader.batch_size
-        every = self.cfg.knn.every_epochs if self.knn_meaningful else 0
+        every = 0 if self.knn_off else self.cfg.knn.every_epochs
         epoch = self.run.step // self.steps_per_epoch
         while self.run.step < self.total_steps:
             self.loader.set_epoch(epoch)  # keeps a restored loader's position within `epoch`
@@ -485,7 +509,7 @@ class Trainer:
 
     def _result(self, final: float) -> RunResult:
         return RunResult(knn_top1=final, knn_start=self.run.knn_start, steps=self.run.step, out_dir=self.out_dir,
-                         is_main=self.dist.is_main, knn_meaningful=self.knn_meaningful)
+                         is_main=self.dist.is_main, knn_off=self.knn_off)
 
     def _finished(self) -> RunResult:
         """A resumed run that had already ended: its result, from its metrics (rank 0's); nothing is written

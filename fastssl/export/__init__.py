@@ -19,9 +19,10 @@ class ExportError(RuntimeError):
     """A written file does not reproduce the network it was exported from; nothing was left behind."""
 
 
-def check_flags(fmt: str, part: str, network: str) -> None:
-    """ConfigError naming the flag and its allowed values, for the first flag that has none of them."""
+def check_flags(fmt: str | None, part: str, network: str) -> None:
+    """ConfigError naming the flag and its allowed values, for the first flag that has none of them (a
+    format of None is the run's own, chosen once the run is read)."""
     for flag, value, allowed in (("format", fmt, formats.names()), ("part", part, PARTS),
                                  ("network", network, NETWORKS)):
-        if value not in allowed:
+        if value is not None and value not in allowed:
             raise ConfigError(f"--{flag} {shown(value)}: must be one of {', '.join(allowed)}")

@@ -6,6 +6,7 @@ named here.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastssl import methods
 from fastssl import config as config_mod
 from fastssl.checkpoint import CheckpointError
 from fastssl.export import ExportError
-from fastssl.models import SSLNet, build_model
+from fastssl.models import SSLNet, backbones
 from fastssl.trained_run import Trained, load_trained, load_weights
 
 CHECK_BATCH = 3           # images a written file is checked on; traced/exported with 2, so batch is not baked in
@@ -40,7 +41,7 @@ def momentum_network(trained: Trained) -> SSLNet:
     if not weights:
         raise CheckpointError(f"checkpoint {str(trained.ckpt)!r}: its method state holds no {prefix}* weights "
                               f"(method {name!r} keeps its momentum network there)")
-    model = build_model(trained.cfg.model)
+    model = copy.deepcopy(trained.model)   # the online network's shape, whatever family built it
     load_weights(model, weights, trained.ckpt, f"method's {attribute} weights")
     return model
 
@@ -73,9 +74,14 @@ class Exported:
         return _outputs(self.module, self.images)
 
     def untrained(self) -> nn.Module:
-        """A freshly built network of the exported one's shape, to load a written file into."""
-        model = build_model(self.cfg.model).to(memory_format=torch.contiguous_format)
-        return model.encoder if self.part == "encoder" else model
+        """A network of the exported one's shape with every weight set to NaN, to load a written file into:
+        a weight the file does not carry shows in the check."""
+        model = copy.deepcopy(self.module)
+        with torch.no_grad():
+            for tensor in model.state_dict().values():   # what a file carries; not buffers made at build
+                if tensor.is_floating_point():
+                    tensor.fill_(float("nan"))
+        return model
 
     def check(self, outputs, how: str, reference: tuple[torch.Tensor, ...] | None = None) -> str:
         """Compares the written model's outputs on `images` with the network's (all of them, or
@@ -95,18 +101,21 @@ class Exported:
 
 def describe(trained: Trained, part: str, network: str) -> dict[str, str]:
     """What the exported network is and where it came from, as strings (safetensors and ONNX take only those)."""
-    m = trained.cfg.model
-    return {"arch": m.arch, "width": str(m.width), "cifar_stem": json.dumps(m.cifar_stem),
-            "stem": "cifar" if m.cifar_stem else "imagenet", "image_size": str(trained.cfg.data.image_size),
+    m, side = trained.cfg.model, trained.cfg.data.image_size
+    stem = backbones.cifar_stem(m, side)
+    return {"arch": m.arch, "kwargs": json.dumps(m.kwargs), "width": str(m.width), "cifar_stem": json.dumps(stem),
+            "stem": "cifar" if stem else "imagenet", "image_size": str(side),
             "part": part, "network": network, "method": trained.cfg.method.name,
             "step": str(int(trained.state["run"]["step"])), "checkpoint": str(trained.ckpt),
             "git_commit": git_commit(trained.ckpt.parent), "fastssl_version": fastssl.__version__,
             "config": config_mod.dump_yaml(trained.cfg)}
 
 
-def prepare(run_dir: str | Path, part: str, network: str, ckpt: str = "last.pt") -> Exported:
-    """RUN/<ckpt>'s online or momentum network, cut to `part`, ready for a format to write."""
-    trained = load_trained(Path(run_dir) / ckpt)
+def prepare(run_dir: str | Path, part: str, network: str, ckpt: str = "last.pt",
+            module: nn.Module | None = None) -> Exported:
+    """RUN/<ckpt>'s online or momentum network, cut to `part`, ready for a format to write (`module`: a
+    fresh instance of the user's network, for a run of model.arch=module)."""
+    trained = load_trained(Path(run_dir) / ckpt, module=module)
     net = trained.model if network == "online" else momentum_network(trained)
     net = net.to(memory_format=torch.contiguous_format).eval()   # safetensors takes contiguous tensors only
     module = net.encoder if part == "encoder" else net

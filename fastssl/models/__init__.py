@@ -19,10 +19,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_encoder(model_cfg) -> ResNet:
-    """The ResNet that `model_cfg` (a ModelConfig) names; ValueError naming model.arch otherwise."""
-    return ResNet(model_cfg.arch, cifar_stem=model_cfg.cifar_stem, width=model_cfg.width,
-                  zero_init_residual=model_cfg.zero_init_residual)
+def build_encoder(model_cfg, image_size: int | None = None, module: nn.Module | None = None,
+                  init: bool = True) -> nn.Module:
+    """The encoder `model_cfg` (a ModelConfig) names, from its backbone family (backbones/), with
+    `feature_dim`; `image_size` (data.image_size) is what it is probed and checked at, `module` the
+    user's network for model.arch=module, `init` whether model.init's weights are loaded."""
+    from fastssl.models import backbones
+    return backbones.build(model_cfg, image_size, module, init)
 
 
 def build_projector(model_cfg, in_dim: int) -> Projector:
@@ -61,10 +64,11 @@ class SSLNet(nn.Module):
         return h, self.projector(h)
 
 
-def build_model(model_cfg, views: int = 1) -> SSLNet:
+def build_model(model_cfg, views: int = 1, image_size: int | None = None, module: nn.Module | None = None,
+                init: bool = True) -> SSLNet:
     """Encoder + projector; conv weights in channels_last when asked, the layout tensor cores want.
-    `views`: the rows' view count, whose blocks model.per_view_bn normalises apart."""
-    encoder = build_encoder(model_cfg)
+    `views`: the rows' view count, whose blocks model.per_view_bn normalises apart; the rest as build_encoder."""
+    encoder = build_encoder(model_cfg, image_size, module, init)
     model = SSLNet(encoder, build_projector(model_cfg, encoder.feature_dim),
                    bn_groups=views if model_cfg.per_view_bn else 1)
     if model_cfg.channels_last:

@@ -213,7 +213,7 @@ def test_a_file_that_does_not_reproduce_the_network_is_not_left(contrastive_run,
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--format", "pickle"], "--format 'pickle': must be one of onnx, safetensors, torchscript, torchvision"),
+    (["--format", "pickle"], "--format 'pickle': must be one of onnx, safetensors, timm, torchscript, torchvision"),
     (["--part", "projector"], "--part 'projector': must be one of encoder, encoder+projector"),
     (["--network", "ema"], "--network 'ema': must be one of online, target"),
 ])

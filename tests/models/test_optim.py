@@ -295,5 +295,5 @@ def test_optimizer_settings():
 
 
 def test_unknown_optimizer_names_key_and_choices():
-    with pytest.raises(ValueError, match=r"optim\.name='adam': must be one of lars, sgd, adamw"):
+    with pytest.raises(ValueError, match=r"optim\.name='adam': must be one of auto, lars, sgd, adamw"):
         build_optimizer(OptimConfig(name="adam"), tiny_model())
