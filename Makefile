@@ -5,9 +5,9 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 # The ffcv extra compiles against libturbojpeg and OpenCV (.ci/run installs them); where they are
-# missing it is left out and the ffcv tests skip. EXTRAS=dev,ffcv,dali,lightly forces it (CI does). The dali
+# missing it is left out and the ffcv tests skip. EXTRAS=dev,ffcv,dali,lightly,timm forces it (CI does). The dali
 # extra is a prebuilt Linux wheel (CPU operators run without a GPU), so it is always in.
-EXTRAS ?= $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo dev,ffcv,dali,lightly || echo dev,dali,lightly)
+EXTRAS ?= $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo dev,ffcv,dali,lightly,timm || echo dev,dali,lightly,timm)
 
 .PHONY: train test gpu-check peer-bundle
 

@@ -43,6 +43,8 @@ setup(
         # --no-build-isolation build of fastssl in that environment (the wheel test's).
         "peers": ["lightly==1.6.0", "lightly-train==0.18.0"],
         "lightly": ["lightly==1.6.0"],
+        # model.arch=timm/<name>: any timm model (ViTs, ConvNeXt, ...); imported only by that backbone family.
+        "timm": ["timm>=1.0,<1.1"],
         "onnx": ONNX,
         "tensorboard": TENSORBOARD,
     },

@@ -46,29 +46,22 @@ def _writable_run_dir(out: Path) -> None:
 
 
 def _cmd_train(args) -> int:
+    from fastssl import api
+
     if args.resume:
         if args.config or args.set or args.out:
             raise config_mod.ConfigError("--resume continues a run with its saved config: it cannot be "
                                          "combined with -c, --set or --out")
         out = Path(args.resume)
-        saved = out / "config.yaml"
-        if not saved.is_file():
-            raise config_mod.ConfigError(f"--resume {str(out)!r}: not a run directory (no config.yaml)")
-        cfg = config_mod.load_config(saved)
+        cfg = api.saved_config(out, "--resume")
     else:
         cfg = config_mod.load_config(args.config, args.set)
         out = Path(args.out) if args.out else None    # None: a new runs/<date-time>, made unique
-    from fastssl.engine.trainer import Trainer  # after validation: a bad config fails in milliseconds
-
     # The trainer makes and locks the folder once the rules that need torch have passed: a refused run
     # leaves no folder, and a folder in use by another process is refused before any data is read.
-    trainer = Trainer(cfg, out, resume=bool(args.resume))
-    print(f"run directory: {trainer.out_dir}", file=sys.stderr)
-    result = trainer.fit()
-    if result.is_main and not result.knn_meaningful:   # under torchrun: one result line, rank 0's
-        print("knn_top1=n/a (train and test classes are disjoint)")
-    elif result.is_main:
-        print(f"knn_top1={result.knn_top1:.4f} (random init: {result.knn_start:.4f})")
+    run = api.train_config(cfg, out, resume=bool(args.resume), announce=lambda line: print(line, file=sys.stderr))
+    if run.summary:   # under torchrun: one result line, rank 0's
+        print(run.summary)
     return 0
 
 
@@ -632,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "checkpoint to a file that loads without fastssl's trainer, with the run's metadata; "
                            "the file is reloaded and checked against the network before it is put in place.")
     exp.add_argument("run", metavar="RUN", help="the run directory (holds config.yaml and the checkpoint)")
-    exp.add_argument("--format", default="torchvision", help=f"one of {', '.join(export_formats.names())}; torchvision: "
-                     "a state dict for torchvision's ResNet (default: %(default)s)")
+    exp.add_argument("--format", default=None, help=f"one of {', '.join(export_formats.names())}; torchvision, timm: a "
+                     "state dict for the library's own model (default: the backbone's library; safetensors for a "
+                     "user's module)")
     exp.add_argument("--part", default="encoder", help="encoder (features h) or encoder+projector (also z) "
                      "(default: %(default)s)")
     exp.add_argument("--network", default="online", help="online, or target: the momentum network of a method "

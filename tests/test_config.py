@@ -17,7 +17,7 @@ CASES = [
      "method.contrastive: temperature)"),
     (["method.svm.c=0.5", "method.svm.iterations=3"], 1, "unknown key 'method.svm.iterations' (known in method.svm: "
      "temperature, c, iters, tasks)"),
-    (["method.simclr.temperature=0.5"], 1, "unknown key 'method.simclr' (known in method: name, loss_impl, loss_dtype, "
+    (["method.simclr2.temperature=0.5"], 1, "unknown key 'method.simclr2' (known in method: name, loss_impl, loss_dtype, "
      "and a section per registered method: byol, contrastive, moco"),
     (["method.contrastive=0.5"], 1, "method.contrastive=0.5: must be a mapping of the method's settings"),
     (["method.name=svm", "method.svm.c=0"], 1, "method.svm.c=0.0: must be a finite number in [1e-06, 1000000.0]"),
@@ -179,3 +179,12 @@ def test_cli_layers_repeated_configs(tmp_path, capsys):
     recipe.write_text("method:\n  contrastive:\n    temperature: -1\n")
     assert main(["train", "-c", str(run), "-c", str(recipe)]) == 2
     assert "method.contrastive.temperature=-1.0: must be a finite number in [0.0001, 10000.0]" in capsys.readouterr().err
+
+
+def test_simclr_is_the_contrastive_method_under_its_papers_name():
+    """method.name=simclr (and a method.simclr section) read as the contrastive method, so the saved config
+    and the checkpoint name one method whichever name the user wrote."""
+    cfg = load_config(None, ["method.name=simclr", "method.simclr.temperature=0.5"])
+    methods.check(cfg)
+    assert cfg.method.name == "contrastive" and cfg.method.contrastive.temperature == 0.5
+    assert "simclr" not in cfg.method.sections

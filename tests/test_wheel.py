@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import setuptools  # noqa: F401  (first: `distutils` is then setuptools' own, also where Python has none)
 from distutils.core import run_setup
 
@@ -138,3 +139,12 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path, monkeypatch):
     features = run([fastssl, "features", out, "--split", "test"], tmp_path, env)
     assert features.returncode == 0, features.stderr
     assert np.load(out / "features" / "test_labels.npy").shape == (32,)
+    # The Python API from the installed wheel: a torchvision ResNet on a nested folder of unlabelled images
+    frames = tmp_path / "frames"
+    for i in range(16):
+        (frames / f"cam{i % 2}" / f"day{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((24, 30, 3), i * 9, np.uint8)).save(frames / f"cam{i % 2}" / f"day{i % 3}" / f"{i}.png")
+    api = run([python, "-c", "import fastssl; print(fastssl.train(out='r', data='frames', model='torchvision/resnet18', "
+               "method='simclr', settings={'train.max_steps': 2, 'loader.batch_size': 8}).dir)"], tmp_path, env)
+    assert api.returncode == 0 and api.stdout.strip() == "r", api.stderr
+    assert (tmp_path / "r" / "last.pt").is_file()

@@ -63,9 +63,10 @@ class Run:
         return len(train.classes) or int(train.labels.max()) + 1
 
 
-def load_run(ckpt: str | Path, overrides: list[str] = ()) -> Run:
-    """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied."""
-    trained = load_trained(ckpt, overrides)
+def load_run(ckpt: str | Path, overrides: list[str] = (), module: nn.Module | None = None) -> Run:
+    """The run of checkpoint `ckpt` (RUN/last.pt): config from RUN/config.yaml with `overrides` applied
+    (`module`: a fresh instance of the user's network, for a run of model.arch=module)."""
+    trained = load_trained(ckpt, overrides, module)
     cfg, ckpt = trained.cfg, trained.ckpt
     own = config_mod.load_config(ckpt.parent / "config.yaml").data
     tag = None if cfg.data == own else data_tag(cfg.data.dataset, json.dumps(

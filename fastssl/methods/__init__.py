@@ -21,11 +21,13 @@ __all__ = ["Method", "MethodContext", "build_method", "check", "method_class", "
 
 _REGISTRY: dict[str, type[Method]] = {}
 _DEFAULT: list[str] = []        # the method a config that names none runs
+_ALIASES: dict[str, str] = {}   # another name a method answers to (the literature's) -> its registered name
 _discovered = False
 
 
-def register(name: str, default: bool = False):
-    """Class decorator: the Method subclass answers to `name`; `default`: a config naming no method runs it."""
+def register(name: str, default: bool = False, aliases: tuple[str, ...] = ()):
+    """Class decorator: the Method subclass answers to `name` (and `aliases`, which a config's method.name
+    may use and which read as `name`); `default`: a config naming no method runs it."""
     def add(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method {name!r}: already registered by {_REGISTRY[name].__module__}")
@@ -33,6 +35,7 @@ def register(name: str, default: bool = False):
             raise ValueError(f"method {name!r}: {_DEFAULT[0]!r} is already the default method")
         cls.name = name
         _REGISTRY[name] = cls
+        _ALIASES.update({alias: name for alias in aliases})
         if default:
             _DEFAULT[:] = [name]
         return cls
@@ -52,8 +55,11 @@ def methods() -> dict[str, type[Method]]:
 def method_class(name: str) -> type[Method]:
     """The method registered as `name`; a ConfigError naming method.name and the choices otherwise."""
     known = methods()
+    name = _ALIASES.get(name, name)
     if name not in known:
-        raise ConfigError(f"method.name={shown(name)}: must be one of {', '.join(known)} (the registered methods)")
+        aliases = "".join(f", {alias} (= {method})" for alias, method in sorted(_ALIASES.items()))
+        raise ConfigError(f"method.name={shown(name)}: must be one of {', '.join(known)}{aliases} (the registered "
+                          "methods)")
     return known[name]
 
 
@@ -73,6 +79,9 @@ def typed_sections(method_cfg) -> None:
     known = methods()
     if not method_cfg.name and _DEFAULT:
         method_cfg.name = _DEFAULT[0]
+    method_cfg.name = _ALIASES.get(method_cfg.name, method_cfg.name)
+    for alias in set(method_cfg.sections) & set(_ALIASES):
+        config_mod.fill(method_cfg, {_ALIASES[alias]: method_cfg.sections.pop(alias)}, "method.")
     for name, values in list(method_cfg.sections.items()):
         key = f"method.{name}"
         if name not in known:

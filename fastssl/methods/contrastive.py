@@ -12,7 +12,7 @@ from . import register
 from .base import Method, MethodContext
 
 
-@register("contrastive", default=True)
+@register("contrastive", default=True, aliases=("simclr",))
 class ContrastiveHead(Method):
     """NT-Xent over L2-normalised projections for any number of views >= 2.
 
