@@ -2,6 +2,10 @@
 a finished run's lost plot is drawn again."""
 import math
 
+import pytest
+
+from fastssl.checkpoint import CheckpointError
+
 from fastssl.cli import main
 from fastssl.config import dump_yaml, load_config
 from fastssl.engine.metrics import read_metrics
@@ -48,3 +52,19 @@ def test_resuming_a_finished_run_draws_a_missing_plot_again(tmp_path, capsys):
     (run / "curves.png").unlink()
     assert main(["train", "--resume", str(run)]) == 0
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len((run / "curves.png").read_bytes()) > 0.5 * len(drawn)
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_at_that_fields_default():
+    """Checkpoints written before model.init and knn.data existed lack them: compared as their defaults,
+    not as '<absent>' (which refused every such run's resume)."""
+    from fastssl import compat, methods
+    from fastssl.config import Config, to_dict
+
+    written = Config()
+    methods.check(written)   # as the trainer writes it: the method named, its section typed
+    saved = to_dict(written)
+    del saved["model"]["init"], saved["knn"]["data"]
+    assert compat.check(saved, Config(), "old.pt") == []
+    saved["model"]["width"] = 0.25   # a field it does hold is still compared
+    with pytest.raises(CheckpointError, match=r"model.width: 0.25 in the checkpoint, 0.125 now"):
+        compat.check(saved, Config(), "old.pt")
