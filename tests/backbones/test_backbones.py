@@ -152,6 +152,15 @@ def test_init_loads_a_torchvision_state_dict_and_passes_over_its_classifier(tmp_
         assert torch.equal(tensor, source.state_dict()[name]), name
 
 
+def test_init_loads_a_timm_file_with_its_head(tmp_path):
+    torch.manual_seed(4)
+    source = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "vit.pt")   # head.weight, head.bias: the classifier timm names
+    model = _model([*VIT, f"model.init={tmp_path / 'vit.pt'}"])
+    for name, tensor in model.encoder.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[name]), name
+
+
 def test_init_that_does_not_fit_names_the_keys_and_a_torn_file_names_itself(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     with pytest.raises(ConfigError, match=r"model.init=.*wrong.pt.*its keys do not fit the model \(missing"):
