@@ -1,6 +1,7 @@
 """Shared test set-up: Triton's interpreter on CPU, the `gpu` marker, the real-data location, and a
 private folder for dataset indexes."""
 import os
+import socket
 import tarfile
 import tempfile
 from pathlib import Path
@@ -65,3 +66,13 @@ def crash_after_first_checkpoint():
         with pytest.raises(_Killed):
             trainer.fit()
     return run
+
+
+@pytest.fixture
+def gloo_port(monkeypatch) -> int:
+    """A free local port for a test's gloo process group, with the project root on the path its spawned
+    workers inherit (they unpickle the test module's functions by name, under pytest's importlib mode)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ two gloo ranks), the key encoder's EMA, the config rules and files, and exact re
 import re
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -218,19 +217,10 @@ def _rank_worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.fixture
-def _importable_by_workers(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_ranks_fed_the_gathered_keys_keep_identical_queues(tmp_path, _importable_by_workers):
-    mp.spawn(_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+def test_two_ranks_fed_the_gathered_keys_keep_identical_queues(tmp_path, gloo_port):
+    mp.spawn(_rank_worker, args=(gloo_port, str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.manual_seed(0)
     single = MoCoHead(DIM, QUEUE, impl="reference")

@@ -5,8 +5,6 @@ The ViT has LayerNorm only and the projector is built without BatchNorm here, so
 per-process batch statistics: two ranks of 16 images must reach the weights one process reaches with 32.
 """
 import os
-import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,16 +21,6 @@ RUN = ["data.num_train=64", "data.num_test=32", "loader.batch_size=32", "train.m
        "model.kwargs={img_size: 32, patch_size: 4, depth: 1, embed_dim: 48, num_heads: 3}"]
 
 
-@pytest.fixture(autouse=True)
-def _importable_by_workers(monkeypatch):
-    """Spawned workers unpickle this module's functions by name: the project root must be on their path."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(trainer) -> dict:
@@ -53,8 +41,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_vit_under_ddp_equals_one_process_on_the_global_batch(tmp_path, monkeypatch):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+def test_vit_under_ddp_equals_one_process_on_the_global_batch(tmp_path, monkeypatch, gloo_port):
+    mp.spawn(_worker, args=(gloo_port, str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for name, value in ranks[0].items():
         assert torch.equal(value, ranks[1][name]), name

@@ -14,7 +14,6 @@ from torch import nn
 import fastssl
 from fastssl.checkpoint import load_checkpoint
 from fastssl.cli import main
-from fastssl.config import load_config
 from fastssl.engine.trainer import Trainer
 from fastssl.export.exporter import export
 from fastssl.api import build_config

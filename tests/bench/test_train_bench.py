@@ -2,6 +2,7 @@
 import csv
 
 import pytest
+import torch
 
 from fastssl.bench.harness import Row, summarize, write_csv, write_markdown
 from fastssl.cli import main
@@ -50,6 +51,54 @@ def test_bench_train_runs_one_backend_on_data_free_images(tmp_path):
     assert "| tensor |" in (tmp_path / "train_throughput_cpu.md").read_text()
 
 
+VIT = "timm/vit_tiny_patch16_224={img_size: 32, patch_size: 4, depth: 1}"
+
+
+def test_bench_train_measures_each_model_on_each_backend_in_one_process(tmp_path, monkeypatch):
+    """--model twice: a row per (backend, model), each from a trainer that built the network it names
+    (seen on the trainers themselves, not on the labels the benchmark writes)."""
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+
+    from fastssl.bench import train_throughput
+    from fastssl.models.resnet import BasicBlock, ResNet
+    from fastssl.optim.lars import LARS
+
+    built, real = {}, train_throughput.Trainer
+
+    def spy(cfg, out_dir):
+        trainer = real(cfg, out_dir)
+        built[cfg.loader.backend, cfg.model.arch] = (trainer.model.encoder, trainer.optimizer)
+        return trainer
+
+    monkeypatch.setattr(train_throughput, "Trainer", spy)
+    sets = ["data.dataset=random", "data.num_train=64", "data.num_test=16", "loader.batch_size=16",
+            "loader.workers=0", "model.projector_hidden=16", "model.projector_out=8", "augment.impl=reference"]
+    args = ["bench", "train", "--backends", "tensor,torchvision", "--model", "resnet18", "--model", VIT,
+            "--steps", "1", "--windows", "2", "--warmup", "1", "--out", str(tmp_path)]
+    assert main(args + [arg for s in sets for arg in ("--set", s)]) == 0
+    rows = read_csv(tmp_path / "train_backbones_cpu.csv")
+    vit_label = "timm/vit_tiny_patch16_224 {img_size: 32, patch_size: 4, depth: 1}"
+    assert [r["provider"] for r in rows] == ["tensor resnet18 w0.125", "torchvision resnet18 w0.125",
+                                             f"tensor {vit_label}", f"torchvision {vit_label}"]
+    for r in rows:
+        assert r["shape"] == "2x16x32px" and float(r["p20"]) <= float(r["median"]) <= float(r["p80"])
+        assert float(r["median"]) > 0 and r["device"].startswith("CPU")
+    assert not (tmp_path / "train_throughput_cpu.csv").exists()      # the backend table is not overwritten
+    for backend in ("tensor", "torchvision"):
+        resnet, resnet_optim = built[backend, "resnet18"]
+        assert isinstance(resnet, ResNet) and any(isinstance(m, BasicBlock) for m in resnet.modules())
+        assert isinstance(resnet_optim, LARS)                         # optim.name=auto: LARS for a ResNet
+        vit, vit_optim = built[backend, "timm/vit_tiny_patch16_224"]
+        assert isinstance(vit, VisionTransformer) and len(vit.blocks) == 1 and vit.embed_dim == 192
+        assert tuple(vit.patch_embed.patch_size) == (4, 4)
+        assert isinstance(vit_optim, torch.optim.AdamW)               # and AdamW where there is attention
+    table = (tmp_path / "train_backbones_cpu.md").read_text()
+    ratio = float(rows[2]["median"]) / float(rows[1]["median"])    # against the first model on the baseline
+    assert "| vs torchvision resnet18 w0.125 |" in table and f"| {ratio:.2f}x |" in table
+    assert (tmp_path / "train_backbones_cpu.png").stat().st_size > 5_000
+
+
 @pytest.mark.slow
 def test_bench_train_writes_rows_for_each_backend(tmp_path, capsys):
     sets = ["data.num_train=512", "data.num_test=64", "loader.batch_size=64", "loader.workers=0",
@@ -72,6 +121,11 @@ def test_bench_train_writes_rows_for_each_backend(tmp_path, capsys):
     (["--steps", "0"], "--steps=0: must be >= 1"),
     (["--windows", "0"], "--windows=0: must be >= 1"),
     (["--warmup", "-1"], "--warmup=-1: must be >= 0"),
+    (["--model", "resnet 18"], "--model 'resnet 18': model.arch='resnet 18': must be one of resnet18"),
+    (["--model", "timm/vit_small_patch16_224={img_size: 32"], "--model 'timm/vit_small_patch16_224={img_size: "
+     "32': kwargs: not valid YAML"),
+    (["--model", "timm/vit_small_patch16_224=[32]"], "model.kwargs=[32]: must be a mapping of names to values"),
+    (["--model", "resnet18", "--model", "resnet18"], "--model 'resnet18': given twice"),
 ])
 def test_bench_train_rejects_bad_arguments_before_any_work(args, message, capsys):
     assert main(["bench", "train", *args]) == 2

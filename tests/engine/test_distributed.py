@@ -8,8 +8,6 @@ weights identical, logs one global loss on every rank, and only rank 0 writes th
 """
 import json
 import os
-import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,17 +21,6 @@ from fastssl.task.layout import QueryMix, TaskLayout
 WORLD, VIEWS, LOCAL, DIM = 2, 3, 4, 5
 
 
-@pytest.fixture(autouse=True)
-def _importable_by_workers(monkeypatch):
-    """Spawned workers unpickle this module's functions by name (tests.engine.test_distributed, pytest's
-    importlib mode): the project root must be on their path."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))   # children inherit sys.path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _join(rank: int, port: int) -> None:
@@ -70,8 +57,8 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_gathered_task_loss_and_gradient_equal_the_single_process_ones(tmp_path):
-    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+def test_gathered_task_loss_and_gradient_equal_the_single_process_ones(tmp_path, gloo_port):
+    mp.spawn(_gather_worker, args=(gloo_port, str(tmp_path)), nprocs=WORLD)
     z, partner = _full_task()
     full = z.clone().requires_grad_()
     global_partner = torch.cat([partner, partner + LOCAL])
@@ -128,8 +115,8 @@ def _one_process_knn(state: dict) -> float:
     return knn_top1(model.encoder, *batches, 10, cfg.knn.k, cfg.knn.temperature, nullcontext)
 
 
-def test_two_rank_training_shares_one_task_and_one_model(tmp_path, capsys):
-    mp.spawn(_train_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+def test_two_rank_training_shares_one_task_and_one_model(tmp_path, capsys, gloo_port):
+    mp.spawn(_train_worker, args=(gloo_port, str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert ranks[0]["rows"] == 2 * 16                      # the head saw the global batch's 2 x 16 rows
     assert len(ranks[0]["losses"]) == 3 and ranks[0]["losses"] == ranks[1]["losses"]   # all-reduced: one loss

@@ -7,8 +7,6 @@ small DDP model: the logged global loss, each rank's gradient for its rows and t
 SGD step (model, head and auxiliary parameters) equal one process's on the global batch.
 """
 import os
-import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -154,16 +152,6 @@ def test_rotation_prediction_shares_use_each_ranks_own_rotations():
 
 # -- gloo processes ----------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def _importable_by_workers(monkeypatch):
-    """Spawned workers unpickle this module's functions by name: the project root must be on their path."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs(world: int):
@@ -218,8 +206,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_gloo_ranks_step_like_one_process(tmp_path, world):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+def test_gloo_ranks_step_like_one_process(tmp_path, world, gloo_port):
+    mp.spawn(_worker, args=(world, gloo_port, str(tmp_path)), nprocs=world)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     x, rotations = _inputs(world)
     for name, (make, partner, rotation) in _heads(world).items():
