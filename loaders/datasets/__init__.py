@@ -38,8 +38,9 @@ def build_dataset(data_cfg, split: str) -> ImageDataset:
         return ImageFolderDataset(roots[split], on_error=data_cfg.on_error)
     if name == "images":
         if split == "test":
-            raise DataError("data.dataset=images is unlabelled: it has no test split; the kNN monitor and "
-                            "evaluations take a labelled ImageFolder through knn.data=PATH")
+            raise DataError("data.dataset=images is unlabelled: it has no test split; the kNN monitor takes a labelled ImageFolder "
+                            "as knn.data=PATH, fastssl eval and features as --set data.dataset=imagefolder --set "
+                            "data.path=PATH")
         return ImagesDataset(data_cfg.path, on_error=data_cfg.on_error)
     if name == "fashion_mnist":
         return load_fashion_mnist(data_cfg.path or FASHION_MNIST_DEFAULT, split)

@@ -388,8 +388,9 @@ def test_build_dataset_has_a_train_split_only(tree):
     assert isinstance(train, ImagesDataset) and train.on_error == "skip" and train.index.files == LISTED
     with pytest.raises(DataError) as info:
         build_dataset(cfg, "test")
-    assert str(info.value) == ("data.dataset=images is unlabelled: it has no test split; the kNN monitor and "
-                               "evaluations take a labelled ImageFolder through knn.data=PATH")
+    assert str(info.value) == ("data.dataset=images is unlabelled: it has no test split; the kNN monitor takes a "
+                               "labelled ImageFolder as knn.data=PATH, fastssl eval and features as --set "
+                               "data.dataset=imagefolder --set data.path=PATH")
 
 
 def test_cli_index_and_check_read_a_nested_folder_and_a_list(bad_tree, capsys):
