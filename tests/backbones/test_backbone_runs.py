@@ -7,6 +7,8 @@ constructors (torchvision.models, timm.create_model) and a straight run for the 
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -89,6 +91,11 @@ def test_family_trains_resumes_bitwise_and_exports_into_its_library(family, tmp_
     with torch.no_grad():
         assert torch.allclose(library.eval()(images), trained(images), atol=1e-5, rtol=1e-5)
     assert "max abs error" in lines[-1]
+    # The other formats of the same network: each compares the file it wrote with the network before it lands
+    for fmt in ("safetensors", "torchscript"):
+        written, lines = export(tmp_path / "straight", fmt)
+        assert written.is_file() and any(re.match(r"check: max abs error \S+ vs fastssl.s network on 3 images", line)
+                                         for line in lines)
 
 
 def _library_model(model_cfg) -> nn.Module:
