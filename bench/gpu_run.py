@@ -14,7 +14,10 @@ It needs only the standard library until the project is installed, because the i
 first step: `pip install --no-deps --no-build-isolation --no-index -e .` into the running Python
 (no network there), or, where pip cannot build (no setuptools), the package laid out by symlinks and
 put on PYTHONPATH. The commit comes from $FASTSSL_COMMIT, else a `.commit` file in the tree (write it
-before sending the tree: `git rev-parse HEAD > .commit`), else git.
+before sending the tree: `git rev-parse HEAD > .commit`), else git. A step that needs a package the
+image lacks (timm for the ViT) is skipped, saying so, unless its pure-Python wheel is carried in
+`.wheels/` (`pip download --no-deps timm==1.0.29 -d .wheels`): every wheel there goes on the steps'
+PYTHONPATH and is imported from the zip.
 
 `--rehearse` runs every step at tiny sizes (the kernels under Triton's interpreter where there is no
 GPU) through the same deadline, caps and outputs: CI runs it, so the command a GPU session runs has
@@ -48,6 +51,7 @@ ARCHIVE_SUFFIXES = {".csv", ".json", ".md", ".png", ".xml", ".txt"}
 INSTALL = ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", "-e"]
 # The subpackages whose folders sit at the top of the tree but install inside fastssl (setup.py).
 MAPPED = {"kernels": "kernels", "loaders": "loaders", "bench": "bench"}
+WHEELS = ROOT / ".wheels"   # git-ignored: pure-Python wheels carried for what the GPU image lacks (timm)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Step:
     cap: int                                    # seconds
     command: Callable[[Run], list[str]]
     env: dict[str, str] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()                 # modules beyond the GPU image's: skipped, saying so, without one
 
 
 def _sizes(run: Run, real: list[str], tiny: list[str]) -> list[str]:
@@ -108,8 +113,8 @@ def _tests_command(run: Run) -> list[str]:
     return args
 
 
-def _has_module(run: Run, name: str) -> bool:
-    probe = subprocess.run([*run.python, "-c", f"import {name}"], capture_output=True, timeout=60)
+def _has_module(run: Run, name: str, env: dict | None = None) -> bool:
+    probe = subprocess.run([*run.python, "-c", f"import {name}"], capture_output=True, timeout=60, env=env)
     return probe.returncode == 0
 
 
@@ -128,12 +133,13 @@ def _loader(run: Run) -> list[str]:
                        *_sizes(run, real, tiny))
 
 
-def _train(name: str, config: str, real: list[str]) -> Callable[[Run], list[str]]:
-    """bench train of the tensor backend on data-free images, bf16 and channels_last as configured."""
+def _train(name: str, config: str, real: list[str], tiny_model: tuple[str, ...] = ()) -> Callable[[Run], list[str]]:
+    """bench train of the tensor backend on data-free images, bf16 and channels_last as configured;
+    `tiny_model`: the rehearsal's stand-in for a network `real` names that 32 px cannot take."""
     tiny = ["--set", "data.image_size=32", "--set", "data.num_train=64", "--set", "loader.batch_size=16",
             "--set", "model.projector_hidden=32", "--set", "model.projector_out=16",
             "--set", "model.width=0.125", "--set", "train.precision=fp32",
-            "--steps", "1", "--windows", "2", "--warmup", "1"]
+            "--steps", "1", "--windows", "2", "--warmup", "1", *tiny_model]
     return lambda run: run.fastssl(
         "bench", "train", "-c", str(ROOT / config), "--backends", "tensor", "--out", run.out(name),
         "--set", "data.dataset=random", "--set", "data.path=null", "--set", "data.num_test=16",
@@ -161,6 +167,13 @@ STEPS = [
     Step("train_resnet50", 110, _train("train_resnet50", "configs/imagenet_resnet50.yaml",
                                        ["--set", "data.num_train=1024", "--steps", "5", "--windows", "3",
                                         "--warmup", "6"])),
+    # ViT-S/16 through model.arch=timm/...: AdamW (optim.name=auto; the config names LARS), SDPA attention.
+    Step("train_vit_small", 60, _train("train_vit_small", "configs/imagenet_resnet50.yaml",
+                                       ["--model", "timm/vit_small_patch16_224", "--set", "optim.name=auto",
+                                        "--set", "data.num_train=1024", "--set", "loader.batch_size=128",
+                                        "--steps", "10", "--windows", "3", "--warmup", "10"],
+                                       ("--model", "timm/vit_small_patch16_224={img_size: 32, patch_size: 8, depth: 1}",
+                                        "--set", "optim.name=auto")), needs=("timm",)),
 ]
 PEER_SITE = ROOT / ".peers-site"     # git-ignored: kept between calls on a warm machine
 PEER_WHEELS = ROOT / ".peer-wheels"   # `make peer-bundle`: the peers' wheels for the GPU image's Python
@@ -404,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(gpu_targets.Outcome("install", "failed", "broken on purpose (--break install)"))
     else:
         outcomes.append(install(run, env, log))
+    wheels = sorted(str(w) for w in WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
+    if wheels:
+        log(f"carried wheels on PYTHONPATH: {', '.join(Path(w).name for w in wheels)}")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), *wheels]))
     finish_step()
     if args.suite == "peers":   # the peers' wheels, installed by this call's peer_install or an earlier call's
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), str(PEER_SITE)]))
@@ -415,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         if cap < MIN_STEP_SECONDS:
             log(f"## {step.name}: skipped, {left():.0f} s left of the deadline")
             outcomes.append(gpu_targets.Outcome(step.name, "skipped", f"deadline ({left():.0f} s left)"))
+            finish_step()
+            continue
+        missing = [m for m in step.needs if not _has_module(run, m, _step_env(run, env, step))]
+        if missing:
+            why = f"needs {', '.join(missing)}, not importable here (carry its wheel in {WHEELS.name}/)"
+            log(f"## {step.name}: skipped, {why}")
+            outcomes.append(gpu_targets.Outcome(step.name, "skipped", why))
             finish_step()
             continue
         argv = step.command(run)

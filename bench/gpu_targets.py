@@ -190,7 +190,9 @@ def loader(folder: Path) -> list[Target]:
 
 def train(name: str) -> Callable[[Path], list[Target]]:
     def targets(folder: Path) -> list[Target]:
-        row = _pick(read_rows(folder), provider="tensor", metric="images/s")
+        # the tensor backend's row (`tensor`, or `tensor ARCH` where the step names its model with --model)
+        row = next((r for r in read_rows(folder) if r["provider"].split(" ")[0] == "tensor"
+                    and r["metric"] == "images/s"), None)
         if _median(row) is None:
             return [_missing(f"training step, {name}", "recorded (no target yet)", "not measured")]
         return [Target(f"training step, {name} ({row['shape']}, {row['dtype']})", "recorded (no target yet)",
@@ -234,6 +236,7 @@ def environment(folder: Path) -> list[Target]:
 READERS = {"env": environment, "tests": tests, "sim_xent": sim_xent, "sim_xent_memory": sim_xent_memory,
            "ridge": ridge, "augment": augment, "loader": loader,
            "train_resnet18": train("ResNet-18, 32 px"), "train_resnet50": train("ResNet-50, 224 px"),
+           "train_vit_small": train("ViT-S/16, 224 px"),
            "peers_resnet18": peers("ResNet-18, 32 px"), "peers_resnet50": peers("ResNet-50, 224 px")}
 
 

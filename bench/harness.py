@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import textwrap
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -88,8 +89,8 @@ def plot_bars(rows: list[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    labels = [f"{r.provider}\n{r.shape}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(rows)), 3.2))
+    labels = ["\n".join(textwrap.fill(text, 26) for text in (r.provider, r.shape)) for r in rows]
     medians = np.array([r.median for r in rows])
     spread = np.array([[r.median - r.p20 for r in rows], [r.p80 - r.median for r in rows]])
     ax.bar(labels, medians, yerr=spread, capsize=6, color="#4c72b0")

@@ -78,9 +78,30 @@ def _backends(value: str, need_baseline: bool = True) -> list[str]:
     return backends
 
 
+def _bench_models(cfg: config_mod.Config, specs: list[str]) -> list[config_mod.Config] | None:
+    """--model ARCH or ARCH={kwargs as YAML}, repeatable: cfg with that model.arch and exactly those
+    model.kwargs (the config's own kwargs are for its own arch), checked by the config's rules."""
+    models, seen = [], set()
+    for spec in specs:
+        arch, given, raw = spec.partition("=")
+        try:
+            kwargs = config_mod.load_yaml(raw, "kwargs") if given else {}
+            model = replace(cfg.model, arch=arch.strip(), kwargs={})
+            config_mod.fill(model, {"kwargs": kwargs}, "model.")
+            models.append(replace(cfg, model=model))
+            config_mod.validate(models[-1])
+        except config_mod.ConfigError as e:
+            raise config_mod.ConfigError(f"--model {spec!r}: {e}") from None
+        if (model.arch, repr(model.kwargs)) in seen:
+            raise config_mod.ConfigError(f"--model {spec!r}: given twice")
+        seen.add((model.arch, repr(model.kwargs)))
+    return models or None
+
+
 def _cmd_bench_train(args) -> int:
     cfg = config_mod.load_config(args.config, args.set)
     backends = _backends(args.backends, need_baseline=False)
+    models = _bench_models(cfg, args.model)
     for name, minimum in (("steps", 1), ("windows", 1), ("warmup", 0)):
         if getattr(args, name) < minimum:
             raise config_mod.ConfigError(f"--{name}={getattr(args, name)}: must be >= {minimum}")
@@ -88,8 +109,8 @@ def _cmd_bench_train(args) -> int:
     from fastssl.bench import train_throughput
 
     rows = train_throughput.measure(cfg, backends, args.steps, args.windows, args.warmup,
-                                    progress=lambda line: print(line, file=sys.stderr))
-    paths = train_throughput.write_all(rows, Path(args.out))
+                                    progress=lambda line: print(line, file=sys.stderr), models=models)
+    paths = train_throughput.write_all(rows, Path(args.out), by_model=models is not None)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     print(paths[1].read_text())
     return 0
@@ -438,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train_bench.add_argument("--backends", default="torchvision,tensor", help="comma-separated; without "
                              "torchvision the table has no ratio column to it (default: %(default)s)")
+    train_bench.add_argument("--model", action="append", default=[], metavar="ARCH[={KWARGS}]",
+                             help="measure this model (model.arch, with model.kwargs as a YAML mapping, e.g. "
+                             "'timm/vit_small_patch16_224={img_size: 32, patch_size: 4}'), repeatable: rows per "
+                             "backend and model, in train_backbones_*, each compared with the first model's row")
     train_bench.add_argument("--steps", type=int, default=10, help="training steps per timing window")
     train_bench.add_argument("--windows", type=int, default=7, help="timing windows per backend (median, p20, p80)")
     train_bench.add_argument("--warmup", type=int, default=3, help="untimed steps per backend first")

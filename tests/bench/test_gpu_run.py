@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,15 @@ def test_rehearsal_runs_every_step_and_a_broken_step_does_not_stop_the_next(tmp_
     names = [t.split("|")[1].strip() for t in targets]
     assert any(n.startswith("tensor loader (random 2x32x32px") for n in names)
     assert any(n.startswith("training step, ResNet-50") for n in names)
+    (vit,) = [t for t in targets if t.split("|")[1].strip().startswith("training step, ViT-S/16")]
+    assert "images/s" in vit and "tensor timm/vit_small_patch16_224 {img_size: 32" in vit   # rehearsal: 32 px
     assert any(n.startswith("ridge SSL batch vs the dual solve (T=1 n=512") for n in names)
     assert "(NOT met: rehearsal sizes, no verdict)" in summary or "(met: rehearsal sizes, no verdict)" in summary
     with tarfile.open(out / "results.tar.gz") as tar:
         members = tar.getnames()
     for expected in ("env/env.json", "tests/gpu-tests.xml", "loader/loader_cpu.csv",
-                     "train_resnet18/train_throughput_cpu.png", "ridge/kernels_ridge_cpu.csv"):
+                     "train_resnet18/train_throughput_cpu.png", "ridge/kernels_ridge_cpu.csv",
+                     "train_vit_small/train_backbones_cpu.csv"):
         assert expected in members, members
     assert not any(m.startswith("sim_xent/") for m in members)
     assert took < 180, f"the rehearsal took {took:.0f} s (the acceptance: under 3 minutes on 2 cores)"
@@ -70,6 +74,40 @@ def test_the_deadline_skips_steps_it_cannot_start(tmp_path, monkeypatch):
     summary = (tmp_path / "summary.md").read_text()
     assert "| first | ok |" in summary and "| second | skipped | deadline (" in summary
     assert "never" not in (tmp_path / "gpu_run.log").read_text()
+
+
+def test_a_step_needing_a_missing_module_is_skipped_and_a_carried_wheel_provides_it(tmp_path, monkeypatch):
+    """The GPU image has no timm: the ViT step is skipped with a log line saying why, unless the
+    package's pure-Python wheel is carried in .wheels/, which the steps then import from the zip."""
+    py = sys.executable
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "carried_pkg-1.0-py3-none-any.whl", "w") as whl:
+        whl.writestr("carried_pkg/__init__.py", "WHO = 'from the carried wheel'\n")
+    monkeypatch.setattr(gpu_run, "install", lambda run, env, log: gpu_targets.Outcome("install", "ok", "stub"))
+    monkeypatch.setattr(gpu_run, "WHEELS", tmp_path / "none")
+    monkeypatch.setattr(gpu_run, "STEPS", [
+        gpu_run.Step("plain", 30, lambda run: [py, "-c", "print('plain ran')"]),
+        gpu_run.Step("needy", 30, lambda run: [py, "-c", "import carried_pkg; print(carried_pkg.WHO)"],
+                     needs=("carried_pkg",))])
+    assert gpu_run.main([str(tmp_path / "a"), "--deadline", "120"]) == 0
+    summary, log = (tmp_path / "a" / "summary.md").read_text(), (tmp_path / "a" / "gpu_run.log").read_text()
+    assert "| plain | ok |" in summary and "| needy | skipped | needs carried_pkg, not importable here" in summary
+    assert "## needy: skipped, needs carried_pkg, not importable here (carry its wheel in none/)" in log
+    monkeypatch.setattr(gpu_run, "WHEELS", wheels)
+    assert gpu_run.main([str(tmp_path / "b"), "--deadline", "120"]) == 0
+    assert "| needy | ok |" in (tmp_path / "b" / "summary.md").read_text()
+    assert "  from the carried wheel" in (tmp_path / "b" / "gpu_run.log").read_text()
+
+
+def test_the_vit_step_is_vit_small_at_224_px_in_bf16_and_needs_timm(tmp_path):
+    """The real sizes, which no rehearsal runs: the config's 224 px and bf16, the model by its plain name."""
+    (step,) = [s for s in gpu_run.STEPS if s.name == "train_vit_small"]
+    assert step.needs == ("timm",)
+    real = step.command(gpu_run.Run(["python"], tmp_path, rehearse=False, gpu=True))
+    assert real[real.index("--model") + 1] == "timm/vit_small_patch16_224" and "loader.batch_size=128" in real
+    assert not any(a.startswith(("data.image_size", "train.precision")) for a in real)
+    assert "configs/imagenet_resnet50.yaml" in real[real.index("-c") + 1]   # 224 px, bf16
 
 
 def test_the_symlink_overlay_imports_every_subpackage_without_pip(tmp_path):
