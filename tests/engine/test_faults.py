@@ -202,7 +202,7 @@ def test_resuming_a_finished_run_prints_its_result_and_changes_nothing(tmp_path,
 def test_only_the_main_rank_prints_the_result(tmp_path, monkeypatch, capsys):
     """Under torchrun every rank runs `fastssl train`; the result line is rank 0's alone."""
     for is_main, lines in ((False, 0), (True, 1)):
-        monkeypatch.setattr(Trainer, "__init__", lambda self, cfg, out, resume=False: setattr(self, "out_dir", out))
+        monkeypatch.setattr(Trainer, "__init__", lambda self, cfg, out, resume=False, module=None: setattr(self, "out_dir", out))
         monkeypatch.setattr(Trainer, "fit", lambda self: RunResult(0.5, 0.1, 3, tmp_path, is_main=is_main))
         assert main(["train", "--out", str(tmp_path / "r")]) == 0
         assert capsys.readouterr().out.count("knn_top1=") == lines

@@ -14,6 +14,7 @@ from fastssl.cli import main
 from fastssl.config import MAX_DIM, ModelConfig, load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.models import build_model
+from fastssl.optim.recipe import resolve
 
 TINY = ["data.num_train=64", "data.num_test=32", "data.image_size=16", "loader.batch_size=16", "train.max_steps=2",
         "train.log_every=1", "train.precision=fp32", "train.device=cpu", "knn.k=5", "knn.every_epochs=0",
@@ -41,7 +42,9 @@ def test_a_value_at_the_edge_of_its_rule_trains(tmp_path, capsys, edge):
     assert code == 0 and "Traceback" not in captured.err and captured.out.startswith("knn_top1="), captured.err
     logged = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in logged] == [1, 2] and all(math.isfinite(r["loss"]) for r in logged)
-    assert logged[0]["lr"] == pytest.approx(load_config(run / "config.yaml").optim.lr * 2 / 4, rel=1e-12)
+    saved = load_config(run / "config.yaml")   # lr null: the recipe's (LARS 1.0 for this ResNet)
+    base = resolve(saved.optim, torch.nn.Identity(), saved.loader.batch_size).lr
+    assert logged[0]["lr"] == pytest.approx(base * 2 / 4, rel=1e-12)
 
 
 def test_the_widest_projector_allowed_needs_no_matrix_over_1_gib():
