@@ -95,3 +95,14 @@ def test_api_trains_a_torchvision_resnet_on_a_folder_and_embeds_it(nested, tmp_p
     np.testing.assert_allclose(features.values[0], expected, rtol=1e-3, atol=1e-3)
     with pytest.raises(fastssl.DataError, match="is unlabelled: it has no test split"):
         fastssl.features(run, split="test")
+
+
+@pytest.mark.parametrize("method", ["contrastive", "protonet", "r2d2", "svm", "byol", "moco", "simsiam"])
+def test_every_method_trains_on_unlabelled_images(method, nested, tmp_path):
+    """No method reads labels: each image is its own class, whatever the dataset says."""
+    settings = {"data.on_error": "skip", "loader.batch_size": 16, "train.max_steps": 2, "train.log_every": 1,
+                "train.precision": "fp32", "model.projector_hidden": 32, "model.projector_out": 16,
+                "method.moco.queue_size": 32}
+    run = fastssl.train(out=tmp_path / "run", data=nested, method=method, settings=settings)
+    losses = [r["loss"] for r in run.metrics if "loss" in r]
+    assert len(losses) == 2 and np.isfinite(losses).all() and run.knn_top1 is None
