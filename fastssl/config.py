@@ -36,7 +36,7 @@ PRECISIONS, LOSS_DTYPES, ON_NONFINITE, DEVICES = (choices(Precision), choices(Lo
                                                   choices(Device))
 VIEW_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # loader.dtype -> its precision
 MAX_WIDTH = 8                       # 8x the standard ResNet widths
-# Projector and predictor widths: the widest published projector is 8192 (Barlow Twins, VICReg); at
+# Projector and predictor widths: the widest published projector is 8192 (redundancy-reduction methods); at
 # 16384 one hidden x hidden matrix is 1 GiB in fp32 (65536 needed 16 GiB).
 MAX_DIM = 16384
 # Far above any recipe's learning rate (LARS's largest published is about 10); past float32's range
