@@ -57,7 +57,7 @@ CASES = [
     (["loader.views=1", "task.n_query=0"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
     (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision, ffcv, dali"),
     (["model.arch=resnet19"], 1, "model.arch='resnet19': must be one of resnet18, resnet34, resnet50"),
-    (["method.name=simclr2"], 1, "method.name='simclr2': must be one of barlow_twins, byol, contrastive, moco, protonet, r2d2, simsiam, svm, vicreg"),
+    (["method.name=simclr2"], 1, "method.name='simclr2': must be one of barlow_twins, byol, contrastive, moco, mocov3, protonet, r2d2, simsiam, svm, vicreg"),
     (["data.dataset=imagefolder"], 1, "data.path=None: is required for data.dataset=imagefolder"),
     (["data.dataset=imagefolder", "data.path=/no/such/dir"], 1,
      "data.path='/no/such/dir': must be an existing directory"),
