@@ -230,7 +230,7 @@ def test_every_momentum_network_is_an_sslnet_in_the_methods_state():
     cfg = load_config(None, RUN)
     online = build_model(cfg.model)
     having = {name: cls for name, cls in methods().items() if cls.momentum_network}
-    assert sorted(having) == ["byol", "moco"]
+    assert sorted(having) == ["byol", "moco", "mocov3"]
     for name, cls in having.items():
         method = cls.build(cls.Settings(), MethodContext(16, 32, online=online))
         copy = getattr(method, cls.momentum_network)
