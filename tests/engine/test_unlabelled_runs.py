@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import fastssl
@@ -86,7 +87,6 @@ def test_api_trains_a_torchvision_resnet_on_a_folder_and_embeds_it(nested, tmp_p
     assert features.values.shape == (40, 512) and np.isfinite(features.values).all()
     assert all(p.name not in ("broken.jpg", "notes.jpg") for p in features.paths) and not features.labels.any()
     # The features are the encoder's on the same images, in the listed order
-    import torch
     first = np.asarray(Image.open(features.paths[0]).convert("RGB").resize((32, 32), Image.BILINEAR), np.float32) / 255
     mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)   # the eval transform's
     x = torch.from_numpy(((first - mean) / std).transpose(2, 0, 1)[None].copy())
@@ -106,3 +106,20 @@ def test_every_method_trains_on_unlabelled_images(method, nested, tmp_path):
     run = fastssl.train(out=tmp_path / "run", data=nested, method=method, settings=settings)
     losses = [r["loss"] for r in run.metrics if "loss" in r]
     assert len(losses) == 2 and np.isfinite(losses).all() and run.knn_top1 is None
+
+
+def test_an_unlabelled_folder_trains_exactly_as_the_same_files_in_one_class_folder(tmp_path):
+    """No method reads labels, and both listings give the files in code-point order: the same images as
+    data.dataset=images (a nested folder) and as an ImageFolder of one class train to identical weights."""
+    root = tmp_path / "imagefolder"
+    for i in range(32):
+        _image(root / "train" / "only" / f"{i:02d}.png", i)
+    for i in range(4):
+        _image(root / "test" / "only" / f"{i}.png", 100 + i)
+    settings = {"loader.batch_size": 16, "train.max_steps": 2, "train.precision": "fp32", "knn.k": 2,
+                "model.projector_hidden": 32, "model.projector_out": 16}
+    unlabelled = fastssl.train(out=tmp_path / "a", data=root / "train" / "only", settings=settings)
+    labelled = fastssl.train(out=tmp_path / "b", settings={**settings, "data.dataset": "imagefolder",
+                                                          "data.path": str(root)})
+    a, b = (load_checkpoint(run.dir / "last.pt")["model"] for run in (unlabelled, labelled))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

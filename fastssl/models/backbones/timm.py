@@ -43,8 +43,8 @@ def build(model_cfg, image_size: int | None, module: nn.Module | None) -> nn.Mod
     backbones.refuse_cifar_stem(model_cfg, f"{model_cfg.arch} is a timm model")
     model = _create(model_cfg)
     backbones.check_patch_size(model_cfg.arch, model, image_size)
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")   # timm names its head: 'head', 'fc', ...
-    model.removed = tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,) if classifier else ()
+    classifier = model.pretrained_cfg.get("classifier") or ()   # timm names its head: 'head', 'fc', ...
+    model.removed = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return model
 
 
