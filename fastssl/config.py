@@ -175,8 +175,9 @@ class ModelConfig:
     projector_out_bn: bool = False   # BN on the projection z too (SimCLR v2; lightly's SimCLR head)
     channels_last: bool = True
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (CUDA only)
-    per_view_bn: bool = False        # BatchNorm statistics of each view apart (one forward per view, as
-                                     # lightly's and solo-learn's loops do); false: one forward of all views
+    per_view_bn: bool | None = None  # BatchNorm statistics of each view apart (one forward per view, as BYOL's,
+                                     # MoCo's and lightly's loops do); false: one forward per crop size;
+                                     # null: the method's original code's choice (Method.per_view_bn)
     zero_init_residual: bool = True  # last BN gamma of every residual branch starts at 0 (Goyal et al.);
                                      # false: torchvision's init (gamma 1)
 
@@ -310,6 +311,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if value is None:
             return None
         return _coerce(key, value, args[0])
+    if dataclasses.is_dataclass(typ):   # an item of a list of sections (augment.crops)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={shown(value)}: must be a mapping of {', '.join(_field_types(typ))}")
+        return typ(**coerced_fields(typ, value, key + "."))
     if origin in (list, tuple):   # list[X] or tuple[X, ...]: a YAML list, or one value
         item = typing.get_args(typ)[0]
         items = value if isinstance(value, list) else [value]
@@ -467,6 +472,11 @@ def validate(cfg: Config, world: int | None = None) -> None:
                 f"not {cfg.train.precision}")
     _validate_model(cfg.model)
     _validate_task(cfg.task, ld)
+    crops = cfg.augment.crops
+    if crops is not None and len({group.size for group in crops}) > 1:
+        require(cfg.task.query_mix != "cutmix", "task.query_mix", cfg.task.query_mix,
+                "cutmix pastes one box into every query view, and augment.crops gives the views several sizes; "
+                "use mixup or none")
     _validate_optim(cfg.optim)
     _validate_train(cfg.train)
     k = cfg.knn

@@ -149,9 +149,10 @@ def sample_params(n: int, height: int, width: int, cfg: AugmentConfig,
     """Draw the augmentation of view `view` of n images of height x width from `generator` (CPU).
 
     The draws happen in a fixed layout whatever the config, so changing one strength never shifts
-    the random stream of another choice. `view` picks the per-view probabilities (blur, solarize).
+    the random stream of another choice. `view` picks the per-view probabilities (blur, solarize) and,
+    under multi-crop (augment.crops), the crop scale of the view's group.
     """
-    boxes = sample_crop_boxes(n, height, width, (cfg.crop_scale_min, cfg.crop_scale_max), generator)
+    boxes = sample_crop_boxes(n, height, width, cfg.view_crop(view, height)[1], generator)
     flip = torch.rand(n, generator=generator) < cfg.flip_p
     jitter = torch.rand(n, generator=generator) < cfg.jitter_p
     strengths = (cfg.brightness, cfg.contrast, cfg.saturation)

@@ -130,6 +130,15 @@ class LoaderConfig:
 
 
 @dataclass
+class CropGroup:
+    """Views of one resolution in a multi-crop recipe (SwAV, Caron et al. 2020): `views` random resized
+    crops of `size` px, each covering a share of the image's area uniform in `scale`."""
+    views: int = 2
+    size: int = 32
+    scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
+
+
+@dataclass
 class AugmentConfig:
     """SimCLR's augmentation recipe; strengths as in its paper (colour strength s = 0.5, CIFAR's).
 
@@ -154,6 +163,25 @@ class AugmentConfig:
     blur_kernel_frac: float = 0.1    # Gaussian window side as a fraction of the output side (odd, >= 3)
     solarize_threshold: float = 0.5  # on [0, 1] intensities: x >= threshold becomes 1 - x
     impl: Impl = "auto"              # colour kernel: auto (Triton on CUDA, torch on CPU), triton or reference
+    # Multi-crop: groups of views at their own resolution and crop scale, global views first (the first
+    # group's size is data.image_size; its views are the global views a teacher sees), e.g. DINO's
+    # [{views: 2, size: 224, scale: [0.14, 1]}, {views: 6, size: 96, scale: [0.05, 0.14]}]. The groups'
+    # views sum to loader.views and replace crop_scale_*; null: every view at data.image_size.
+    crops: list[CropGroup] | None = None
+
+    def view_crop(self, view: int, image_size: int) -> tuple[int, tuple[float, float]]:
+        """View `view`'s output side and crop-scale range."""
+        if self.crops is None:
+            return image_size, (self.crop_scale_min, self.crop_scale_max)
+        for group in self.crops:
+            if view < group.views:
+                return group.size, (group.scale[0], group.scale[1])
+            view -= group.views
+        raise ValueError(f"augment.crops: no view {view} (the groups hold {sum(g.views for g in self.crops)})")
+
+    def global_views(self, views: int) -> int:
+        """How many of the first views are global (full-resolution) views: the first crop group's, or all."""
+        return views if self.crops is None else self.crops[0].views
 
     def for_view(self, name: str, view: int) -> float:
         """The value of per-view field `name` for view `view`."""
@@ -183,6 +211,26 @@ class AugmentConfig:
         require(0 < self.blur_kernel_frac <= 1, "augment.blur_kernel_frac", self.blur_kernel_frac, "must be in (0, 1]")
         require(0 <= self.solarize_threshold <= 1, "augment.solarize_threshold", self.solarize_threshold,
                 "must be in [0, 1]")
+        if self.crops is not None:
+            self._validate_crops(image_size, views)
+
+    def _validate_crops(self, image_size: int, views: int) -> None:
+        require(len(self.crops) >= 1, "augment.crops", self.crops, "must hold at least one group (null: no multi-crop)")
+        for i, group in enumerate(self.crops):
+            key = f"augment.crops[{i}]"
+            int_in(f"{key}.views", group.views, 1, MAX_VIEWS)
+            int_in(f"{key}.size", group.size, 8, MAX_IMAGE_SIZE)
+            require(len(group.scale) == 2 and 0 < group.scale[0] <= group.scale[1] <= 1, f"{key}.scale",
+                    group.scale, "must be [low, high] with 0 < low <= high <= 1 (shares of the image's area)")
+            if i:
+                require(group.size <= self.crops[i - 1].size, f"{key}.size", group.size,
+                        f"must be <= the previous group's size ({self.crops[i - 1].size}): groups run from the "
+                        "global views down")
+        require(self.crops[0].size == image_size, "augment.crops[0].size", self.crops[0].size,
+                f"must equal data.image_size ({image_size}): the first group holds the global views")
+        total = sum(group.views for group in self.crops)
+        require(total == views, "augment.crops", [group.views for group in self.crops],
+                f"views per group must sum to loader.views = {views}")
 
 
 @dataclass(frozen=True)

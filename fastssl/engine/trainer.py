@@ -213,7 +213,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         # model.init's weights on a fresh start only: a resumed run's come from its checkpoint
-        self.model = build_model(cfg.model, cfg.loader.views, cfg.data.image_size, self.module, init=not resume
+        self.model = build_model(cfg.model, methods.per_view_bn(cfg), cfg.data.image_size, self.module, init=not resume
                                  ).to(self.device)
         if cfg.model.sync_bn and self.dist.world > 1:
             self.model = sync_batch_norm(self.model, self.device)
@@ -309,10 +309,9 @@ class Trainer:
         return top1
 
     def train_step(self, task: TaskBatch) -> None:
-        images = torch.cat(task.views).contiguous(memory_format=torch.channels_last)
         buffers = self.guard.protect([self.model, self.method, self.auxiliaries])   # skip_step: undo the forward's
         with autocast(self.precision, self.device):
-            _, z = self.forward(images)
+            _, z = self.forward(task.views)
             targets = self.method.targets(task)
         self.clock.mark("forward", "gather")
         # The task is the global batch: every rank's rows, gathered (a no-op on one process).

@@ -16,7 +16,7 @@ from fastssl.loaders.rules import ConfigError, shown
 
 from .base import Method, MethodContext
 
-__all__ = ["Method", "MethodContext", "build_method", "check", "method_class", "methods", "register",
+__all__ = ["Method", "MethodContext", "build_method", "check", "method_class", "methods", "per_view_bn", "register",
            "typed_sections"]
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -115,3 +115,10 @@ def build_method(method_cfg, ctx: MethodContext) -> Method:
     typed_sections(method_cfg)
     cls = method_class(method_cfg.name)
     return cls.build(method_cfg.settings, dataclasses.replace(ctx, impl=method_cfg.loss_impl))
+
+
+def per_view_bn(cfg) -> bool:
+    """model.per_view_bn, or where it is null the selected method's original choice (Method.per_view_bn)."""
+    if cfg.model.per_view_bn is not None:
+        return cfg.model.per_view_bn
+    return method_class(cfg.method.name).per_view_bn

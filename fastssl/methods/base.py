@@ -59,6 +59,9 @@ class Method(nn.Module):
     # projector), for methods that keep one; `fastssl export --network target` exports it without
     # knowing the method.
     momentum_network: ClassVar[str | None] = None
+    # Whether the method's original code runs the network once per view (BatchNorm statistics per view):
+    # what model.per_view_bn null resolves to. False: one forward per crop size (SimCLR's, DINO's, SwAV's).
+    per_view_bn: ClassVar[bool] = False
 
     @classmethod
     def build(cls, settings: Any, ctx: MethodContext) -> Method:

@@ -91,8 +91,7 @@ class BYOLHead(Method):
     @torch.no_grad()
     def targets(self, task: TaskBatch) -> torch.Tensor:
         """The target's projections of the views before query mixing (view-major, like z)."""
-        clean = torch.cat(task.clean_views).contiguous(memory_format=torch.channels_last)
-        return self._target_forward(clean)[1]
+        return self._target_forward(task.clean_views)[1]
 
     def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         """z: online projections, targets: the target's projections of the same (unmixed) rows (V*B, D)."""

@@ -151,8 +151,7 @@ class MoCoHead(Method):
     @torch.no_grad()
     def targets(self, task: TaskBatch) -> torch.Tensor:
         """The key encoder's projections of the views before query mixing (view-major, like z)."""
-        clean = torch.cat(task.clean_views).contiguous(memory_format=torch.channels_last)
-        return self._key_forward(clean)[1]
+        return self._key_forward(task.clean_views)[1]
 
     def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         """z: online projections, targets: the key encoder's projections of the same (unmixed) rows, both

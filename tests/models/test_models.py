@@ -194,24 +194,39 @@ def test_projector_out_bn_normalises_z_as_lightlys_simclr_head():
 
 
 def test_per_view_bn_normalises_each_view_with_its_own_statistics():
-    cfg = ModelConfig(width=0.125, projector_hidden=32, projector_out=16, per_view_bn=True, channels_last=False)
-    model = build_model(cfg, views=2)
+    cfg = ModelConfig(width=0.125, projector_hidden=32, projector_out=16, channels_last=False)
+    model = build_model(cfg, per_view_bn=True)
     reference = copy.deepcopy(model)
     x = torch.randn(12, 3, 32, 32)
-    h, z = model(x)
+    h, z = model(list(x.chunk(2)))
     views = [reference.encoder(v) for v in x.chunk(2)]   # one network call per view, as lightly's loop makes
     torch.testing.assert_close(h, torch.cat(views))
     torch.testing.assert_close(z, torch.cat([reference.projector(v) for v in views]))
-    joint = copy.deepcopy(reference)
-    joint.bn_groups = 1
-    assert not torch.allclose(joint(x)[1], z, atol=1e-3)   # one forward of both views mixes their statistics
     torch.testing.assert_close(model.encoder.stem[1].running_mean, reference.encoder.stem[1].running_mean)
+    joint = copy.deepcopy(reference)
+    joint.per_view_bn = False
+    torch.testing.assert_close(joint(list(x.chunk(2)))[1], reference(x)[1])   # one forward of equal-sized views
+    assert not torch.allclose(joint(list(x.chunk(2)))[1], z, atol=1e-3)   # which mixes the views' statistics
     model.eval()
     with torch.no_grad():   # eval: running statistics, the views' blocks change nothing
-        torch.testing.assert_close(model(x)[0], model.encoder(x))
-    with pytest.raises(ValueError, match="per-view BatchNorm: 13 rows are not 2 equal views"):
-        model.train()(torch.randn(13, 3, 32, 32))
-    assert build_model(ModelConfig(width=0.125), views=2).bn_groups == 1
+        torch.testing.assert_close(model(list(x.chunk(2)))[0], model.encoder(x))
+    assert build_model(ModelConfig(width=0.125)).per_view_bn is False
+
+
+def test_views_of_several_sizes_take_one_forward_per_size_in_view_order():
+    """Multi-crop: two 32 px global views, three 16 px local views, then a 32 px view again (its own run)."""
+    cfg = ModelConfig(width=0.125, projector_hidden=32, projector_out=16)
+    model = build_model(cfg)
+    reference = copy.deepcopy(model)
+    views = [torch.randn(4, 3, s, s) for s in (32, 32, 16, 16, 16, 32)]
+    h, z = model(views)
+    runs = [torch.cat(views[:2]), torch.cat(views[2:5]), views[5]]
+    expected = [reference(run) for run in runs]
+    torch.testing.assert_close(h, torch.cat([e[0] for e in expected]))
+    torch.testing.assert_close(z, torch.cat([e[1] for e in expected]))
+    assert [len(g) for g in model.forward_groups(views)] == [2, 3, 1]
+    model.per_view_bn = True
+    assert [len(g) for g in model.forward_groups(views)] == [1] * 6
 
 
 def test_zero_init_residual_follows_the_config():
