@@ -171,3 +171,45 @@ def colour_augment_reference(images: torch.Tensor, params: torch.Tensor, *, orde
     x = torch.where(_per_image(p[:, 7] > 0.5), solarize(x, solarize_threshold), x)
     x = (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return x.to(out_dtype).contiguous(memory_format=torch.channels_last)
+
+
+def proto_xent_reference(student: torch.Tensor, teacher: torch.Tensor, w_student: torch.Tensor,
+                         w_teacher: torch.Tensor, center: torch.Tensor | None = None, *, student_temp: float,
+                         teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy between a teacher's and a student's softmax over K prototypes (DINO, SwAV).
+
+    student: (Vs, B, D) rows, teacher: (Vt, B, D) rows with Vt <= Vs, where teacher view t and student view
+    t are the same crop (the global views come first); w_student, w_teacher: (K, D) prototypes; center:
+    (K,) subtracted from the teacher's logits (DINO's centre; SwAV's Sinkhorn scaling as -eps log r) or None.
+    With T_t = teacher_t w_teacher^T and S_s = student_s w_student^T:
+
+        loss = mean over the pairs (t, s), s != t, and the images b of
+               -sum_k softmax((T_t[b] - center) / teacher_temp)_k log softmax(S_s[b] / student_temp)_k
+
+    and teacher_mean = the mean of T's Vt x B rows (K,) (before centring), DINO's batch centre. The
+    teacher side carries no gradient. Returns (loss, teacher_mean), float32 (float64 kept).
+
+    The eager form: every student view's target is the sum of the teacher views' softmaxes less its own
+    (its own crop is no pair of its), so the Vt x (Vs - 1) pairs cost Vs cross-entropies; it still holds
+    Vs x B x K logits, log-probabilities and their gradients.
+    """
+    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    vs, batch, _ = student.shape
+    vt = teacher.shape[0]
+    if not 1 <= vt <= vs or teacher.shape[1:] != student.shape[1:] or vs < 2:
+        raise ValueError(f"proto_xent: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}: need "
+                         "(Vs, B, D) and (Vt, B, D) with 1 <= Vt <= Vs and Vs >= 2")
+    teacher_logits = teacher.detach().to(dtype).flatten(0, 1) @ w_teacher.detach().to(dtype).T
+    teacher_mean = teacher_logits.mean(0)
+    if center is not None:
+        teacher_logits = teacher_logits - center.detach().to(dtype)
+    probs = torch.softmax(teacher_logits / teacher_temp, dim=1).view(vt, batch, -1)
+    log_q = torch.log_softmax((student.to(dtype).flatten(0, 1) @ w_student.to(dtype).T) / student_temp,
+                              dim=1).view(vs, batch, -1)
+    total = probs.sum(0)
+    loss = 0
+    for s in range(vs):
+        target = total - probs[s] if s < vt else total
+        loss = loss - (target * log_q[s]).sum()
+    pairs = vt * (vs - 1)
+    return loss / (pairs * batch), teacher_mean

@@ -39,6 +39,8 @@ def barlow_twins_pair(a: torch.Tensor, b: torch.Tensor, lambd: float) -> torch.T
 
 @register("barlow_twins")
 class BarlowTwinsHead(Method):
+    per_view_bn = True   # Barlow Twins' code runs the backbone once per view
+
     @dataclass
     class Settings:
         lambd: float = 0.0051   # weight of the off-diagonal terms (the paper's lambda; its code's 0.0051)

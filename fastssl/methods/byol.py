@@ -57,6 +57,8 @@ class BYOLHead(Method):
     `momentum_at` over the run's `total_steps` from `momentum`.
     """
 
+    per_view_bn = True   # BYOL's code runs the online and target networks once per view
+
     @dataclass
     class Settings:
         momentum: float = 0.996    # target EMA momentum at step 0; rises to 1 by a cosine over the run

@@ -109,6 +109,8 @@ class MoCoHead(Method):
     the fused kernel as `operand_dtype`.
     """
 
+    per_view_bn = True   # MoCo's code runs the query and key encoders once per view
+
     @dataclass
     class Settings:
         temperature: float = 0.2   # MoCo v2 (v1: 0.07)

@@ -45,6 +45,8 @@ class SimSiamHead(Method):
     cosine loss with stop-gradient targets. The predictor's parameters join the optimizer; its BN
     normalises over all V*B rows of the task at once (SimSiam runs it per view)."""
 
+    per_view_bn = True   # SimSiam's code runs the encoder once per view
+
     @dataclass
     class Settings:
         predictor_hidden: int = 0  # the predictor's bottleneck width; 0: projector_out / 4 (SimSiam: 2048 -> 512)

@@ -42,6 +42,8 @@ def vicreg_pair(a: torch.Tensor, b: torch.Tensor, sim: float, std: float, cov: f
 
 @register("vicreg")
 class VICRegHead(Method):
+    per_view_bn = True   # VICReg's code runs the backbone once per view
+
     @dataclass
     class Settings:
         sim_coeff: float = 25.0   # invariance weight (lambda in the paper)
