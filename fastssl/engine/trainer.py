@@ -223,10 +223,12 @@ class Trainer:
         self.forward = torch.compile(parallel) if cfg.train.compile else parallel
         context = MethodContext(cfg.model.projector_out, cfg.model.projector_hidden, online=self.model,
                                 operand_dtype=loss_operand_dtype(cfg.method.loss_dtype, self.precision),
-                                total_steps=self.total_steps, compile=cfg.train.compile)
+                                total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                                global_views=cfg.augment.global_views(cfg.loader.views), compile=cfg.train.compile)
         self.method = build_method(cfg.method, context).to(self.device)
         self.auxiliaries = build_auxiliaries(cfg.task, cfg.model.projector_out).to(self.device)
-        self.tasks = TaskBuilder(cfg.task, len(train_set), cfg.train.seed, self.method.mix_blocks(self.dist.world))
+        self.tasks = TaskBuilder(cfg.task, len(train_set), cfg.train.seed, self.method.mix_blocks(self.dist.world),
+                                 cfg.augment.global_views(cfg.loader.views))
         # Frozen parts (a target network) are left out: the optimizer takes what requires grad.
         self.optimizer = build_optimizer(cfg.optim, nn.ModuleList([self.model, self.method, self.auxiliaries]),
                                          cfg.loader.batch_size)
@@ -310,6 +312,7 @@ class Trainer:
 
     def train_step(self, task: TaskBatch) -> None:
         buffers = self.guard.protect([self.model, self.method, self.auxiliaries])   # skip_step: undo the forward's
+        self.method.begin_step(self.run.step)
         with autocast(self.precision, self.device):
             _, z = self.forward(task.views)
             targets = self.method.targets(task)
@@ -319,7 +322,7 @@ class Trainer:
         z = self.dist.gather_rows(z, n_views)
         layout = task.layout.across(self.dist.world, local_batch)
         if targets is not None:
-            targets = self.dist.gather_rows(targets, n_views)
+            targets = self.dist.gather_rows(targets, targets.shape[0] // local_batch)   # all views, or the global
         self.clock.mark("gather", "head")
         # Outside autocast: the methods choose their own precision (fp32 rows; kernels accumulate in fp32),
         # where autocast would run a reference loss's matmuls and solves in half precision. Each rank

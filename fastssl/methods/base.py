@@ -3,6 +3,7 @@
 A method is an nn.Module: its parameters that require grad are trained with the encoder's, all its
 state (buffers, frozen networks such as an EMA target) goes into the checkpoint's `method` entry.
 Per step the trainer calls, in order:
+- `begin_step(step)` before the forward (schedules of the step: a teacher's temperature, a frozen layer);
 - `targets(task)` under autocast, after the online forward: rows the loss compares the online
   projections with that come from elsewhere (an EMA network's projections), or None;
 - `rank_loss(z, layout, targets, rows)`: this rank's share of the scalar loss on the global task (every
@@ -33,6 +34,8 @@ class MethodContext:
     online: nn.Module | None = None                 # encoder + projector, for methods that keep a copy of it
     operand_dtype: torch.dtype = torch.float32      # what similarity losses feed the fused kernel
     total_steps: int = 1                            # the run's length, for schedules over it
+    steps_per_epoch: int = 1                        # for schedules the literature states in epochs
+    global_views: int = 2                           # views at full resolution (multi-crop's first group)
     compile: bool = False                           # torch.compile the method's own networks too
 
 
@@ -74,7 +77,12 @@ class Method(nn.Module):
         `method.<name>.<field>`); run before any work."""
         return None
 
+    def begin_step(self, step: int) -> None:
+        return None
+
     def targets(self, task: TaskBatch) -> torch.Tensor | None:
+        """Rows from elsewhere the loss compares with, view-major: of every view, or of the global views
+        only (TaskLayout.n_global, a teacher's); the trainer gathers them over the ranks as they are."""
         return None
 
     def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,7 +24,6 @@ def mean_over_view_pairs(z: torch.Tensor, layout: TaskLayout, name: str,
     return torch.stack([pair_loss(blocks[v], blocks[w]) for v, w in pairs]).mean()
 
 
-def refuse_query_mix(name: str, cfg) -> None:
+def refuse_query_mix(name: str, cfg, why: str = "compares each image's views in pairs") -> None:
     require(cfg.task.query_mix == "none", "task.query_mix", cfg.task.query_mix,
-            f"{name} compares each image's views in pairs, and a mixed query view is of two images (no partner "
-            "view to agree with); use none")
+            f"{name} {why}, and a mixed query view is of two images (no partner view to agree with); use none")

@@ -31,9 +31,10 @@ class TaskBuilder:
     """`blocks`: how many independent groups of consecutive images one rank's batch forms for the method
     (Method.mix_blocks); query mixing draws every partner from its image's own group."""
 
-    def __init__(self, task, num_samples: int, seed: int, blocks: int = 1):
-        """`task`: the config's task section (views' roles and tricks)."""
-        self.n_supp, self.n_query = task.n_supp, task.n_query
+    def __init__(self, task, num_samples: int, seed: int, blocks: int = 1, global_views: int = 0):
+        """`task`: the config's task section (views' roles and tricks); `global_views`: how many of the
+        first views are global under multi-crop (augment.crops; 0: all)."""
+        self.n_supp, self.n_query, self.global_views = task.n_supp, task.n_query, global_views
         p = task.rotation_p
         self.rotation = TaskRotation(p, num_samples, seed) if p > 0 else None
         self.mixer = (QueryMixer(task.query_mix, task.query_mix_p, task.query_mix_alpha, seed, blocks)
@@ -49,7 +50,7 @@ class TaskBuilder:
             views = self.rotation.apply(views, rotations)
         draw = None if self.mixer is None else self.mixer.draw(step, views[0].shape[0], views[0].shape[-2:])
         if draw is None:
-            return TaskBatch(views, views, TaskLayout(self.n_supp, self.n_query), rotations)
+            return TaskBatch(views, views, TaskLayout(self.n_supp, self.n_query, None, self.global_views), rotations)
         draw = dataclasses.replace(draw, partner=draw.partner.to(views[0].device))   # copied once, used twice
         mixed = QueryMixer.apply(views, self.n_supp, draw)
-        return TaskBatch(mixed, views, TaskLayout(self.n_supp, self.n_query, draw), rotations)
+        return TaskBatch(mixed, views, TaskLayout(self.n_supp, self.n_query, draw, self.global_views), rotations)

@@ -33,10 +33,16 @@ class TaskLayout:
     n_supp: int
     n_query: int
     mix: QueryMix | None = None
+    global_views: int = 0   # multi-crop: the first views, at full resolution (a teacher's); 0: all views
 
     @property
     def n_views(self) -> int:
         return self.n_supp + self.n_query
+
+    @property
+    def n_global(self) -> int:
+        """The views a teacher network sees: the global (first crop group's) views."""
+        return self.global_views or self.n_views
 
     def batch(self, z: torch.Tensor, head: str) -> int:
         """Images in the task of rows z, checked against the layout."""
@@ -57,7 +63,7 @@ class TaskLayout:
             return self
         offsets = torch.arange(world, device=self.mix.partner.device) * local_batch
         partner = (offsets[:, None] + self.mix.partner[None, :]).reshape(-1)
-        return TaskLayout(self.n_supp, self.n_query, dataclasses.replace(self.mix, partner=partner))
+        return dataclasses.replace(self, mix=dataclasses.replace(self.mix, partner=partner))
 
 
 @dataclass(frozen=True)
