@@ -38,6 +38,8 @@ TRICKS = {
     "+ task aug": ["tricks/task_aug.yaml"],
     "+ task aug + rot pred": ["tricks/task_aug.yaml", "tricks/rot_pred.yaml"],
     "+ task aug + rot pred + cutmix": ["tricks/task_aug.yaml", "tricks/rot_pred.yaml", "tricks/cutmix.yaml"],
+    "+ multi-crop": ["tricks/multicrop.yaml"],
+    "+ joint bn": ["tricks/joint_bn.yaml"],
 }
 DEFAULT_VARIANTS = (list(HEADS) + [f"{h} + task aug" for h in HEADS] + [f"{h} + task aug + rot pred" for h in HEADS]
                     + ["byol + task aug + rot pred + cutmix"])

@@ -241,3 +241,57 @@ def test_multicrop_run_trains_resumes_bitwise_and_exports(name, extra, tmp_path,
     for network in (("online", "target") if name == "dino" else ("online",)):
         path, lines = export(tmp_path / "straight", network=network)
         assert path.is_file() and lines[-1].startswith("check: max abs error 0 "), lines
+
+
+WORLD, LOCAL = 2, 3
+
+
+def _global_rows(views: int, seed: int) -> torch.Tensor:
+    return torch.randn(views * WORLD * LOCAL, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _local_rows(rows: torch.Tensor, views: int, rank: int) -> torch.Tensor:
+    """Rank `rank`'s images' rows of the global view-major rows, in its local view-major order."""
+    return rows.view(views, WORLD, LOCAL, D)[:, rank].reshape(-1, D)
+
+
+def _ranked_worker(rank: int, port: int, out: str) -> None:
+    import os
+    import torch.distributed as dist
+    from fastssl.engine.distributed import Dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    ddp, result = Dist(rank, WORLD, rank), {}
+    for name, make in (("dino", _dino), ("swav", _swav)):
+        torch.manual_seed(0)
+        head = make()
+        z = _local_rows(_global_rows(3, 1), 3, rank).requires_grad_()
+        teacher = ddp.gather_rows(_local_rows(_global_rows(2, 2), 2, rank), 2)
+        head.begin_step(8)
+        loss = head(ddp.gather_rows(z, 3), TaskLayout(1, 2, global_views=2), teacher if name == "dino" else None)
+        loss.backward()
+        result[name] = {"loss": loss.detach(), "grad": z.grad,
+                        "state": head._batch_center if name == "dino" else head._embeddings}
+    torch.save(result, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_under_torchrun_the_centre_and_the_codes_are_the_global_batch_s(tmp_path, gloo_port):
+    """Two gloo ranks, each holding half the images: DINO's loss, gradient and batch centre and SwAV's loss,
+    gradient and queue rows equal one process's on the whole batch (the centre's mean and Sinkhorn's sums
+    run over every rank's rows)."""
+    import torch.multiprocessing as mp
+    mp.spawn(_ranked_worker, args=(gloo_port, str(tmp_path)), nprocs=WORLD)
+    for name, make in (("dino", _dino), ("swav", _swav)):
+        torch.manual_seed(0)   # the prototypes every rank starts from
+        head = make()
+        z = _global_rows(3, 1).requires_grad_()
+        head.begin_step(8)
+        loss = head(z, TaskLayout(1, 2, global_views=2), _global_rows(2, 2) if name == "dino" else None)
+        (grad,) = torch.autograd.grad(loss, z)
+        state = head._batch_center if name == "dino" else head._embeddings
+        for rank in range(WORLD):
+            got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[name]
+            assert float(got["loss"]) == pytest.approx(float(loss), rel=1e-12)
+            torch.testing.assert_close(got["grad"], WORLD * _local_rows(grad, 3, rank), rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(got["state"], state, rtol=1e-12, atol=1e-14)
