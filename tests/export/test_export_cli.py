@@ -190,7 +190,7 @@ def test_onnx_without_the_package_names_the_extra(contrastive_run, capsys, tmp_p
 def test_target_of_a_method_without_momentum_network(contrastive_run, capsys, tmp_path):
     err = _fails(capsys, contrastive_run, "--network", "target", "--out", str(tmp_path / "x.pt"))
     assert "method 'contrastive' keeps no momentum network" in err and "Method.momentum_network" in err
-    assert "byol, moco" in err and list(tmp_path.iterdir()) == []
+    assert "byol, dino, moco, mocov3" in err and list(tmp_path.iterdir()) == []
 
 
 def test_truncated_checkpoint_is_refused_and_nothing_written(contrastive_run, capsys, tmp_path):
@@ -230,7 +230,7 @@ def test_every_momentum_network_is_an_sslnet_in_the_methods_state():
     cfg = load_config(None, RUN)
     online = build_model(cfg.model)
     having = {name: cls for name, cls in methods().items() if cls.momentum_network}
-    assert sorted(having) == ["byol", "moco", "mocov3"]
+    assert sorted(having) == ["byol", "dino", "moco", "mocov3"]
     for name, cls in having.items():
         method = cls.build(cls.Settings(), MethodContext(16, 32, online=online))
         copy = getattr(method, cls.momentum_network)
