@@ -18,7 +18,7 @@ CASES = [
     (["method.svm.c=0.5", "method.svm.iterations=3"], 1, "unknown key 'method.svm.iterations' (known in method.svm: "
      "temperature, c, iters, tasks)"),
     (["method.simclr2.temperature=0.5"], 1, "unknown key 'method.simclr2' (known in method: name, loss_impl, loss_dtype, "
-     "and a section per registered method: barlow_twins, byol, contrastive, moco"),
+     "and a section per registered method: barlow_twins, byol, contrastive, dino, moco"),
     (["method.contrastive=0.5"], 1, "method.contrastive=0.5: must be a mapping of the method's settings"),
     (["method.name=svm", "method.svm.c=0"], 1, "method.svm.c=0.0: must be a finite number in [1e-06, 1000000.0]"),
     (["method.name=svm", "method.svm.iters=0"], 1, "method.svm.iters=0: must be >= 1"),
@@ -57,7 +57,7 @@ CASES = [
     (["loader.views=1", "task.n_query=0"], 1, "loader.views=1: must be >= 2 (a positive pair needs two views)"),
     (["loader.backend=dali2"], 1, "loader.backend='dali2': must be one of tensor, torchvision, ffcv, dali"),
     (["model.arch=resnet19"], 1, "model.arch='resnet19': must be one of resnet18, resnet34, resnet50"),
-    (["method.name=simclr2"], 1, "method.name='simclr2': must be one of barlow_twins, byol, contrastive, moco, mocov3, protonet, r2d2, simsiam, svm, vicreg"),
+    (["method.name=simclr2"], 1, "method.name='simclr2': must be one of barlow_twins, byol, contrastive, dino, moco, mocov3, protonet, r2d2, simsiam, svm, swav, vicreg"),
     (["data.dataset=imagefolder"], 1, "data.path=None: is required for data.dataset=imagefolder"),
     (["data.dataset=imagefolder", "data.path=/no/such/dir"], 1,
      "data.path='/no/such/dir': must be an existing directory"),

@@ -64,3 +64,77 @@ def test_flag_mapping_values(tmp_path):
     assert tricks.augment.solarize_p == [0.0, 0.2]   # BYOL's recipe layered
     fewshot = load_command(_find("configs/omniglot_fewshot.yaml"), tmp_path)
     assert (fewshot.data.dataset, fewshot.data.image_size, fewshot.knn.every_epochs) == ("omniglot", 28, 0)
+
+
+# Published recipes (configs/recipes/<method>_<dataset>.yaml): each a fragment on its dataset's run config.
+RECIPES = sorted(ROOT.joinpath("configs", "recipes").glob("*.yaml"))
+RECIPE_BASES = {"cifar10": "configs/cifar10_jpeg.yaml", "imagenet": "configs/imagenet_resnet50.yaml"}
+RECIPE_METHODS = ("dino", "swav", "barlow_twins", "vicreg", "mocov3")
+# The accuracy each header quotes, as read in its source (solo-learn's README table; the official READMEs).
+PUBLISHED = {"dino_cifar10": "89.52%", "swav_cifar10": "89.17%", "barlow_twins_cifar10": "92.10%",
+             "vicreg_cifar10": "92.07%", "mocov3_cifar10": "93.10%", "dino_imagenet": "75.3%",
+             "dino_imagenet_vits16": "76.0%", "swav_imagenet": "75.3%", "barlow_twins_imagenet": "73.5%",
+             "vicreg_imagenet": "73.2%", "mocov3_imagenet": "74.6%"}
+
+
+def recipe_parts(path: Path) -> tuple[str, str]:
+    """configs/recipes/<method>_<dataset>[_variant].yaml -> (method, dataset)."""
+    match = re.fullmatch(rf"({'|'.join(RECIPE_METHODS)})_({'|'.join(RECIPE_BASES)})(_\w+)?", path.stem)
+    assert match, f"{path.name}: must be named <method>_<dataset>[_variant].yaml"
+    return match.group(1), match.group(2)
+
+
+def header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines[:next(i for i, l in enumerate(lines) if not l.startswith("#"))])
+
+
+def test_recipes_cover_every_method_on_both_datasets():
+    names = {p.stem for p in RECIPES}
+    assert {f"{m}_{d}" for m in RECIPE_METHODS for d in RECIPE_BASES} <= names
+    assert names == set(PUBLISHED)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipe_loads_on_its_base_config(recipe, tmp_path):
+    method, dataset = recipe_parts(recipe)
+    cfg = load_config([ROOT / RECIPE_BASES[dataset], recipe], [f"data.path={tmp_path}"])
+    methods.check(cfg)
+    assert cfg.method.name == method
+    assert cfg.optim.lr is not None and cfg.optim.weight_decay is not None and cfg.train.precision == "fp16"
+    crops = cfg.augment.crops
+    if method in ("dino", "swav") and dataset == "imagenet":
+        assert crops is not None, "DINO's and SwAV's ImageNet recipes are multi-crop"
+    if crops is not None:
+        assert len(crops) == 2 and sum(g.views for g in crops) == cfg.loader.views
+        assert crops[0].views == 2 and crops[0].size == cfg.data.image_size > crops[1].size
+        assert cfg.task.n_supp + cfg.task.n_query == cfg.loader.views
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipe_header_names_its_source_and_accuracy(recipe):
+    text = header(recipe)
+    source = re.search(r"^# Source: (\S+/\S+), (\S+)", text, re.M)
+    assert source, f"{recipe.name}: the header must say '# Source: owner/repository, path'"
+    assert re.search(r"^# Published: .*?\d+\.\d+%", text, re.M), f"{recipe.name}: no '# Published: NN.N%' line"
+    assert PUBLISHED[recipe.stem] in text
+    assert re.search(r"linear|Acc@1", text) and "# Not reproduced" in text
+    assert re.search(r"^# Learning rate: .*", text, re.M) and "optim.lr" in text   # the lr conversion is stated
+
+
+def test_recipe_learning_rates_follow_their_sources(tmp_path):
+    """optim.lr is absolute in fastssl: each recipe's rate is its source's rule at the recipe's batch."""
+    expected = {"dino_cifar10": 0.3 * 256 / 256, "swav_cifar10": 0.6 * 256 / 256, "mocov3_cifar10": 0.3,
+                "barlow_twins_cifar10": 0.3, "vicreg_cifar10": 0.3, "dino_imagenet": 0.03 * 512 / 256,
+                "dino_imagenet_vits16": 0.0005 * 1024 / 256, "swav_imagenet": 4.8,
+                "barlow_twins_imagenet": 0.2 * 2048 / 256, "vicreg_imagenet": 0.2 * 2048 / 256,
+                "mocov3_imagenet": 0.3 * 4096 / 256}
+    for recipe in RECIPES:
+        cfg = load_config([ROOT / RECIPE_BASES[recipe_parts(recipe)[1]], recipe], [f"data.path={tmp_path}"])
+        assert cfg.optim.lr == pytest.approx(expected[recipe.stem]), recipe.name
+
+
+def test_readme_lists_the_recipes():
+    readme = ROOT.joinpath("README.md").read_text()
+    for recipe in RECIPES:
+        assert f"recipes/{recipe.name}" in readme, recipe.name
