@@ -179,22 +179,31 @@ def read_comparison(out: Path) -> list[tuple[Result, Source]]:
     return rows
 
 
-def merge(new: Path, into: Path, notes: list[str] = (), progress=print) -> list[Path]:
+def merge(new: Path, into: Path, notes: list[str] = (), progress=print, replace: tuple[str, ...] = ()) -> list[Path]:
     """INTO's rows, then those of NEW's variants INTO lacks (a variant in both keeps INTO's row; a
-    differing NEW one is reported), written over INTO's three files."""
+    differing NEW one is reported), written over INTO's three files. A variant in `replace` takes NEW's
+    row in INTO's place instead (retrained after a change to its method)."""
     kept = read_comparison(into)
     known = {r.variant: r for r, _ in kept}
+    fresh = read_comparison(new)
+    if not set(replace) <= {r.variant for r, _ in fresh} & set(known):
+        raise ValueError(f"--replace {', '.join(sorted(replace))}: each must be a variant of both {new} and {into}")
+    swapped = {r.variant: (r, source) for r, source in fresh if r.variant in replace}
+    kept = [swapped.get(r.variant, (r, source)) for r, source in kept]
     added = []
-    for result, source in read_comparison(new):
+    for result, source in fresh:
         old = known.get(result.variant)
-        if old is None:
+        if result.variant in replace:
+            progress(f"{result.variant}: replaced (kNN {old.knn_top1:.4f} -> {result.knn_top1:.4f}, "
+                     f"linear {old.linear_top1:.4f} -> {result.linear_top1:.4f})")
+        elif old is None:
             added.append((result, source))
         elif (old.knn_top1, old.linear_top1) != (result.knn_top1, result.linear_top1):
             progress(f"{result.variant}: kept the earlier row (kNN {old.knn_top1:.4f}, linear {old.linear_top1:.4f}); "
                      f"the new one differs (kNN {result.knn_top1:.4f}, linear {result.linear_top1:.4f})")
         else:
             progress(f"{result.variant}: the new row equals the earlier one (kNN and linear), kept once")
-    if not added:
+    if not added and not swapped:
         raise ValueError(f"{new}: no variant that {into} lacks")
     return _write(kept + added, into, notes)
 
@@ -207,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("new", type=Path, help="output stem of the comparison with the new rows (no suffix)")
     add.add_argument("into", type=Path, help="output stem of the comparison to add them to (no suffix)")
     add.add_argument("--note", action="append", default=[], help="a paragraph for the Markdown, above the table")
+    add.add_argument("--replace", action="append", default=[], metavar="VARIANT",
+                     help="a variant in both whose NEW row takes INTO's place (retrained after a change)")
     args = parser.parse_args(argv)
-    paths = merge(args.new, args.into, args.note, progress=lambda line: print(line, file=sys.stderr))
+    paths = merge(args.new, args.into, args.note, progress=lambda line: print(line, file=sys.stderr),
+                  replace=tuple(args.replace))
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     return 0
 

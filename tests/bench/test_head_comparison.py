@@ -58,3 +58,27 @@ def test_unknown_variant_is_refused_before_any_training(tmp_path, capsys):
     assert main(["bench", "heads", "--data", str(tmp_path), "--variants", "simclr_v9", "--work", str(tmp_path / "runs")]) == 2
     assert "error: --variants: variant 'simclr_v9': must be 'random init' or a head" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def _comparison(tmp_path, name, rows, commit):
+    from fastssl.bench.head_comparison import Result, write_all
+    ctx = {"device": "CPU", "torch": "2", "commit": commit, "date": f"2026-12-0{len(commit)}T00:00:00Z"}
+    results = [Result(v, knn, knn + 0.01, 0.01, 0.01, 60.0, 10, 0.25) for v, knn in rows]
+    return write_all(results, tmp_path / name, f"fastssl bench heads --variants {name}", ctx)[0].with_suffix("")
+
+
+def test_merge_adds_new_variants_and_replaces_only_those_named(tmp_path):
+    """byol retrained after a change takes its old row's place (with its own command and commit);
+    moco, in both, keeps the earlier row unless named; dino is added at the end."""
+    from fastssl.bench.head_comparison import merge, read_comparison
+    into = _comparison(tmp_path, "into", [("random init", 0.25), ("byol", 0.33), ("moco", 0.40)], "aaa")
+    new = _comparison(tmp_path, "new", [("random init", 0.25), ("byol", 0.36), ("moco", 0.41), ("dino", 0.38)],
+                      "bbbb")
+    said = []
+    merge(new, into, replace=("byol",), progress=said.append)
+    rows = read_comparison(into)
+    assert [(r.variant, r.knn_top1, s.ctx["commit"]) for r, s in rows] == [
+        ("random init", 0.25, "aaa"), ("byol", 0.36, "bbbb"), ("moco", 0.40, "aaa"), ("dino", 0.38, "bbbb")]
+    assert "byol: replaced (kNN 0.3300 -> 0.3600, linear 0.3400 -> 0.3700)" in said
+    with pytest.raises(ValueError, match="--replace swav: each must be a variant of both"):
+        merge(new, into, replace=("swav",))
