@@ -1,19 +1,24 @@
-"""BYOL (method.name=byol): loss against float64 by hand, the EMA target and its schedule, exact resume."""
+"""BYOL (method.name=byol): loss at the paper's scale against float64 by hand, the optimizer settings that
+repeat the earlier half-scale loss's updates, the EMA target and its schedule, exact resume."""
 import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from fastssl.checkpoint import load_checkpoint
-from fastssl.config import ConfigError, load_config
+from fastssl.config import ConfigError, OptimConfig, load_config
 from fastssl.engine import trainer as trainer_mod
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
 from fastssl import methods
 from fastssl.methods import MethodContext, build_method
 from fastssl.methods.byol import BYOLHead, byol_loss, momentum_at
+from fastssl.models import build_model
+from fastssl.optim import build_optimizer
+from fastssl.task.builder import TaskBatch
 from fastssl.task.layout import TaskLayout
 
 
@@ -30,17 +35,21 @@ BYOL_RUN = _resume_run() + ["method.name=byol", "method.loss_impl=reference", "a
 
 
 def _explicit_loss(p: torch.Tensor, t: torch.Tensor, n_views: int) -> float:
-    """Mean over images i and ordered pairs v != w of 2 - 2 cos(p[v, i], t[w, i]), in float64, by loops."""
+    """BYOL's paper loss by loops in float64: for an image and two views v, w the symmetrised sum L + L~ of
+    the normalised MSEs ||p_v/|p_v| - t_w/|t_w| ||^2 + ||p_w/|p_w| - t_v/|t_v| ||^2, averaged over the
+    images and the unordered view pairs (for two views, the paper's L + L~)."""
     p, t = p.detach().double(), t.detach().double()
     batch = p.shape[0] // n_views
+
+    def mse(a, b):
+        return float(((a / a.norm() - b / b.norm()) ** 2).sum())
+
     total, count = 0.0, 0
     for i in range(batch):
         for v in range(n_views):
-            for w in range(n_views):
-                if v == w:
-                    continue
-                a, b = p[v * batch + i], t[w * batch + i]
-                total += float(2 - 2 * (a @ b) / (a.norm() * b.norm()))
+            for w in range(v + 1, n_views):
+                pv, pw, tv, tw = p[v * batch + i], p[w * batch + i], t[v * batch + i], t[w * batch + i]
+                total += mse(pv, tw) + mse(pw, tv)
                 count += 1
     return total / count
 
@@ -65,6 +74,67 @@ def test_loss_equals_explicit_float64_pairs(n_views):
     loss.backward()
     assert float(loss.detach()) == pytest.approx(_explicit_loss(head.predictor(z).detach(), t.detach(), n_views), rel=1e-6)
     assert t.grad is None and z.grad is not None and z.grad.abs().sum() > 0
+
+
+def _tiny_byol_steps(optim: dict, scale: float, steps: int = 3) -> dict[str, torch.Tensor]:
+    """Online network, predictor and target after `steps` updates by the loss x `scale` with the optimizer
+    `optim` (width-1/8 ResNet-18, 16 px, batch 8, two views; the same seeds every call)."""
+    cfg = load_config(None, ["method.name=byol", "model.width=0.125", "model.projector_hidden=32",
+                             "model.projector_out=16"])
+    torch.manual_seed(0)
+    online = build_model(cfg.model, True, image_size=16)
+    head = build_method(cfg.method, MethodContext(16, 32, online=online, total_steps=steps))
+    optimizer = build_optimizer(OptimConfig(**optim), nn.ModuleList([online, head]), 8)
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+        task = TaskBatch(views, views, TaskLayout(1, 1), None)
+        loss = scale * head(online(views)[1], task.layout, head.targets(task))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        head.after_step(step)
+    return {**online.state_dict(), **{f"method.{k}": v for k, v in head.state_dict().items()}}
+
+
+# optimizer: settings with the earlier loss (half the paper's), settings with the paper's that repeat them
+EQUIVALENT = {
+    "lars": ({"lr": 1.0, "weight_decay": 0.05, "trust_coefficient": 0.001},
+             {"lr": 0.5, "weight_decay": 0.1, "trust_coefficient": 0.002}),
+    "sgd": ({"lr": 0.12, "weight_decay": 5e-4}, {"lr": 0.06, "weight_decay": 1e-3}),
+}
+
+
+@pytest.mark.parametrize("name", EQUIVALENT)
+def test_the_paper_scale_with_converted_settings_repeats_the_earlier_loss_updates(name):
+    """The earlier loss is half this one (scale 1/2). LARS (BYOL's configs' optimizer): half lr, twice weight
+    decay and trust coefficient (the trust ratio cancels the gradient's scale only on the adapted weights;
+    biases and BN parameters step by lr x g); SGD (the peers' recipe): half lr, twice weight decay. Every
+    scaling is by 2, exact in floating point: the weights, predictor and target are bitwise equal."""
+    old, new = EQUIVALENT[name]
+    earlier, paper = _tiny_byol_steps({"name": name, **old}, 0.5), _tiny_byol_steps({"name": name, **new}, 1.0)
+    assert earlier.keys() == paper.keys()
+    for key, value in earlier.items():
+        assert torch.equal(paper[key], value), key
+
+
+def test_lars_with_twice_the_weight_decay_alone_repeats_only_the_adapted_weights():
+    """Twice the weight decay at the same lr keeps LARS's step of every weight matrix (trust x (2 g + 2 wd w)
+    = trust / 2 x 2 (g + wd w)), but the excluded BN parameters and biases step by lr x 2 g: one step."""
+    old, _ = EQUIVALENT["lars"]
+    earlier = _tiny_byol_steps({"name": "lars", **old}, 0.5, steps=1)
+    paper = _tiny_byol_steps({"name": "lars", **old, "weight_decay": 2 * old["weight_decay"]}, 1.0, steps=1)
+    online = [k for k, v in earlier.items() if v.is_floating_point() and "target." not in k]
+    weights, gammas = [k for k in online if earlier[k].ndim > 1], [k for k in online if earlier[k].ndim == 1
+                                                                    and k.endswith("weight")]
+    assert len(weights) > 20
+    for key in weights:
+        assert torch.equal(paper[key], earlier[key]), key
+    start = _tiny_byol_steps({"name": "lars", **old}, 0.5, steps=0)
+    moved = [k for k in gammas if not torch.equal(earlier[k], start[k])]   # not behind a zero-init residual BN
+    assert len(moved) > 10
+    for key in moved:   # moved twice as far
+        torch.testing.assert_close(paper[key] - start[key], 2 * (earlier[key] - start[key]), rtol=1e-4, atol=0)
 
 
 def test_momentum_schedule_goes_from_base_to_one_by_a_cosine():

@@ -1,6 +1,8 @@
 """MoCo v2 (method.name=moco): the loss against float64 loops (queue negatives only, query mixing), the
 queue as a ring buffer (FIFO, wrap-around, pointer, state dict, one enqueue per finished step, equal on
-two gloo ranks), the key encoder's EMA, the config rules and files, and exact resume."""
+two gloo ranks), the key encoder's EMA, shuffling BN against a per-chunk forward, the config rules and
+files, and exact resume."""
+import copy
 import re
 import math
 import os
@@ -17,8 +19,10 @@ from fastssl.checkpoint import load_checkpoint
 from fastssl.config import ConfigError, load_config
 from fastssl.engine.metrics import read_metrics
 from fastssl.engine.trainer import Trainer
-from fastssl.methods import MethodContext, build_method
-from fastssl.methods.moco import MoCoHead, moco_loss
+from fastssl.methods import MethodContext, build_method, moco
+from fastssl.methods.moco import MoCoHead, moco_loss, shuffle_order
+from fastssl.models import build_model
+from fastssl.task.builder import TaskBatch
 from fastssl.task.layout import QueryMix, RankRows, TaskLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +63,7 @@ def _explicit_loss(q, k, queue, n_views: int, temperature: float, n_supp: int = 
 def _head(dim: int, queue_size: int, **sets) -> MoCoHead:
     extra = [f"method.moco.{k}={v}" for k, v in sets.items()]
     cfg = load_config(None, ["method.name=moco", f"method.moco.queue_size={queue_size}", "loader.batch_size=2",
-                             *extra])
+                             "method.moco.shuffle_bn_splits=1", *extra])
     methods.check(cfg)
     head = build_method(cfg.method, MethodContext(dim))
     assert isinstance(head, MoCoHead)
@@ -184,6 +188,108 @@ def test_a_skipped_step_enqueues_nothing():
     assert int(head.queue_ptr) == start + 4
 
 
+def _key_setup(per_view_bn: bool, splits: int, n_views: int = 2, batch: int = 8):
+    """A width-1/8 ResNet-18 (16 px) as the online network, a head with its key encoder, a task."""
+    cfg = load_config(None, ["model.width=0.125", "model.projector_hidden=32", "model.projector_out=16"])
+    torch.manual_seed(0)
+    online = build_model(cfg.model, per_view_bn, image_size=16)
+    head = MoCoHead(16, 64, online=online, impl="reference", shuffle_bn_splits=splits, seed=7)
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(batch, 3, 16, 16, generator=g) for _ in range(n_views)]
+    return online, head, TaskBatch(views, views, TaskLayout(1, n_views - 1), None)
+
+
+def _split_bn_reference(key_encoder, views, order, splits: int, per_view_bn: bool):
+    """Keys by hand: a copy of the key encoder (train mode) run on each chunk of the permuted images, per
+    view (per_view_bn) or on the chunk of every view at once (channels-last, the network's layout), each
+    key written to its image's row."""
+    net, size = copy.deepcopy(key_encoder), len(order) // splits
+
+    def forward(x):
+        return net.projector(net.encoder(x.contiguous(memory_format=torch.channels_last)))
+
+    keys = [[None] * len(order) for _ in views]
+    groups = [[v] for v in range(len(views))] if per_view_bn else [list(range(len(views)))]
+    for c in range(splits):
+        images = order[c * size:(c + 1) * size].tolist()
+        for group in groups:
+            rows = forward(torch.cat([views[v][images] for v in group]))
+            for j, row in enumerate(rows):
+                keys[group[j // size]][images[j % size]] = row
+    return torch.stack([row for view in keys for row in view]), net
+
+
+@pytest.mark.parametrize("per_view_bn, n_views", [(True, 2), (False, 2), (True, 3)])
+def test_shuffled_split_bn_keys_equal_a_per_chunk_forward_of_the_permuted_batch(per_view_bn, n_views):
+    online, head, task = _key_setup(per_view_bn, splits=4, n_views=n_views)
+    queries = {name: t.clone() for name, t in online.state_dict().items()}
+    start = copy.deepcopy(head.key_encoder)
+    head.begin_step(5)
+    with torch.no_grad():
+        keys = head.targets(task)
+        expected, reference = _split_bn_reference(start, task.clean_views, shuffle_order(7, 5, 8), 4, per_view_bn)
+        whole = start(task.clean_views)[1]
+    assert torch.equal(keys, expected)
+    assert (keys - whole).abs().max() > 1e-3   # the chunks' statistics are not the whole batch's
+    # BN running statistics: each chunk's forward moved them, in the same order as by hand.
+    for (name, a), b in zip(head.key_encoder.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+    # The query (online) network is not touched by the key encoder's shuffle.
+    for name, t in online.state_dict().items():
+        assert torch.equal(t, queries[name]), name
+
+
+def test_one_split_is_the_plain_forward():
+    _, head, task = _key_setup(True, splits=1)
+    plain = copy.deepcopy(head.key_encoder)
+    head.begin_step(5)
+    with torch.no_grad():
+        assert torch.equal(head.targets(task), plain(task.clean_views)[1])
+
+
+def test_the_shuffle_is_a_function_of_seed_and_step_alone():
+    order = shuffle_order(7, 5, 16)
+    assert sorted(order.tolist()) == list(range(16))
+    assert torch.equal(order, shuffle_order(7, 5, 16))
+    assert not torch.equal(order, shuffle_order(7, 6, 16)) and not torch.equal(order, shuffle_order(8, 5, 16))
+    # A head restored from a checkpoint (a fresh one given the state) shuffles step 5 as the first one did,
+    # whatever steps it ran before.
+    _, head, task = _key_setup(True, splits=4)
+    _, resumed, _ = _key_setup(True, splits=4)
+    with torch.no_grad():
+        for step in (0, 1):
+            head.begin_step(step)
+            head.targets(task)
+        resumed.load_state_dict(head.state_dict())
+        head.begin_step(5)
+        resumed.begin_step(5)
+        assert torch.equal(head.targets(task), resumed.targets(task))
+
+
+def test_training_shuffles_by_the_trainers_step_and_leaves_the_query_encoder_alone(tmp_path, monkeypatch):
+    """The default 8 splits in training: the shuffle is drawn at the trainer's step, the online network's BN
+    statistics are those of its own forward (a copy run on the same views), the keys are not the plain
+    forward's."""
+    draws = []
+    monkeypatch.setattr(moco, "shuffle_order", lambda seed, step, batch: draws.append((seed, step)) or
+                        shuffle_order(seed, step, batch))
+    trainer = Trainer(load_config(None, RUN + ["train.max_steps=2", "train.seed=3"]), tmp_path)
+    assert trainer.method.splits == 8
+    batches = iter(trainer.loader)
+    for step in range(2):
+        batch = next(batches)
+        task = trainer.tasks.build(batch.views, batch.index, 0, step)
+        online, key_encoder = copy.deepcopy(trainer.model), copy.deepcopy(trainer.method.key_encoder)
+        trainer.train_step(task)
+        with torch.no_grad():
+            online(task.views)
+            plain = F.normalize(key_encoder(task.clean_views)[1], dim=1)
+        for (name, a), b in zip(trainer.model.named_buffers(), online.buffers()):
+            assert torch.equal(a, b), name
+        assert (trainer.method._last_keys - plain).abs().max() > 1e-3
+    assert draws == [(3, 0), (3, 1)]   # train.seed reaches the draw
+
+
 WORLD, VIEWS, LOCAL, DIM, QUEUE = 2, 2, 3, 4, 20
 
 
@@ -250,6 +356,14 @@ def test_config_rules():
         methods.check(load_config(None, base + ["method.moco.temperature=0"]))
     with pytest.raises(ConfigError, match="unknown key 'method.moco.queue'"):
         methods.check(load_config(None, base + ["method.moco.queue=5"]))
+    rule = ("must be 1 (no shuffle) or divide each rank's batch, loader.batch_size / world = {}, into chunks of "
+            "at least 2 images")
+    for splits, world, batch in ((3, 1, "64 / 1 = 64"), (0, 1, "64 / 1 = 64"), (32, 2, "64 / 2 = 32")):
+        message = f"method.moco.shuffle_bn_splits={splits}: " + rule.format(batch)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            methods.check(load_config(None, base + [f"method.moco.shuffle_bn_splits={splits}"]), world)
+    for splits, world in ((16, 2), (32, 1), (1, 1)):   # chunks of 2 images per rank; 1: no shuffle
+        methods.check(load_config(None, base + [f"method.moco.shuffle_bn_splits={splits}"]), world)
 
 
 @pytest.mark.parametrize("files", [
@@ -264,7 +378,8 @@ def test_config_file_loads_and_passes_the_methods_check(files, tmp_path):
     cfg = load_config([ROOT / f for f in files] + [ROOT / "configs/heads/moco.yaml"], sets)
     methods.check(cfg)
     settings = cfg.method.settings
-    assert (cfg.method.name, settings.temperature, settings.momentum, settings.queue_size) == ("moco", 0.2, 0.99, 4096)
+    assert ((cfg.method.name, settings.temperature, settings.momentum, settings.queue_size, settings.shuffle_bn_splits)
+            == ("moco", 0.2, 0.99, 4096, 8))
 
 
 def test_training_steps_update_the_key_encoder_by_ema_and_fill_the_queue(tmp_path):

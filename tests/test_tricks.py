@@ -157,18 +157,18 @@ def test_byol_mixed_query_regresses_the_mixed_target():
     batch, lam = 4, 0.6
     layout = TaskLayout(1, 2, _mix(batch, lam, 4))
     p, t = torch.randn(3 * batch, 5, dtype=torch.float64), torch.randn(3 * batch, 5, dtype=torch.float64)
-    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
-    total = 0.0
-    for i in range(batch):
-        for v in range(3):
-            for w in range(3):
-                if v != w:
-                    pv, j = p[v * batch + i], int(layout.mix.partner[i])
-                    if v == 0:   # support anchor: plain BYOL term
-                        total += 2 - 2 * cos(pv, t[w * batch + i])
-                    else:        # mixed query: lam L(i) + (1 - lam) L(partner)
-                        total += lam * (2 - 2 * cos(pv, t[w * batch + i])) + (1 - lam) * (2 - 2 * cos(pv, t[w * batch + j]))
-    assert float(byol_loss(p, t, layout)) == pytest.approx(total / (batch * 6), rel=1e-12)
+    mse = lambda a, b: float(((a / a.norm() - b / b.norm()) ** 2).sum())  # noqa: E731
+
+    def term(v: int, w: int, i: int) -> float:
+        """||p_v - t_w||^2 of image i (normalised); a mixed query (v >= 1) regresses lam L(i) + (1 - lam) L(partner)."""
+        pv, j = p[v * batch + i], int(layout.mix.partner[i])
+        if v == 0:
+            return mse(pv, t[w * batch + i])
+        return lam * mse(pv, t[w * batch + i]) + (1 - lam) * mse(pv, t[w * batch + j])
+
+    # BYOL's paper loss: the symmetrised sum L + L~ for each unordered view pair, averaged over pairs and images.
+    total = sum(term(v, w, i) + term(w, v, i) for i in range(batch) for v in range(3) for w in range(v + 1, 3))
+    assert float(byol_loss(p, t, layout)) == pytest.approx(total / (batch * 3), rel=1e-12)
 
 
 def test_rotation_predictor_equals_explicit_cross_entropy_and_mixes_labels():

@@ -31,7 +31,9 @@ def substitutions(spec: Spec) -> list[str]:
              "model.zero_init_residual=false and model.per_view_bn=true (fastssl's defaults are true and "
              "false): torchvision's init and per-view BatchNorm statistics, as every peer has them"]
     if spec.recipe.method == "byol":
-        notes.append("BYOL loss 2 - 2 cos (the BYOL paper's), twice lightly's example loss -cos at equal lr")
+        notes.append("BYOL loss the paper's L + L~ (two terms 2 - 2 cos), run at half the recipe's lr and twice its "
+                     "weight decay: with SGD the updates of twice the gradient of lightly's example loss (-cos, the "
+                     "mean of its two terms) at equal lr, as the committed peers rows were trained")
     return notes
 
 
@@ -62,6 +64,9 @@ def overrides(spec: Spec) -> list[str]:
     if r.method == "simclr":
         sets["method.contrastive.temperature"] = r.temperature
     if r.method == "byol":
+        # the paper's loss is twice the mean these rows were trained with: SGD's update is unchanged at lr / 2
+        # and weight decay x 2 (tests/test_byol.py shows it bitwise)
+        sets["optim.lr"], sets["optim.weight_decay"] = r.lr / 2, r.weight_decay * 2
         sets["method.byol.momentum"] = r.ema_start
         sets["method.byol.predictor_hidden"] = r.projector_hidden
     if spec.backend == "ffcv":

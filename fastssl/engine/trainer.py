@@ -224,7 +224,8 @@ class Trainer:
         context = MethodContext(cfg.model.projector_out, cfg.model.projector_hidden, online=self.model,
                                 operand_dtype=loss_operand_dtype(cfg.method.loss_dtype, self.precision),
                                 total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
-                                global_views=cfg.augment.global_views(cfg.loader.views), compile=cfg.train.compile)
+                                global_views=cfg.augment.global_views(cfg.loader.views), seed=cfg.train.seed,
+                                compile=cfg.train.compile)
         self.method = build_method(cfg.method, context).to(self.device)
         self.auxiliaries = build_auxiliaries(cfg.task, cfg.model.projector_out).to(self.device)
         self.tasks = TaskBuilder(cfg.task, len(train_set), cfg.train.seed, self.method.mix_blocks(self.dist.world),

@@ -36,6 +36,7 @@ class MethodContext:
     total_steps: int = 1                            # the run's length, for schedules over it
     steps_per_epoch: int = 1                        # for schedules the literature states in epochs
     global_views: int = 2                           # views at full resolution (multi-crop's first group)
+    seed: int = 0                                   # train.seed: a method's per-step draws (MoCo's BN shuffle)
     compile: bool = False                           # torch.compile the method's own networks too
 
 

@@ -1,10 +1,16 @@
 """BYOL (Grill et al. 2020): an online predictor regresses an EMA target's projection of another view.
 
 Online network = encoder + projector (the trainer's SSLNet) + this head's predictor MLP; target
-network = an exponential moving average of encoder + projector, never trained by gradient. The loss
-for images i and ordered pairs of different views (v, w) is the normalised MSE
-`||p_v/|p_v| - t_w/|t_w| ||^2 = 2 - 2 cos(p_v, t_w)`, averaged over all V (V - 1) pairs and the
-images (for V = 2 the mean of BYOL's two symmetric terms).
+network = an exponential moving average of encoder + projector, never trained by gradient. A term
+for images i and an ordered pair of different views (v, w) is the normalised MSE
+`||p_v/|p_v| - t_w/|t_w| ||^2 = 2 - 2 cos(p_v, t_w)`, averaged over the images. The loss is at the
+paper's scale: for two views its symmetrised sum L + L~ (both ordered pairs), for V views the mean of
+that sum over the V (V - 1) / 2 unordered pairs = 2 x the mean over the V (V - 1) ordered pairs.
+The scale is what BYOL's published learning rate and weight decay were tuned at. fastssl's earlier
+loss was the mean over ordered pairs, half this one; a run that must repeat one trained with it keeps
+its updates at half optim.lr and twice optim.weight_decay and optim.trust_coefficient (LARS), at
+half optim.lr and twice optim.weight_decay (SGD), and unchanged (AdamW, up to its eps): see
+configs/heads/byol.yaml.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from .momentum import ema_update_, make_target, momentum_at
 
 
 def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Tensor:
-    """p: predictions (V*B, D), t: target projections (V*B, D), view-major rows; scalar float32.
+    """p: predictions (V*B, D), t: target projections (V*B, D), view-major rows; scalar float32 (float64
+    kept): 2 x the mean over images and ordered pairs v != w of 2 - 2 cos(p_v, t_w) (module docstring).
 
     With unit rows, sum over v != w of p_v . t_w = (sum_v p_v) . (sum_w t_w) - sum_v p_v . t_v,
     so all V (V - 1) pairs cost O(V B D), not O(V^2 B D). Under query mixing the target sees the
@@ -43,7 +50,8 @@ def byol_loss(p: torch.Tensor, t: torch.Tensor, layout: TaskLayout) -> torch.Ten
     if layout.mix is not None:
         tn = layout.mix.lam * tn + (1 - layout.mix.lam) * tn[:, layout.mix.partner]
     cross = cross + (pn[n_supp:].sum(0) * tn.sum(0)).sum() - (pn[n_supp:] * tn[n_supp:]).sum()
-    return 2 - 2 * cross / (views * (views - 1) * batch)
+    pair_mean = 2 - 2 * cross / (views * (views - 1) * batch)
+    return 2 * pair_mean
 
 
 @register("byol")

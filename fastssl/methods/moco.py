@@ -41,6 +41,31 @@ a rotated image is another image.
 Momentum default 0.99, not MoCo's ImageNet 0.999: the EMA's horizon is ~1 / (1 - m) steps, 1,000 at
 0.999, more than a CIFAR-sized run of a few hundred steps has (the key encoder would stay close to
 its random initialisation for most of it); 0.99 (100 steps) is what MoCo's authors use for CIFAR-10.
+
+Shuffling BN (MoCo, section 3.3). A query and its positive key normalised over the same images share a
+batch signature that the queue's keys (earlier batches) lack, and the network learns to spot it
+instead of the image. MoCo's code shuffles the batch across GPUs before the key encoder and back
+after, so a key's BN batch is not its query's; its authors' CIFAR-10 demo does it on one GPU with 8 BN
+splits. Here `method.moco.shuffle_bn_splits` = s > 1 permutes each view's images by a function of
+(seed, step) (a resumed run shuffles as an uninterrupted one), runs the key encoder on s equal chunks,
+each one BN batch of B / s images (split BN exactly, per view or per run of equal-sized views as the
+network's forward has it), and puts the keys back in order; s = 1 is one plain forward. The queries
+keep their statistics over the whole batch (the online network is the trainer's), so a key's BN batch
+is a random 1 / s of its query's: their batch means correlate about 1 / sqrt(s) (0.35 at s = 8), where
+MoCo's shuffle over G GPUs gets about 1 / G and its demo, which splits the queries too, 1 / s. As the
+loaders' batches come in random order, the chunks do the decorrelating; the permutation keeps each
+chunk a fresh random subset whatever the row order, as MoCo's code has it. Each chunk's forward moves
+the key encoder's BN running statistics once (the demo's SplitBatchNorm moves them once by the chunks'
+mean): the same population estimate, read only where the key encoder runs in eval mode (fastssl export
+--network target).
+
+Under torchrun each rank shuffles and splits its own rows, with no communication: its queries are
+normalised over its own batch, so a split of that batch is what decorrelates them; MoCo's cross-GPU
+shuffle also puts other ranks' images into a key's BN batch, which here would cost an all-gather of the
+images. model.sync_bn (SimCLR's global BN, against the same leak) is no substitute: it normalises
+queries and keys over the same global batch, which helps where the negatives share the batch (SimCLR)
+but not where they come from the queue; with it on, each key chunk's statistics are over that chunk
+on every rank.
 """
 from __future__ import annotations
 
@@ -52,6 +77,7 @@ from torch import nn
 
 from fastssl.kernels import narrow, sim_xent, unit_rows
 from fastssl.loaders.rules import check_temperature, finite_in, int_in, require
+from fastssl.loaders.sampler import cpu_generator
 from fastssl.task.builder import TaskBatch
 from fastssl.task.layout import TaskLayout, TaskLogits, mixed_loss
 
@@ -75,6 +101,24 @@ def queue_columns(queue: torch.Tensor) -> torch.Tensor:
     """The kernel's columns: [0, ..., 0, 1] (every row's positive) over [queue_j, 0], (1 + K, D + 1)."""
     positive = F.one_hot(torch.tensor([queue.shape[1]], device=queue.device), queue.shape[1] + 1).to(queue.dtype)
     return torch.cat([positive, F.pad(queue, (0, 1))])
+
+
+def shuffle_order(seed: int, step: int, batch: int) -> torch.Tensor:
+    """The permutation of a rank's `batch` images before the key encoder at step `step`: drawn on the
+    host from (seed, step) alone, so a resumed run shuffles as an uninterrupted one."""
+    return torch.randperm(batch, generator=cpu_generator("moco-shuffle-bn", seed, step))
+
+
+def split_bn_keys(network: nn.Module, views: list[torch.Tensor], order: torch.Tensor, splits: int) -> torch.Tensor:
+    """`network`'s projections (view-major, like z) of `views`, each view's images permuted by `order` (on
+    the host) and cut into `splits` equal chunks, one forward per chunk (its own BN statistics), rows put
+    back; gathers only (index_select), deterministic on every device."""
+    device, size = views[0].device, len(order) // splits
+    back = order.argsort().to(device, non_blocking=True)     # from the host: copies, no sync
+    order = order.to(device, non_blocking=True)
+    parts = [view.index_select(0, order).split(size) for view in views]
+    chunks = [network([part[c] for part in parts])[1].unflatten(0, (len(views), size)) for c in range(splits)]
+    return torch.cat(chunks, 1).index_select(1, back).flatten(0, 1)   # (V, B, D) in `order`, put back
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, layout: TaskLayout, temperature: float,
@@ -105,8 +149,9 @@ class MoCoHead(Method):
     """MoCo v2's key encoder (EMA of encoder + projector), queue and InfoNCE loss (module docstring).
 
     The head has no trained parameters of its own; its state is the key encoder (given when built from
-    a run), the queue and its pointer. The loss runs outside autocast in fp32, the unit rows reaching
-    the fused kernel as `operand_dtype`.
+    a run), the queue and its pointer. Shuffling BN draws each step's permutation from `seed` and the
+    step `begin_step` gives, so it needs no state of its own. The loss runs outside autocast in fp32, the
+    unit rows reaching the fused kernel as `operand_dtype`.
     """
 
     per_view_bn = True   # MoCo's code runs the query and key encoders once per view
@@ -116,15 +161,17 @@ class MoCoHead(Method):
         temperature: float = 0.2   # MoCo v2 (v1: 0.07)
         momentum: float = 0.99     # key encoder EMA momentum, constant (MoCo: 0.999 for ~1M ImageNet steps)
         queue_size: int = 4096     # negative keys K (MoCo v2: 65536 on ImageNet); >= keys enqueued per step
+        shuffle_bn_splits: int = 8  # shuffling BN: key encoder BN batches per rank batch (MoCo's demo: 8); 1: off
 
     momentum_network = "key_encoder"
     MAX_QUEUE = 1 << 20
 
     def __init__(self, dim: int, queue_size: int, temperature: float = 0.2, momentum: float = 0.99,
                  online: nn.Module | None = None, impl: str = "auto", operand_dtype: torch.dtype = torch.float32,
-                 compile: bool = False):
+                 compile: bool = False, shuffle_bn_splits: int = 1, seed: int = 0):
         super().__init__()
         self.temperature, self.momentum, self.impl, self.operand_dtype = temperature, momentum, impl, operand_dtype
+        self.splits, self.seed, self._step = shuffle_bn_splits, seed, 0
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.int64))
         if online is not None:
@@ -144,16 +191,30 @@ class MoCoHead(Method):
                 f"must be >= the keys one step enqueues, (task.n_supp + task.n_query) x loader.batch_size "
                 f"(global) = {views} x {batch} = {views * batch}: a step must not overwrite its own keys")
         int_in("method.moco.queue_size", settings.queue_size, 1, cls.MAX_QUEUE)
+        splits, rank_batch = settings.shuffle_bn_splits, cfg.loader.batch_size // world
+        require(splits == 1 or (splits > 1 and rank_batch % splits == 0 and rank_batch // splits >= 2),
+                "method.moco.shuffle_bn_splits", splits,
+                f"must be 1 (no shuffle) or divide each rank's batch, loader.batch_size / world = "
+                f"{cfg.loader.batch_size} / {world} = {rank_batch}, into chunks of at least 2 images "
+                "(each chunk is one BatchNorm batch of the key encoder)")
 
     @classmethod
     def build(cls, settings: Settings, ctx: MethodContext) -> MoCoHead:
         return cls(ctx.embed_dim, settings.queue_size, settings.temperature, settings.momentum, ctx.online,
-                   ctx.impl, ctx.operand_dtype, ctx.compile)
+                   ctx.impl, ctx.operand_dtype, ctx.compile, settings.shuffle_bn_splits, ctx.seed)
+
+    def begin_step(self, step: int) -> None:
+        self._step = step   # this step's shuffle (targets)
 
     @torch.no_grad()
     def targets(self, task: TaskBatch) -> torch.Tensor:
-        """The key encoder's projections of the views before query mixing (view-major, like z)."""
-        return self._key_forward(task.clean_views)[1]
+        """The key encoder's projections of the views before query mixing (view-major, like z), through
+        shuffled split BN when shuffle_bn_splits > 1 (module docstring)."""
+        views = task.clean_views
+        if self.splits == 1:
+            return self._key_forward(views)[1]
+        order = shuffle_order(self.seed, self._step, views[0].shape[0])
+        return split_bn_keys(self._key_forward, views, order, self.splits)
 
     def forward(self, z: torch.Tensor, layout: TaskLayout, targets: torch.Tensor | None = None) -> torch.Tensor:
         """z: online projections, targets: the key encoder's projections of the same (unmixed) rows, both

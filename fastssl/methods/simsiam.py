@@ -6,8 +6,9 @@ the mean over images and ordered pairs of different views (v, w) of D(p_v, z_w);
 SimSiam's symmetric D(p_1, z_2) / 2 + D(p_2, z_1) / 2. The stop-gradient is what keeps the
 representation from collapsing: the targets z_w send no gradient back.
 
-BYOL's normalised MSE is ||p/|p| - t/|t| ||^2 = 2 - 2 cos(p, t) over the same pairs, so the loss is
-computed by byol.byol_loss (all pairs in O(V B D)) as byol_loss / 2 - 1: one pair sum, not two.
+BYOL's loss is 2 x the mean of ||p/|p| - t/|t| ||^2 = 2 - 2 cos(p, t) over the same pairs (its paper's
+scale), so the loss is computed by byol.byol_loss (all pairs in O(V B D)) as byol_loss / 4 - 1: one
+pair sum, not two.
 
 Query mixing (task.query_mix) is refused: SimSiam's targets are the online network's own projections,
 and under mixing the query views' projections are of mixed images, so a mixed query would have no
@@ -36,7 +37,7 @@ def simsiam_loss(p: torch.Tensor, z: torch.Tensor, layout: TaskLayout) -> torch.
     over images i and views v != w, z detached; float32 (float64 kept). No query mixing."""
     if layout.mix is not None:
         raise ValueError("simsiam: query mixing is not supported (see fastssl/methods/simsiam.py)")
-    return byol_loss(p, z.detach(), layout) / 2 - 1
+    return byol_loss(p, z.detach(), layout) / 4 - 1
 
 
 @register("simsiam")
