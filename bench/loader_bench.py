@@ -7,12 +7,20 @@ timing windows alternate between backends, so drift in the machine's speed hits 
 a window pulls batches for `seconds / windows` of wall time and ends with a device sync. CPU use is
 the CPU time of this process and all its descendants (workers, pipeline threads) per wall second of
 the window, read from /proc: how many cores the backend keeps busy to deliver that rate.
+
+images/s counts images, each with all its views: a multi-crop batch (augment.crops) of B images is B
+images whatever its views' sizes, which the shape names per run of equal size ('2x256x32px+6x256x16px':
+2 views of 256 images at 32 px, 6 at 16 px). Rows of several shapes share the results files: `python -m
+fastssl.bench.loader_bench merge NEW INTO` puts a run's shapes into an earlier run's files.
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +30,8 @@ import torch
 from fastssl.config import Config, ConfigError
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders import atomic
+from fastssl.loaders.augment import view_sizes
+from fastssl.loaders.batch import views_label
 from fastssl.loaders.factory import build_train_loader
 
 from .harness import Row, context, device_slug, plot_bars, summarize, write_csv
@@ -121,8 +131,8 @@ def measure(cfg: Config, backends: list[str], seconds: float, windows: int, prog
             cores[backend].append(busy)
         progress(f"window {w + 1}/{windows}: " + ", ".join(f"{b} {r[-1]:,.0f} img/s" for b, r in rates.items()))
     where = context(device)
-    shape = (f"{cfg.data.dataset} {cfg.loader.views}x{cfg.loader.batch_size}x{cfg.data.image_size}px "
-             f"{cfg.loader.workers} workers")
+    sizes = view_sizes(cfg.augment, cfg.loader.views, cfg.data.image_size)
+    shape = f"{cfg.data.dataset} {views_label(sizes, cfg.loader.batch_size)} {cfg.loader.workers} workers"
     rows = []
     for backend in backends:
         rows.append(Row("loader", backend, shape, "uint8", "steady state", "images/s", *summarize(rates[backend]),
@@ -135,29 +145,51 @@ def measure(cfg: Config, backends: list[str], seconds: float, windows: int, prog
 
 
 def markdown(rows: list[Row]) -> str:
-    """One line per backend: rate with spread, ratio to the baseline, cores busy, images per core-second."""
-    at = {(r.provider, r.metric): r for r in rows}
-    first = rows[0]
-    base = at.get((BASELINE, "images/s"))
-    lines = [f"# Data loader throughput: {first.shape}", "",
-             f"{first.device}; torch {first.torch}; commit {first.commit}; {first.date}", "",
-             "Steady-state images/s (median, p20-p80 over alternating windows), the CPU cores the "
-             "process tree kept busy meanwhile, and start-up (build + first batch, JIT included) apart.", "",
-             f"| backend | images/s | p20-p80 | vs {BASELINE} | CPU cores | images/s per core | start-up s |",
-             "|---|---|---|---|---|---|---|"]
-    for backend in dict.fromkeys(r.provider for r in rows):
-        rate, busy, up = at[(backend, "images/s")], at[(backend, "CPU cores")], at[(backend, "start-up")]
-        ratio = f"{rate.median / base.median:.2f}x" if base else "n/a"
-        per_core = f"{rate.median / busy.median:,.0f}" if busy.median > 0 else "n/a"
-        lines.append(f"| {backend} | {rate.median:,.0f} | {rate.p20:,.0f}-{rate.p80:,.0f} | {ratio} | "
-                     f"{busy.median:.2f} | {per_core} | {up.median:.2f} |")
+    """A table per shape, one line per backend: rate with spread, ratio to the same shape's baseline,
+    cores busy, images per core-second."""
+    lines = ["# Data loader throughput", "",
+             "Steady-state images/s (median, p20-p80 over alternating windows; an image counts once whatever "
+             "its views), the CPU cores the process tree kept busy meanwhile, and start-up (build + first batch, "
+             "JIT included) apart. Shapes: views x batch x side per run of equal-sized views."]
+    for shape in dict.fromkeys(r.shape for r in rows):
+        at = {(r.provider, r.metric): r for r in rows if r.shape == shape}
+        first = next(r for r in rows if r.shape == shape)
+        base = at.get((BASELINE, "images/s"))
+        lines += ["", f"## {shape}", "", f"{first.device}; torch {first.torch}; commit {first.commit}; {first.date}",
+                  "", f"| backend | images/s | p20-p80 | vs {BASELINE} | CPU cores | images/s per core | start-up s |",
+                  "|---|---|---|---|---|---|---|"]
+        for backend in dict.fromkeys(provider for provider, _ in at):
+            rate, busy, up = at[(backend, "images/s")], at[(backend, "CPU cores")], at[(backend, "start-up")]
+            ratio = f"{rate.median / base.median:.2f}x" if base else "n/a"
+            per_core = f"{rate.median / busy.median:,.0f}" if busy.median > 0 else "n/a"
+            lines.append(f"| {backend} | {rate.median:,.0f} | {rate.p20:,.0f}-{rate.p80:,.0f} | {ratio} | "
+                         f"{busy.median:.2f} | {per_core} | {up.median:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def write_all(rows: list[Row], out_dir: Path, json_path: Path | None = None) -> list[Path]:
-    """CSV, Markdown and PNG (images/s per backend) named after the device; JSON too when asked."""
+def read_rows(stem: Path) -> list[Row]:
+    """The rows of the results written under `stem` (its .csv)."""
+    floats = {"median", "p20", "p80"}
+    with open(stem.with_suffix(".csv"), newline="") as f:
+        return [Row(**{k: float(v) if k in floats else v for k, v in record.items()})
+                for record in csv.DictReader(f)]
+
+
+def merge(new: Path, into: Path) -> list[Path]:
+    """INTO's rows with those of every shape NEW measured replaced by NEW's (a rerun of a shape replaces
+    it, other shapes are kept), written over INTO's CSV, Markdown, PNG and, where INTO has one, JSON."""
+    added = read_rows(new)
+    shapes = {r.shape for r in added}
+    rows = [r for r in read_rows(into) if r.shape not in shapes] + added
+    json_path = into.with_suffix(".json")
+    return write_all(rows, into.parent, json_path if json_path.is_file() else None, into.name)
+
+
+def write_all(rows: list[Row], out_dir: Path, json_path: Path | None = None, name: str | None = None) -> list[Path]:
+    """CSV, Markdown and PNG (images/s per backend and shape) named `name` (default: after the device);
+    JSON too when asked."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"loader_{device_slug(rows[0].device)}"
+    stem = out_dir / (name or f"loader_{device_slug(rows[0].device)}")
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
     write_csv(rows, paths[0])
     atomic.write_text(paths[1], markdown(rows))
@@ -167,3 +199,19 @@ def write_all(rows: list[Row], out_dir: Path, json_path: Path | None = None) -> 
         atomic.write_text(json_path, json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
         paths.append(json_path)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastssl.bench.loader_bench",
+                                     description="Put the shapes of one loader benchmark into another's files.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    add = verbs.add_parser("merge", help="NEW's shapes replace or join INTO's rows (CSV, Markdown, PNG, JSON)")
+    add.add_argument("new", type=Path, help="results stem with the new rows, no suffix (e.g. /tmp/mc/loader_cpu)")
+    add.add_argument("into", type=Path, help="results stem to put them in (e.g. bench/results/loader_cpu)")
+    args = parser.parse_args(argv)
+    print(f"wrote {', '.join(map(str, merge(args.new, args.into)))}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -169,6 +169,11 @@ def sample_params(n: int, height: int, width: int, cfg: AugmentConfig,
                          cfg.blur_kernel_frac, cfg.solarize_threshold, bool(blur.any()))
 
 
+def view_sizes(cfg: AugmentConfig, views: int, image_size: int) -> list[int]:
+    """Each view's output side: its crop group's size under augment.crops, else image_size for all."""
+    return [cfg.view_crop(view, image_size)[0] for view in range(views)]
+
+
 def _resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
     """(n, out_size, in_size) rows resampling the span [start, start + length) of an axis to out_size.
 

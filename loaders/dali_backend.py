@@ -7,8 +7,9 @@ resume, nor matched across world sizes. Instead one `external_source` feeds, per
 shared contract (`sampler.ShardedSampler`, `sampler.cpu_generator`) decides on the host: this
 rank's encoded files (read as bytes), their dataset indices, and every view's crop box, flip,
 colour factors, blur sigma and solarize flag. DALI then decodes (`decoders.image`, device "mixed" on
-a GPU), crops and resizes (`resize` with a per-sample ROI), jitters (`color_twist`; saturation 0 is
-the grayscale), blurs (`gaussian_blur`, window `augment.blur_window`) and solarizes, then normalises
+a GPU), crops and resizes (`resize` with a per-sample ROI, to each view's own side under multi-crop),
+jitters (`color_twist`; saturation 0 is the grayscale), blurs (`gaussian_blur`, window
+`augment.blur_window` of the view's side) and solarizes, then normalises
 and flips (`crop_mirror_normalize`, HWC float32 or float16: channels_last once viewed as NCHW; bfloat16
 is cast in torch). DALI reads sigma 0 as "derive it from the window", so blur and solarize run under
 DALI's conditional execution: only the images their flags select go through them. The index rides
@@ -47,7 +48,7 @@ import torch
 
 from .settings import AugmentConfig, LoaderConfig
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, sample_params
+from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, sample_params, view_sizes
 from .batch import Batch
 from .datasets.base import DataError, ImageDataset
 from .datasets.files import capped
@@ -90,12 +91,13 @@ def _sources(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 class _Recipe(NamedTuple):
-    """What every view's operators share: output side, normalisation (0..255 scale), blur window,
-    solarize threshold (0..255 scale) and crop_mirror_normalize's output type."""
-    size: int
+    """The views' operators' constants: per view its output side and blur window (sized by that side:
+    multi-crop views differ), then what all views share: normalisation (0..255 scale), solarize
+    threshold (0..255 scale) and crop_mirror_normalize's output type."""
+    sizes: tuple[int, ...]
+    windows: tuple[int, ...]
     mean: list[float]
     std: list[float]
-    window: int
     threshold: float
     dtype: types.DALIDataType
 
@@ -105,15 +107,16 @@ def _solarize(images, threshold: float):
     return fn.cast(images + (images >= threshold) * (255 - 2 * images), dtype=types.UINT8)
 
 
-def _view(images, params: list, recipe: _Recipe):
-    """One view: crop and resize, colour, blur, solarize, then flip and normalise (augment's order, the
-    flip moved last: it commutes with the rest). Blur and solarize only touch the images they select."""
+def _view(images, params: list, recipe: _Recipe, view: int):
+    """View `view`: crop and resize to its side, colour, blur, solarize, then flip and normalise (augment's
+    order, the flip moved last: it commutes with the rest). Blur and solarize only touch the images they
+    select."""
     start, end, mirror, brightness, contrast, saturation, hue, sigma, solarize = params
-    x = fn.resize(images, size=[recipe.size] * 2, roi_start=start, roi_end=end, antialias=True,
+    x = fn.resize(images, size=[recipe.sizes[view]] * 2, roi_start=start, roi_end=end, antialias=True,
                   interp_type=types.INTERP_LINEAR)
     x = fn.color_twist(x, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
     if sigma > 0:
-        x = fn.gaussian_blur(x, sigma=sigma, window_size=recipe.window)
+        x = fn.gaussian_blur(x, sigma=sigma, window_size=recipe.windows[view])
     if solarize:
         x = _solarize(x, recipe.threshold)
     return fn.crop_mirror_normalize(x, mirror=mirror, mean=recipe.mean, std=recipe.std, output_layout="HWC",
@@ -121,11 +124,12 @@ def _view(images, params: list, recipe: _Recipe):
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(source: Iterator[list], encoded: bool, decoder: dict, gpu: bool, views: int, recipe: _Recipe):
+def _graph(source: Iterator[list], encoded: bool, decoder: dict, gpu: bool, recipe: _Recipe):
     """The pipeline's operators: the external source, decoding, then every view; outputs views + index.
 
     A pipeline_def so that DALI's AutoGraph turns the per-sample `if`s of `_view` into split/merge.
     """
+    views = len(recipe.sizes)
     data, index, *params = fn.external_source(
         source=source, num_outputs=2 + PARAMS * views, batch=True,
         dtype=[types.UINT8, types.INT64] + PARAM_TYPES * views,
@@ -134,7 +138,7 @@ def _graph(source: Iterator[list], encoded: bool, decoder: dict, gpu: bool, view
         images = fn.decoders.image(data, output_type=types.RGB, adjust_orientation=False, **decoder)
     else:
         images = data.gpu() if gpu else data
-    outputs = [_view(images, params[PARAMS * v:PARAMS * (v + 1)], recipe) for v in range(views)]
+    outputs = [_view(images, params[PARAMS * v:PARAMS * (v + 1)], recipe, v) for v in range(views)]
     return (*outputs, index)
 
 
@@ -252,8 +256,9 @@ class DaliLoader(ShardedEpochs, StageMarks):
         self.labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.int64)
         self.device = torch.device(device)
         self.cfg, self.out_dtype = loader_cfg, out_dtype
-        self.recipe = _Recipe(image_size, [255 * m for m in mean], [255 * s for s in std],
-                              blur_window(image_size, augment_cfg.blur_kernel_frac),
+        sizes = tuple(view_sizes(augment_cfg, loader_cfg.views, image_size))
+        self.recipe = _Recipe(sizes, tuple(blur_window(size, augment_cfg.blur_kernel_frac) for size in sizes),
+                              [255 * m for m in mean], [255 * s for s in std],
                               255 * augment_cfg.solarize_threshold, _DALI_DTYPES[out_dtype])
         self._pipe: Pipeline | None = None
         self._at: tuple[int, int, int] | None = None     # (seed, epoch, batch) the pipeline yields next
@@ -266,8 +271,8 @@ class DaliLoader(ShardedEpochs, StageMarks):
         if gpu:
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         decoder = {"device": "mixed", "hw_decoder_load": self.cfg.hw_decoder_load} if gpu else {"device": "cpu"}
-        pipe = _graph(self.feeder.batches(epoch, start), self.feeder.encoded, decoder, gpu, self.cfg.views,
-                      self.recipe, batch_size=self.sampler.rank_batch, num_threads=max(1, self.cfg.workers),
+        pipe = _graph(self.feeder.batches(epoch, start), self.feeder.encoded, decoder, gpu, self.recipe,
+                      batch_size=self.sampler.rank_batch, num_threads=max(1, self.cfg.workers),
                       device_id=device_id, prefetch_queue_depth=self.cfg.prefetch)
         pipe.build()
         _PIPELINES.add(pipe)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from .settings import AugmentConfig, LoaderConfig
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_colour, sample_crop_boxes, sample_params
+from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_colour, sample_crop_boxes, sample_params, view_sizes
 from .batch import Batch
 from .convert import IMAGE, LABEL
 from .datasets.base import DataError, ImageDataset
@@ -107,8 +107,8 @@ class FfcvLoader(ShardedEpochs, StageMarks):
     """Loader over `loader_cfg.beton`; `dataset` (the same data, e.g. for kNN) must match its labels.
 
     View v of global batch b in epoch e draws colour/flip for the whole global batch, then crop boxes,
-    from a generator seeded by (seed, e, b, v); each rank decodes its slice. loader.workers is the
-    decode threads.
+    from a generator seeded by (seed, e, b, v); each rank decodes its slice, each view at its own side
+    and crop scale (augment.view_crop). loader.workers is the decode threads.
     """
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
@@ -125,27 +125,30 @@ class FfcvLoader(ShardedEpochs, StageMarks):
         super().__init__(len(self.file), loader_cfg.batch_size, seed, rank, world)
         self.device = torch.device(device)
         self.labels = torch.from_numpy(self.file.labels)
-        self.views, self.image_size, self.threads = loader_cfg.views, image_size, loader_cfg.workers
+        self.image_size, self.threads = image_size, loader_cfg.workers
+        self.sizes = view_sizes(augment_cfg, loader_cfg.views, image_size)
         self.pin = loader_cfg.pin_memory and self.device.type == "cuda"
         self.augment_cfg, self.mean, self.std, self.out_dtype = augment_cfg, tuple(mean), tuple(std), out_dtype
-        self.scale = (augment_cfg.crop_scale_min, augment_cfg.crop_scale_max)
 
     def _draw(self, epoch: int, batch: int) -> tuple[torch.Tensor, list]:
         """This rank's indices and, per view, (crop boxes, colour params): all the batch's randomness."""
         index = self.sampler.global_indices(epoch, batch)
-        rows, size = self.sampler.rank_slice(), self.image_size
+        rows, side = self.sampler.rank_slice(), self.image_size
         draws = []
-        for view in range(self.views):
+        for view in range(len(self.sizes)):
             generator = cpu_generator("ffcv-view", self.sampler.seed, epoch, batch, view)
-            colour = sample_params(len(index), size, size, self.augment_cfg, generator, view)
-            boxes = self.file.crop_boxes(index.numpy(), self.scale, generator)
+            colour = sample_params(len(index), side, side, self.augment_cfg, generator, view)
+            scale = self.augment_cfg.view_crop(view, side)[1]
+            boxes = self.file.crop_boxes(index.numpy(), scale, generator)
             draws.append((boxes[rows], colour[rows]))
         return index[rows], draws
 
     def _decode(self, epoch: int, batch: int) -> tuple[torch.Tensor, list]:
-        """Host part of batch `batch` (runs in the decode thread): indices, uint8 crops, colour params."""
+        """Host part of batch `batch` (runs in the decode thread): indices, uint8 crops at each view's side,
+        colour params."""
         index, draws = self._draw(epoch, batch)
-        crops = [self.file.decode(index.numpy(), boxes, self.image_size, self.threads) for boxes, _ in draws]
+        crops = [self.file.decode(index.numpy(), boxes, size, self.threads)
+                 for (boxes, _), size in zip(draws, self.sizes)]
         if self.pin:
             crops = [c.pin_memory() for c in crops]
         return index, [(crop, params) for crop, (_, params) in zip(crops, draws)]

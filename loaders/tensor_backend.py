@@ -11,7 +11,7 @@ import torch
 
 from .settings import AugmentConfig, LoaderConfig
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_params
+from .augment import IMAGENET_MEAN, IMAGENET_STD, apply_params, sample_params, view_sizes
 from .batch import Batch
 from .datasets.base import ImageDataset
 from .sampler import ShardedEpochs, cpu_generator
@@ -23,7 +23,9 @@ class TensorLoader(ShardedEpochs, StageMarks):
 
     View v of global batch b in epoch e is augmented with parameters drawn for the whole global
     batch from a generator seeded by (seed, e, b, v); each rank applies its slice. So an image's
-    augmentation is the same whatever the world size or resume point.
+    augmentation is the same whatever the world size or resume point. View v comes out at its own
+    side (augment.crops' group size; data.image_size without multi-crop), cropped from the stored
+    image_size images.
     """
 
     def __init__(self, dataset: ImageDataset, loader_cfg: LoaderConfig, augment_cfg: AugmentConfig,
@@ -34,7 +36,7 @@ class TensorLoader(ShardedEpochs, StageMarks):
         self.device = torch.device(device)
         self.images = torch.from_numpy(dataset.to_array(image_size)).to(self.device)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.int64).to(self.device)
-        self.views, self.image_size = loader_cfg.views, image_size
+        self.image_size, self.sizes = image_size, view_sizes(augment_cfg, loader_cfg.views, image_size)
         self.augment_cfg, self.mean, self.std, self.out_dtype = augment_cfg, tuple(mean), tuple(std), out_dtype
 
     def batch(self, epoch: int, batch: int) -> Batch:
@@ -44,11 +46,11 @@ class TensorLoader(ShardedEpochs, StageMarks):
         self.mark(LOADER_WAIT, AUGMENT)
         rows = self.sampler.rank_slice()
         views = []
-        for view in range(self.views):
+        for view, size in enumerate(self.sizes):
             generator = cpu_generator("tensor-view", self.sampler.seed, epoch, batch, view)
             params = sample_params(self.sampler.global_batch, self.image_size, self.image_size,
                                    self.augment_cfg, generator, view)[rows]
-            views.append(apply_params(images, params, self.image_size, self.mean, self.std, self.out_dtype,
+            views.append(apply_params(images, params, size, self.mean, self.std, self.out_dtype,
                                       self.augment_cfg.impl))
         self.mark(AUGMENT)
         return Batch(views, self.labels[index], index)

@@ -4,7 +4,8 @@ The baseline most SSL code uses, and the CPU fallback. torchvision transforms dr
 torch RNG, so each (epoch, image, view) reseeds it from a derived seed inside a forked RNG state:
 the result depends neither on the worker count nor on the resume point, and the caller's own RNG
 stream is left untouched when workers=0. Each view has its own transform, so per-view probabilities
-(BYOL's blur and solarize) apply; views are cast to the loader's dtype in the workers.
+(BYOL's blur and solarize) and multi-crop's per-view sizes and crop scales apply; views are cast to
+the loader's dtype in the workers.
 """
 from __future__ import annotations
 
@@ -23,15 +24,18 @@ from .sampler import EpochCursor, ShardedEpochs, ShardedSampler, derive_seed
 from .stages import H2D_COPY, LOADER_WAIT, StageMarks
 
 
-def train_transform(cfg: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float], view: int = 0,
+def train_transform(cfg: AugmentConfig, image_size: int, mean: Sequence[float], std: Sequence[float], view: int = 0,
                     out_dtype: torch.dtype = torch.float32) -> v2.Compose:
-    """View `view` of the SimCLR/BYOL per-image recipe on a PIL image -> out_dtype (3, size, size) normalised.
+    """View `view` of the SimCLR/BYOL per-image recipe on a PIL image -> out_dtype (3, S, S) normalised, S
+    and the crop scale the view's (augment.view_crop: its crop group's under multi-crop, else image_size).
 
-    Blur and solarize act on float [0, 1] images after grayscale, as augment's pipeline orders them.
+    Blur and solarize act on float [0, 1] images after grayscale, as augment's pipeline orders them; the
+    blur window is sized by the view's own side.
     """
+    size, scale = cfg.view_crop(view, image_size)
     blur = v2.GaussianBlur(blur_window(size, cfg.blur_kernel_frac), (cfg.blur_sigma_min, cfg.blur_sigma_max))
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(cfg.crop_scale_min, cfg.crop_scale_max), antialias=True),
+        v2.RandomResizedCrop(size, scale=scale, antialias=True),
         v2.RandomHorizontalFlip(cfg.flip_p),
         v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
         v2.RandomGrayscale(cfg.grayscale_p),
@@ -51,7 +55,7 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2
 
 
 class _Views(Dataset):
-    """Item (seed, epoch, i) -> (V views (V,3,S,S), label, i), view v by transforms[v] from its own derived seed.
+    """Item (seed, epoch, i) -> (V views (3,S_v,S_v), label, i), view v by transforms[v] from its own derived seed.
 
     Seed and epoch travel with the index (the batch sampler emits triples), so persistent workers
     hold no state that set_epoch or load_state_dict would have to reach. Under data.on_error=skip a file
@@ -67,7 +71,7 @@ class _Views(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, int] | DataError:
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[list[torch.Tensor], int, int] | DataError:
         seed, epoch, index = key
         try:
             image, index = self.dataset.load_usable(index)
@@ -79,7 +83,7 @@ class _Views(Dataset):
                 # Seed only the CPU generator: torch.manual_seed would also reseed CUDA's.
                 torch.default_generator.manual_seed(derive_seed("torchvision-view", seed, epoch, index, view))
                 views.append(transform(image))
-        return torch.stack(views), int(self.dataset.labels[index]), index
+        return views, int(self.dataset.labels[index]), index
 
 
 class _EpochBatches:
@@ -102,18 +106,26 @@ class _EpochBatches:
             yield [(seed, epoch, i) for i in self.sampler.indices(epoch, b).tolist()]
 
 
-def _collate_views(items: list[tuple[torch.Tensor, int, int] | DataError]
+def _collate_views(items: list[tuple[list[torch.Tensor], int, int] | DataError]
                    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | DataError:
-    """Stack per-image view stacks into V channels_last batches (laid out in the worker, so the
-    device copy needs no conversion); a batch with an undecodable file is that file's DataError."""
+    """Stack view v of every image into one channels_last (B,3,S_v,S_v) batch per view (views of several
+    sizes cannot share a tensor; laid out in the worker, so the device copy needs no conversion); a batch
+    with an undecodable file is that file's DataError."""
     failed = next((item for item in items if isinstance(item, DataError)), None)
     if failed is not None:
         return failed
-    stacked = torch.stack([views for views, _, _ in items])                 # (B, V, 3, S, S)
-    views = [stacked[:, v].contiguous(memory_format=torch.channels_last) for v in range(stacked.shape[1])]
+    views = [_stack_channels_last([image_views[v] for image_views, _, _ in items]) for v in range(len(items[0][0]))]
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
     index = torch.tensor([i for _, _, i in items], dtype=torch.int64)
     return views, labels, index
+
+
+def _stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
+    """(3,S,S) images -> one (B,3,S,S) channels_last batch, written in place (one copy)."""
+    channels, height, width = images[0].shape
+    out = torch.empty((len(images), height, width, channels), dtype=images[0].dtype)
+    torch.stack([image.permute(1, 2, 0) for image in images], out=out)
+    return out.permute(0, 3, 1, 2)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -39,5 +39,5 @@ def write_profile(profiles: list[BackendProfile], out: Path, command: str, devic
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "profile.json", json.dumps(meta, indent=1) + "\n")
     atomic.write_text(out / "profile.md", text)
-    plot_stages(profiles, out / "profile.png", f"training step by stage ({device})")
+    plot_stages(profiles, out / "profile.png", f"training step by stage ({device}; views {profiles[0].views})")
     return text

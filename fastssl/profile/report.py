@@ -31,10 +31,11 @@ class BackendProfile:
     backend: str
     steps: int
     batch_size: int
+    views: str                   # the views' sizes per run of equal size, e.g. "2x32px+6x16px" (multi-crop)
     step_ms: StageStats          # the step as the stage marks see it
     wall_ms_per_step: float      # the timed steps' wall time / steps, measured apart from the marks
     marked_ms_per_step: float    # the stages' summed time / steps: must match the wall time
-    images_per_s: float
+    images_per_s: float          # images, not views: a multi-crop image counts once
     stages: list[StageStats]
     workers: int
     peak_mib: float | None = None
@@ -109,8 +110,8 @@ def markdown(profiles: list[BackendProfile], header: list[str]) -> str:
         lines += [f"## {p.backend}", "",
                   f"{p.images_per_s:,.0f} images/s; step {p.step_ms.median_ms:.1f} ms median "
                   f"(p10 {p.step_ms.p10_ms:.1f}, p90 {p.step_ms.p90_ms:.1f}) over {p.steps} steps of "
-                  f"{p.batch_size} images; the stages sum to {p.marked_ms_per_step:.1f} ms per step (mean) "
-                  f"against {p.wall_ms_per_step:.1f} ms of wall time", "",
+                  f"{p.batch_size} images, views {p.views}; the stages sum to {p.marked_ms_per_step:.1f} ms per "
+                  f"step (mean) against {p.wall_ms_per_step:.1f} ms of wall time", "",
                   "| stage | median ms | p10 ms | p90 ms | share | peak MiB |", "|---|---|---|---|---|---|"]
         for s in p.stages:
             peak = f"{s.peak_mib:,.0f}" if s.peak_mib is not None else "-"

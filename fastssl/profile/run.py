@@ -62,6 +62,8 @@ def backend_config(cfg: config_mod.Config, backend: str, total_steps: int) -> co
 def profile_backend(cfg: config_mod.Config, backend: str, steps: int, warmup: int, sync: bool,
                     run_dir: Path, trace: Path | None) -> BackendProfile:
     from fastssl.engine.trainer import TRACE_STEPS, Trainer
+    from fastssl.loaders.augment import view_sizes
+    from fastssl.loaders.batch import views_label
 
     bcfg = backend_config(cfg, backend, warmup + steps + (TRACE_STEPS if trace else 0))
     trainer = Trainer(bcfg, run_dir)
@@ -75,7 +77,8 @@ def profile_backend(cfg: config_mod.Config, backend: str, steps: int, warmup: in
     if abs(marked_ms - wall_ms) > ADD_UP_TOLERANCE * wall_ms:
         raise RuntimeError(f"profile {backend}: the stages add up to {marked_ms:.2f} ms per step but the steps took "
                            f"{wall_ms:.2f} ms (tolerance {ADD_UP_TOLERANCE:.0%}): a stage is not marked")
-    return BackendProfile(backend, steps, bcfg.loader.batch_size, step, wall_ms, marked_ms,
+    views = views_label(view_sizes(bcfg.augment, bcfg.loader.views, bcfg.data.image_size))
+    return BackendProfile(backend, steps, bcfg.loader.batch_size, views, step, wall_ms, marked_ms,
                           bcfg.loader.batch_size * steps / wall_s, stages, bcfg.loader.workers,
                           max(peaks.values()) if peaks else None)
 

@@ -13,6 +13,7 @@ from fastssl.config import Config
 from fastssl.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastssl.loaders.datasets.base import ArrayDataset, DataError
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
+from fastssl.loaders.settings import CropGroup
 
 N, SIZE, BATCH, CLASSES = 100, 16, 32, 7          # 3 full batches of 32, a remainder of 4
 # dali joins where it is installed (the optional extra); its own tests say why they skip.
@@ -29,12 +30,19 @@ def encoded_dataset(n: int = N) -> ArrayDataset:
 
 
 DATA = encoded_dataset()
+# Multi-crop: 2 global views at SIZE and 2 local views at half of it, each group with its own crop scale.
+CROPS = [CropGroup(2, SIZE, [0.3, 1.0]), CropGroup(2, SIZE // 2, [0.05, 0.3])]
+SIZES = {False: [SIZE, SIZE], True: [SIZE, SIZE, SIZE // 2, SIZE // 2]}
 
 
-def config(backend: str, workers: int = 0, batch: int = BATCH, seed: int = 0, identity: bool = False) -> Config:
+def config(backend: str, workers: int = 0, batch: int = BATCH, seed: int = 0, identity: bool = False,
+           crops: bool = False) -> Config:
     cfg = Config()
     cfg.data.image_size, cfg.train.seed = SIZE, seed
     cfg.loader.backend, cfg.loader.batch_size, cfg.loader.workers = backend, batch, workers
+    if crops:   # colour by the torch reference: the Triton interpreter is slow (small views: test_multicrop.py)
+        cfg.loader.views, cfg.task.n_query, cfg.augment.crops = len(SIZES[True]), len(SIZES[True]) - 1, CROPS
+        cfg.augment.impl = "reference"
     if identity:
         a = cfg.augment
         a.crop_scale_min = a.crop_scale_max = 1.0
@@ -60,14 +68,15 @@ def decode(view: torch.Tensor) -> torch.Tensor:
     return pixel[:, 0] + 256 * pixel[:, 1]
 
 
+@pytest.mark.parametrize("crops", [False, True], ids=["one size", "multi-crop"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_layout_shapes_and_labels(backend):
-    batches = list(loader(backend))
+def test_layout_shapes_and_labels(backend, crops):
+    batches = list(loader(backend, crops=crops))
     assert len(batches) == len(loader(backend)) == N // BATCH
     for b in batches:
-        assert len(b.views) == 2
-        for v in b.views:
-            assert v.shape == (BATCH, 3, SIZE, SIZE) and v.dtype == torch.float32
+        assert [v.shape[-1] for v in b.views] == SIZES[crops]          # view-major, global views first
+        for v, size in zip(b.views, SIZES[crops]):
+            assert v.shape == (BATCH, 3, size, size) and v.dtype == torch.float32
             assert v.is_contiguous(memory_format=torch.channels_last)
         assert b.index.dtype == b.labels.dtype == torch.int64 and b.index.shape == b.labels.shape == (BATCH,)
         assert torch.equal(b.labels, b.index % CLASSES)
@@ -81,16 +90,17 @@ def test_unaugmented_views_show_the_indexed_image(backend):
         assert torch.equal(decode(b.views[0]), b.index) and torch.equal(decode(b.views[1]), b.index)
 
 
+@pytest.mark.parametrize("crops", [False, True], ids=["one size", "multi-crop"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_two_shards_split_each_global_batch(backend):
-    whole, r0, r1 = (list(loader(backend, rank, world)) for rank, world in ((0, 1), (0, 2), (1, 2)))
+def test_two_shards_split_each_global_batch(backend, crops):
+    whole, r0, r1 = (list(loader(backend, rank, world, crops=crops)) for rank, world in ((0, 1), (0, 2), (1, 2)))
     seen = []
     for w, a, b in zip(whole, r0, r1, strict=True):
         assert len(a.index) == len(b.index) == BATCH // 2
         assert not set(a.index.tolist()) & set(b.index.tolist())
         # A shard is a slice of the world-1 batch, augmentation included: world size changes nothing.
         assert torch.equal(torch.cat([a.index, b.index]), w.index)
-        for v, va, vb in zip(w.views, a.views, b.views):
+        for v, va, vb in zip(w.views, a.views, b.views, strict=True):
             assert torch.equal(torch.cat([va, vb]), v)
         seen += a.index.tolist() + b.index.tolist()
     assert len(seen) == len(set(seen)) == (N // BATCH) * BATCH

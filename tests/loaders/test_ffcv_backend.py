@@ -19,6 +19,7 @@ from fastssl.loaders.convert import convert  # noqa: E402
 from fastssl.loaders.datasets.base import ArrayDataset, DataError  # noqa: E402
 from fastssl.loaders.factory import build_train_loader  # noqa: E402
 from fastssl.loaders.ffcv_backend import BetonFile  # noqa: E402
+from fastssl.loaders.settings import CropGroup  # noqa: E402
 
 N, S, B, CLASSES = 96, 16, 32, 5          # 3 full batches: every image once per epoch
 
@@ -39,11 +40,13 @@ def beton(tmp_path_factory):
     return convert(DATA, tmp_path_factory.mktemp("ffcv") / "index.beton", raw=True, workers=1).path
 
 
-def make(beton, rank=0, world=1, seed=0, workers=0, identity=False, views=2, data=DATA):
+def make(beton, rank=0, world=1, seed=0, workers=0, identity=False, views=2, data=DATA, crops=None):
     cfg = Config()
     cfg.data.image_size, cfg.train.seed = S, seed
     cfg.loader.backend, cfg.loader.beton, cfg.loader.batch_size = "ffcv", str(beton), B
     cfg.loader.workers, cfg.loader.views = workers, views
+    if crops:   # colour by the torch reference: the Triton interpreter is slow (small views: test_multicrop.py)
+        cfg.augment.crops, cfg.augment.impl = crops, "reference"
     if identity:
         cfg.augment.crop_scale_min = 1.0
         cfg.augment.flip_p = cfg.augment.jitter_p = cfg.augment.grayscale_p = 0.0
@@ -62,13 +65,18 @@ def same(a: list, b: list) -> bool:
         and all(torch.equal(u, v) for u, v in zip(x.views, y.views, strict=True)) for x, y in zip(a, b))
 
 
-def test_batches_match_the_other_backends_layout(beton):
-    batches = list(make(beton))
+CROPS = [CropGroup(2, S, [0.3, 1.0]), CropGroup(2, S // 2, [0.05, 0.3])]   # 2 global, 2 local views at S / 2
+
+
+@pytest.mark.parametrize("crops, sizes", [(None, [S, S]), (CROPS, [S, S, S // 2, S // 2])],
+                         ids=["one size", "multi-crop"])
+def test_batches_match_the_other_backends_layout(beton, crops, sizes):
+    batches = list(make(beton, views=len(sizes), crops=crops))
     assert len(batches) == N // B
     for b in batches:
-        assert len(b.views) == 2 and b.index.dtype == b.labels.dtype == torch.int64
-        for v in b.views:
-            assert v.shape == (B, 3, S, S) and v.dtype == torch.float32
+        assert len(b.views) == len(sizes) and b.index.dtype == b.labels.dtype == torch.int64
+        for v, size in zip(b.views, sizes):
+            assert v.shape == (B, 3, size, size) and v.dtype == torch.float32
             assert v.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(b.labels, b.index % CLASSES)
         # Views of one image are independent draws: they differ, with one label per row.

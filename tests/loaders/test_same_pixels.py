@@ -5,8 +5,9 @@ tag is ignored, so a file is read as stored, and its size is the size PIL report
 drawn from it). The files are the odd ones real folders hold: EXIF orientations 1-8 on a non-square
 image that each rotation or flip changes, CMYK and grayscale JPEGs, 16-bit grayscale, palette and RGBA
 PNGs, a 1x1 image and a 4000x3000 photo-sized JPEG. Each backend's un-augmented views (the whole image,
-crop_scale_min 1.0 with an aspect ratio inside the crop's range, resized to S x S) are compared with
-load_pil's image resized to S x S by PIL: the backends resample with other filters (DALI's linear,
+crop scale 1.0 with an aspect ratio inside the crop's range, resized to S x S and, as a multi-crop local
+view, to S/2 x S/2) are compared with load_pil's image resized to the view's side by PIL: the backends
+resample with other filters (DALI's linear,
 OpenCV's area) and JPEG decoders round apart, hence a tolerance on the mean, far below what a rotation,
 a flip or a smeared view changes.
 """
@@ -21,6 +22,7 @@ from fastssl.config import Config
 from fastssl.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastssl.loaders.datasets import ImageFolderDataset
 from fastssl.loaders.factory import build_train_loader
+from fastssl.loaders.settings import CropGroup
 
 S = 32
 WIDTH, HEIGHT = 120, 96       # 5:4, inside the crop's (3/4, 4/3) ratio range: the full crop is the image
@@ -77,20 +79,21 @@ def beton(odd_folder, tmp_path_factory):
     return dst
 
 
-def reference(ds: ImageFolderDataset, i: int) -> torch.Tensor:
-    """load_pil's image i, resized to S x S by PIL (bilinear, antialiased): (3, S, S) in 0..255."""
-    image = ds.load_pil(i).resize((S, S), Image.BILINEAR)
+def reference(ds: ImageFolderDataset, i: int, side: int = S) -> torch.Tensor:
+    """load_pil's image i, resized to side x side by PIL (bilinear, antialiased): (3, side, side) in 0..255."""
+    image = ds.load_pil(i).resize((side, side), Image.BILINEAR)
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
 
 
 def unaugmented(backend: str, ds: ImageFolderDataset, beton=None, device="cpu"):
-    """One batch of the whole folder, two un-augmented views, from `backend`."""
+    """One batch of the whole folder, two un-augmented views (S and S/2 px, a multi-crop config whose groups
+    both take the whole image), from `backend`."""
     cfg = Config()
     cfg.data.image_size, cfg.loader.backend, cfg.loader.batch_size = S, backend, len(ds)
     cfg.loader.workers = 1 if backend in ("dali", "ffcv") else 0
     cfg.loader.beton = str(beton) if beton else cfg.loader.beton
     a = cfg.augment
-    a.crop_scale_min = a.crop_scale_max = 1.0
+    a.crops = [CropGroup(1, S, [1.0, 1.0]), CropGroup(1, S // 2, [1.0, 1.0])]
     a.flip_p = a.jitter_p = a.grayscale_p = 0.0
     return next(iter(build_train_loader(cfg.load_settings(), ds, device)))
 
@@ -98,10 +101,11 @@ def unaugmented(backend: str, ds: ImageFolderDataset, beton=None, device="cpu"):
 def assert_views_show_the_reference(batch, ds: ImageFolderDataset) -> None:
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     assert sorted(batch.index.tolist()) == list(range(len(ds)))
+    assert [view.shape[-1] for view in batch.views] == [S, S // 2]
     for view in batch.views:
         for row, i in enumerate(batch.index.tolist()):
             pixels = (view[row].float().cpu() * std + mean) * 255
-            diff = (pixels - reference(ds, i)).abs().mean()
+            diff = (pixels - reference(ds, i, view.shape[-1])).abs().mean()
             assert diff < TOLERANCE, f"{ds.paths[i].name}: mean difference {diff:.1f} levels from load_pil's"
 
 

@@ -100,3 +100,17 @@ def test_the_command_writes_its_table_json_and_plot(tmp_path, capsys):
     assert sum(s["share"] for s in tensor["stages"]) == pytest.approx(1.0)
     assert (out / "profile.md").read_text().strip() in printed.strip()
     assert (out / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_multi_crop_run_names_its_views_and_counts_images_not_views(tmp_path):
+    """2 global 32 px views + 2 local 16 px views: the profile names both sizes, and images/s is the
+    16 images of a batch per step's wall time (counting the 64 views would give 4x)."""
+    crops = ["loader.views=4", "task.n_query=3",
+             "augment.crops=[{views: 2, size: 32, scale: [0.14, 1]}, {views: 2, size: 16, scale: [0.05, 0.14]}]"]
+    result = profile_backend(load_config(None, TINY + crops), "tensor", steps=2, warmup=1, sync=False,
+                             run_dir=tmp_path / "run", trace=None)
+    assert result.views == "2x32px+2x16px" and result.batch_size == 16
+    assert result.images_per_s == pytest.approx(16 * 1000 / result.wall_ms_per_step)
+    from fastssl.profile.report import markdown
+
+    assert "over 2 steps of 16 images, views 2x32px+2x16px;" in markdown([result], ["# t"])

@@ -8,10 +8,11 @@ from fastssl.profile.run import check_arguments
 ORDER = ["loader wait", "forward", "head", "rest"]
 
 
-def _profile(backend: str, steps: list[dict], batch: int = 64, workers: int = 2) -> BackendProfile:
+def _profile(backend: str, steps: list[dict], batch: int = 64, workers: int = 2,
+             views: str = "2x32px") -> BackendProfile:
     step, stages = stage_stats(steps, ORDER)
     wall = sum(s["step"] for s in steps) / len(steps)
-    return BackendProfile(backend, len(steps), batch, step, wall, wall, batch * 1000 / wall, stages, workers)
+    return BackendProfile(backend, len(steps), batch, views, step, wall, wall, batch * 1000 / wall, stages, workers)
 
 
 def _steps(wait: float, forward: float, head: float, n: int = 10) -> list[dict]:
@@ -43,13 +44,14 @@ def test_input_bound_verdict_quotes_the_wait_and_the_faster_backend():
 
 
 def test_a_slow_head_is_the_top_stage_and_no_unmeasured_advice():
-    p = _profile("tensor", _steps(1, 3, 20))
+    p = _profile("tensor", _steps(1, 3, 20), views="2x32px+6x16px")
     judge([p], cores=2)
     assert "top stages: head 80%, forward 12%, loader wait 6%" in p.verdict
     assert p.advice == ["the step is spent in head (80%): faster input would save at most the 6% the loader wait takes"]
     text = markdown([p], ["# t"])
     assert "| head | 20.00 | 20.00 | 20.00 | 80.2% | - |" in text and "Verdict: compute-bound" in text
     assert "the stages sum to 24.9 ms per step (mean) against 24.9 ms of wall time" in text
+    assert "over 10 steps of 64 images, views 2x32px+6x16px;" in text      # multi-crop: the views' sizes
 
 
 @pytest.mark.parametrize("backends,steps,warmup,message", [
