@@ -228,6 +228,10 @@ class AugmentConfig:
                         "global views down")
         require(self.crops[0].size == image_size, "augment.crops[0].size", self.crops[0].size,
                 f"must equal data.image_size ({image_size}): the first group holds the global views")
+        smallest = self.crops[-1].size
+        require(self.blur_sigma_max <= smallest, "augment.blur_sigma_max", self.blur_sigma_max,
+                f"must be <= the smallest crop size ({smallest} px, augment.crops): sigma is in the view's own "
+                "pixels, and a wider Gaussian flattens the view to its mean")
         total = sum(group.views for group in self.crops)
         require(total == views, "augment.crops", [group.views for group in self.crops],
                 f"views per group must sum to loader.views = {views}")
