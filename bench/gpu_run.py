@@ -156,6 +156,12 @@ STEPS = [
                      "--modes", "forward+backward", "--reps", "5", "--warmup", "1"],
         ["--sizes", "128x16", "--dtypes", "fp32", "--providers", "triton,eager", "--modes",
          "forward+backward", "--reps", "1", "--warmup", "0"], "sim_xent_memory")),
+    # DINO's loss at the shape: 10 views (2 teacher), 256 images, 65,536 prototypes of 256. One
+    # autotune config: Triton compiles without benchmarking, leaving the cap to torch.compile of the reference.
+    Step("proto_xent", 75, _kernels("proto_xent", ["--sizes", "10x2x256x65536x256", "--dtypes", "bf16", "--reps",
+                                                   "10", "--warmup", "2"],
+                                    ["--sizes", "3x2x16x128x16", "--dtypes", "fp32", "--reps", "1", "--warmup", "0"],
+                                    "proto_xent"), env={"FASTSSL_AUTOTUNE": "quick"}),
     Step("ridge", 60, _kernels("ridge", ["--sizes", "64x25x640,1x512x128,1x4096x128", "--dtypes", "fp32"],
                                ["--sizes", "4x25x32,1x512x128", "--dtypes", "fp32", "--reps", "2"], "ridge")),
     Step("augment", 45, _kernels("augment", ["--sizes", "full", "--dtypes", "bf16"],

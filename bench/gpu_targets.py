@@ -128,6 +128,30 @@ def sim_xent_memory(folder: Path) -> list[Target]:
                    f"{used / 2**20:,.0f} MiB (eager: {eager_text})", used <= bound, _cite(peak))]
 
 
+def proto_xent(folder: Path) -> list[Target]:
+    """Speedups forward+backward at the measured shape, and extra memory O(V B + K) beyond the gradients:
+    those of student and w_student, the fp32 (Vt, B, D) teacher share, fp32 per-row and per-prototype
+    vectors, and the allocator's slack."""
+    rows = read_rows(folder)
+    fb = {"mode": "forward+backward"}
+    targets = [_speedup(rows, "proto_xent fwd+bwd vs eager", "triton", "eager", 2.0, **fb),
+               _speedup(rows, "proto_xent fwd+bwd vs torch.compile", "triton", "compile", 1.3, **fb)]
+    measurement, rule = "proto_xent extra memory", "<= gradients + 4 Vt B D + 16 (Vs + Vt) B + 8 K + 8 MiB"
+    peak = _pick(rows, provider="triton", metric="peak extra memory", **fb)
+    if peak is None:
+        return targets + [_missing(measurement, rule, "peak memory is measured on CUDA only")]
+    vs, vt, b, k, d = (int(v) for v in re.findall(r"=(\d+)", peak["shape"]))
+    itemsize = {"bf16": 2, "fp16": 2, "fp32": 4}[peak["dtype"]]
+    bound = itemsize * (vs * b * d + k * d) + 4 * vt * b * d + 16 * (vs + vt) * b + 8 * k + (8 << 20)
+    eager = _median(_pick(rows, provider="eager", metric="peak extra memory", shape=peak["shape"],
+                          dtype=peak["dtype"], **fb))
+    used = _median(peak)
+    return targets + [Target(f"{measurement} ({peak['shape']} {peak['dtype']})", f"<= {bound / 2**20:,.0f} MiB",
+                             f"{used / 2**20:,.0f} MiB (eager: "
+                             + (f"{eager / 2**20:,.0f} MiB)" if eager is not None else "OOM or not run)"),
+                             used <= bound, _cite(peak))]
+
+
 def _ridge_shape(row: dict) -> tuple[int, int, int]:
     t, n, d = (int(v) for v in re.findall(r"[TnD]=(\d+)", row["shape"]))
     return t, n, d
@@ -234,7 +258,7 @@ def environment(folder: Path) -> list[Target]:
 
 
 READERS = {"env": environment, "tests": tests, "sim_xent": sim_xent, "sim_xent_memory": sim_xent_memory,
-           "ridge": ridge, "augment": augment, "loader": loader,
+           "proto_xent": proto_xent, "ridge": ridge, "augment": augment, "loader": loader,
            "train_resnet18": train("ResNet-18, 32 px"), "train_resnet50": train("ResNet-50, 224 px"),
            "train_vit_small": train("ViT-S/16, 224 px"),
            "peers_resnet18": peers("ResNet-18, 32 px"), "peers_resnet50": peers("ResNet-50, 224 px")}

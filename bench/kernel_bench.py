@@ -20,8 +20,8 @@ from . import kernel_report
 from .harness import Row, summarize
 from .kernel_timing import Prepare, peak_extra_bytes, saved_bytes, time_calls, unless_oom
 
-Forward = Callable[[torch.Tensor], Any]
-Backward = Callable[[Any, torch.Tensor], Sequence[torch.Tensor]]
+Forward = Callable[[Any], Any]                        # a buffer -> the output
+Backward = Callable[[Any, Any], Sequence[torch.Tensor]]  # (output, buffer) -> gradients
 
 
 def parse_shapes(spec: str, presets: dict[str, list[tuple[int, ...]]], form: str, valid: Callable[..., bool],
@@ -41,14 +41,15 @@ def parse_shapes(spec: str, presets: dict[str, list[tuple[int, ...]]], form: str
 @dataclass
 class Case:
     """One (shape, dtype): its buffers, cycled through by every provider and mode, and the float64
-    (output, gradients) on buffers[0]. fixed: what all buffers share (labels, ...); flops: per mode,
+    (output, gradients) on buffers[0]; an output may be a tuple of tensors (each compared), and a buffer
+    a tuple of inputs. fixed: what all buffers share (labels, ...); flops: per mode,
     the algorithmic FLOPs that TFLOP/s rows are computed from (none: no TFLOP/s rows); traffic: per
     mode, the bytes a call must read and write at the least, for GB/s rows (memory-bound kernels)."""
     benchmark: str
     shape: str
     dtype: str
-    buffers: list[torch.Tensor]
-    reference: tuple[torch.Tensor, Sequence[torch.Tensor]]
+    buffers: list[Any]
+    reference: tuple[torch.Tensor | tuple[torch.Tensor, ...], Sequence[torch.Tensor]]
     where: dict[str, str]
     fixed: Any = None
     flops: dict[str, float] | None = None
@@ -89,11 +90,14 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def _errors(forward: Forward, backward: Backward, case: Case) -> list[float]:
-    """Relative errors of the output, then of each gradient, against the float64 answer on buffers[0]."""
+    """Relative errors of the output (of each of a tuple's), then of each gradient, against the float64
+    answer on buffers[0]."""
     out = forward(case.buffers[0])
     grads = backward(out, case.buffers[0])
     ref_out, ref_grads = case.reference
-    return [rel_error(out, ref_out), *(rel_error(g, r) for g, r in zip(grads, ref_grads, strict=True))]
+    outs, ref_outs = (out, ref_out) if isinstance(ref_out, tuple) else ((out,), (ref_out,))
+    return [*(rel_error(o, r) for o, r in zip(outs, ref_outs, strict=True)),
+            *(rel_error(g, r) for g, r in zip(grads, ref_grads, strict=True))]
 
 
 def measure_provider(case: Case, provider: str, forward: Forward, backward: Backward,

@@ -251,7 +251,8 @@ def _cmd_bench_peers(args) -> int:
 
 
 # --kernel name -> its module in fastssl.bench: PROVIDERS, MODES, DTYPES, parse_sizes, measure, write_all.
-KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "ridge": "ridge_bench", "augment": "augment_bench"}
+KERNEL_BENCHES = {"sim_xent": "sim_xent_bench", "proto_xent": "proto_xent_bench", "ridge": "ridge_bench",
+                  "augment": "augment_bench"}
 
 
 def _listed(flag: str, value: str, allowed) -> list[str]:
@@ -570,12 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Kernel microbenchmark: the Triton kernel and its torch baselines, "
                                 "in one process, on the same inputs.")
     kernels.add_argument("--kernel", required=True, help=f"one of {', '.join(KERNEL_BENCHES)}")
-    kernels.add_argument("--sizes", help="small, full, or comma-separated shapes: 2NxD for sim_xent, TxnxD for "
-                         "ridge, BxS for augment (default: full on CUDA, small otherwise)")
+    kernels.add_argument("--sizes", help="small, full, or comma-separated shapes: 2NxD for sim_xent, VsxVtxBxKxD "
+                         "for proto_xent, TxnxD for ridge, BxS for augment (default: full on CUDA, small otherwise)")
     kernels.add_argument("--dtypes", help="comma-separated fp32,bf16 (default: both on CUDA, fp32 otherwise)")
     kernels.add_argument("--modes", help="comma-separated, of forward,backward,forward+backward (default: all)")
-    kernels.add_argument("--providers", help="comma-separated (default: all of the kernel's: sim_xent "
-                         "triton,eager,compile; ridge triton,solve,cholesky; augment triton,eager,copy)")
+    kernels.add_argument("--providers", help="comma-separated (default: all of the kernel's: sim_xent and "
+                         "proto_xent triton,eager,compile; ridge triton,solve,cholesky; augment triton,eager,copy)")
     kernels.add_argument("--reps", type=int, help="timed repetitions for median, p20, p80 (default: 30 on CUDA, "
                          "10 otherwise)")
     kernels.add_argument("--warmup", type=int, help="untimed repetitions per mode first (default: 3 on CUDA, "

@@ -38,12 +38,13 @@ def test_rehearsal_runs_every_step_and_a_broken_step_does_not_stop_the_next(tmp_
     (vit,) = [t for t in targets if t.split("|")[1].strip().startswith("training step, ViT-S/16")]
     assert "images/s" in vit and "tensor timm/vit_small_patch16_224 {img_size: 32" in vit   # rehearsal: 32 px
     assert any(n.startswith("ridge SSL batch vs the dual solve (T=1 n=512") for n in names)
+    assert any(n.startswith("proto_xent fwd+bwd vs torch.compile (Vs=3 Vt=2 B=16 K=128 D=16 fp32)") for n in names)
     assert "(NOT met: rehearsal sizes, no verdict)" in summary or "(met: rehearsal sizes, no verdict)" in summary
     with tarfile.open(out / "results.tar.gz") as tar:
         members = tar.getnames()
     for expected in ("env/env.json", "tests/gpu-tests.xml", "loader/loader_cpu.csv",
                      "train_resnet18/train_throughput_cpu.png", "ridge/kernels_ridge_cpu.csv",
-                     "train_vit_small/train_backbones_cpu.csv"):
+                     "train_vit_small/train_backbones_cpu.csv", "proto_xent/kernels_proto_xent_cpu.csv"):
         assert expected in members, members
     assert not any(m.startswith("sim_xent/") for m in members)
     assert took < 180, f"the rehearsal took {took:.0f} s (the acceptance: under 3 minutes on 2 cores)"
@@ -156,6 +157,13 @@ def test_targets_read_gpu_rows_as_the_issue_states_them(tmp_path):
     _write(tmp_path / "sim_xent_memory", "kernels_sim_xent_nvidia_h200.csv", [
         ("sim_xent", "triton", f"2N={m} D={d}", "bf16", fb, "peak extra memory", 3 * m * d * 2, "B"),
         ("sim_xent", "eager", f"2N={m} D={d}", "bf16", fb, "peak extra memory", "nan", "OOM")])
+    px = "Vs=10 Vt=2 B=256 K=65536 D=256"
+    _write(tmp_path / "proto_xent", "kernels_proto_xent_nvidia_h200.csv", [
+        ("proto_xent", "triton", px, "bf16", fb, "time", 4.0, "ms"),
+        ("proto_xent", "eager", px, "bf16", fb, "time", 12.0, "ms"),
+        ("proto_xent", "compile", px, "bf16", fb, "time", 5.0, "ms"),
+        ("proto_xent", "triton", px, "bf16", fb, "peak extra memory", 40 * 2**20, "B"),
+        ("proto_xent", "eager", px, "bf16", fb, "peak extra memory", 3000 * 2**20, "B")])
     _write(tmp_path / "ridge", "kernels_ridge_nvidia_h200.csv", [
         ("ridge", p, "T=64 n=25 D=640 C=5", "fp32", fb, "time", t, "ms")
         for p, t in (("triton", 0.1), ("solve", 0.9), ("cholesky", 0.45))] + [
@@ -171,8 +179,8 @@ def test_targets_read_gpu_rows_as_the_issue_states_them(tmp_path):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "gpu-tests.xml").write_text(
         '<testsuites><testsuite tests="42" failures="1" errors="0" skipped="2"/></testsuites>')
-    outcomes = [gpu_targets.Outcome(s, "ok", "") for s in ("tests", "sim_xent", "sim_xent_memory", "ridge",
-                                                          "augment", "loader")]
+    outcomes = [gpu_targets.Outcome(s, "ok", "") for s in ("tests", "sim_xent", "sim_xent_memory", "proto_xent",
+                                                          "ridge", "augment", "loader")]
     header = gpu_targets.Header("abc", False, 530, "now", 400)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:6]]
             for line in gpu_targets.summary(header, outcomes, tmp_path).splitlines() if line.count("|") == 6}
@@ -182,6 +190,14 @@ def test_targets_read_gpu_rows_as_the_issue_states_them(tmp_path):
     assert eager[1:3] == ["4.00x (0.5 vs 2 ms)", "met"] and compiled[1:3] == ["1.20x (0.5 vs 0.6 ms)", "NOT met"]
     (memory,) = [v for k, v in rows.items() if k.startswith("sim_xent extra memory")]
     assert memory[1:3] == ["96 MiB (eager: OOM)", "met"]           # 3 M D 2 bytes = 96 MiB <= 4 M D 2 + ...
+    (px_eager,) = [v for k, v in rows.items() if k.startswith("proto_xent fwd+bwd vs eager")]
+    (px_compiled,) = [v for k, v in rows.items() if k.startswith("proto_xent fwd+bwd vs torch.compile")]
+    assert px_eager[1:3] == ["3.00x (4 vs 12 ms)", "met"] and px_compiled[1:3] == ["1.25x (4 vs 5 ms)", "NOT met"]
+    # bf16 gradients (10 * 256 * 256 + 65536 * 256) * 2 B = 33.25 MiB, fp32 shares 2 * 256 * 256 * 4 B = 0.5 MiB,
+    # 16 * 12 * 256 + 8 * 65536 B = 0.55 MiB, 8 MiB slack: 42 MiB
+    (px_memory,) = [v for k, v in rows.items() if k.startswith("proto_xent extra memory")]
+    assert px_memory == ["<= 42 MiB", "40 MiB (eager: 3,000 MiB)", "met",
+                         f"kernels_proto_xent_nvidia_h200.csv: triton / {px} / bf16 / {fb} / peak extra memory"]
     (episodes,) = [v for k, v in rows.items() if k.startswith("ridge few-shot episodes")]
     assert episodes[0] == "triton >= 5x solve and cholesky" and episodes[1:3] == ["4.50x (0.1 vs 0.45 ms)", "NOT met"]
     (ssl,) = [v for k, v in rows.items() if k.startswith("ridge SSL batch")]

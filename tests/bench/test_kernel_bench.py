@@ -1,4 +1,5 @@
-"""`fastssl bench kernels --kernel sim_xent` end to end on the CPU (Triton interpreter), and its measuring parts."""
+"""`fastssl bench kernels --kernel sim_xent` and `--kernel proto_xent` end to end on the CPU (Triton
+interpreter), and their measuring parts."""
 import csv
 import math
 import os
@@ -9,7 +10,7 @@ import time
 import pytest
 import torch
 
-from fastssl.bench import kernel_timing, sim_xent_bench
+from fastssl.bench import kernel_timing, proto_xent_bench, sim_xent_bench
 from fastssl.bench.harness import Row
 from fastssl.cli import main
 from fastssl.kernels.reference import sim_xent_reference
@@ -129,6 +130,55 @@ def test_gpu_report_headline_tflops_share_and_peak_memory(tmp_path):
         "2.00 / 1,536.00 / OOM"]
 
 
+def test_proto_xent_bench_rows_errors_saved_bytes_and_report(tmp_path, capsys):
+    vs, vt, b, k, d = 3, 2, 16, 64, 16
+    assert main(["bench", "kernels", "--kernel", "proto_xent", "--sizes", f"{vs}x{vt}x{b}x{k}x{d}", "--providers",
+                 "triton,eager", "--reps", "2", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    rows = read_csv(tmp_path / "kernels_proto_xent_cpu.csv")
+    at = {(r["provider"], r["mode"], r["metric"]): r for r in rows}
+    assert {(r["shape"], r["dtype"]) for r in rows} == {(f"Vs={vs} Vt={vt} B={b} K={k} D={d}", "fp32")}
+    for provider in ("triton", "eager"):
+        for mode in proto_xent_bench.MODES:
+            r = at[(provider, mode, "time")]
+            assert r["unit"] == "ms" and 0 < float(r["p20"]) <= float(r["median"]) <= float(r["p80"])
+        for (mode, metric), bound in zip(proto_xent_bench.ERRORS, (1e-6, 1e-6, 1e-5, 1e-5), strict=True):
+            assert 0 < float(at[(provider, mode, metric)]["median"]) < bound, (provider, metric)
+    assert not [r for r in rows if r["metric"] in ("peak extra memory", "TFLOP/s")]
+    # The Triton path keeps its fp32 inputs (student, teacher, both prototype sets, the centre) and one
+    # log-sum-exp per student and teacher row; the reference at least the Vs x B x K log-probabilities.
+    inputs = (vs + vt) * b * d + 2 * k * d + k
+    assert float(at[("triton", "forward", "saved for backward")]["median"]) == 4 * (inputs + (vs + vt) * b)
+    assert float(at[("eager", "forward", "saved for backward")]["median"]) >= 4 * vs * b * k
+    table = (tmp_path / "kernels_proto_xent_cpu.md").read_text()
+    assert out.strip().endswith(table.strip().splitlines()[-1])
+    assert "The headline case (Vs=10 Vt=2 B=256 K=65536 D=256 bf16 forward+backward; targets on one H100: >= 2x " \
+           "eager and >= 1.3x torch.compile) is not in this run." in table and "interpreter" in table
+    for mode in proto_xent_bench.MODES:
+        cells = markdown_row(table, f"| Vs={vs} Vt={vt} B={b} K={k} D={d} | fp32 | {mode} |")
+        ratio = float(at[("eager", mode, "time")]["median"]) / float(at[("triton", mode, "time")]["median"])
+        assert cells[-1] == (f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x")
+    assert f"Vs={vs} Vt={vt} B={b} K={k} D={d} fp32 triton (ms" in err
+
+
+def test_proto_xent_gpu_report_headline_against_the_targets(tmp_path):
+    where = ["NVIDIA H100 80GB HBM3", "2.x", "3.x", "13.0", "abc", "2026-01-01T00:00:00Z"]
+    shape, dtype, mode = proto_xent_bench.HEADLINE
+
+    def row(provider, metric, value, unit):
+        return Row("proto_xent", provider, shape, dtype, mode, metric, value, value, value, unit, *where)
+
+    rows = [row("triton", "time", 4.0, "ms"), row("eager", "time", 10.0, "ms"), row("compile", "time", 5.0, "ms"),
+            row("triton", "TFLOP/s", 400.0, "TFLOP/s"), row("triton", "peak extra memory", 40 * 2**20, "B"),
+            row("eager", "peak extra memory", 3 * 2**30, "B"), row("compile", "peak extra memory", 2 * 2**30, "B")]
+    table = proto_xent_bench.write_all(rows, tmp_path, reps=10, warmup=2)[1].read_text()
+    assert ("**Vs=10 Vt=2 B=256 K=65536 D=256 bf16 forward+backward: triton vs eager 2.50x, vs torch.compile 1.25x** "
+            "(targets on one H100: >= 2x eager and >= 1.3x torch.compile).") in table
+    assert markdown_row(table, f"| {shape} | {dtype} | {mode} |")[3:] == [
+        "4.00 [4.00, 4.00]", "10.00 [10.00, 10.00]", "5.00 [5.00, 5.00]", "2.50x", "1.25x", "400.0 (50%)",
+        "40.00 / 3,072.00 / 2,048.00"]
+
+
 def test_chunked_float64_reference_matches_the_whole_matrix():
     z = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(1)), dim=1)
     ids = torch.arange(20).repeat(2)
@@ -160,7 +210,7 @@ def test_time_calls_times_only_the_thunk_on_successive_buffers():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--kernel", "svm"], "--kernel 'svm': must be one of sim_xent, ridge"),
+    (["--kernel", "svm"], "--kernel 'svm': must be one of sim_xent, proto_xent, ridge, augment"),
     (["--kernel", "sim_xent", "--sizes", "63x32"], "--sizes '63x32': must be small, full, or comma-separated 2NxD"),
     (["--kernel", "sim_xent", "--sizes", "big"], "--sizes 'big': must be small, full"),
     (["--kernel", "sim_xent", "--dtypes", "fp16"], "--dtypes 'fp16': must be a comma-separated list of fp32, bf16"),
@@ -168,6 +218,8 @@ def test_time_calls_times_only_the_thunk_on_successive_buffers():
     (["--kernel", "sim_xent", "--providers", "cudnn"], "--providers 'cudnn': must be a comma-separated list of triton"),
     (["--kernel", "sim_xent", "--reps", "0"], "--reps=0: must be >= 1"),
     (["--kernel", "sim_xent", "--warmup", "-1"], "--warmup=-1: must be >= 0"),
+    (["--kernel", "proto_xent", "--sizes", "3x4x16x64x16"], "--sizes '3x4x16x64x16': must be small, full, or "
+                                                            "comma-separated VsxVtxBxKxD with Vs >= 2, 1 <= Vt <= Vs"),
 ])
 def test_bench_kernels_rejects_bad_arguments_before_any_work(args, message, capsys):
     assert main(["bench", "kernels", *args]) == 2

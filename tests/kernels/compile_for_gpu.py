@@ -1,17 +1,19 @@
-"""Compiles the Triton kernels of fastssl.kernels to sm_90 (H100) cubins with Triton's bundled ptxas.
+"""Compiles the Triton kernels of fastssl.kernels to sm_90 (H100) or sm_80 (A100) cubins with Triton's
+bundled ptxas.
 
 Run as a script, without TRITON_INTERPRET: no GPU is needed to compile, so CI catches what the
 interpreter forgives (dot shapes, dtype mismatches, shared memory, register spills).
 
-    python compile_for_gpu.py [FAMILY ...]      # families: sim_xent, ridge, augment (all when none is named)
+    python compile_for_gpu.py [--arch 80] [FAMILY ...]   # sm_90 by default; families: sim_xent,
+                                                          # proto_xent, ridge, augment (all when none is named)
 
-Prints one JSON line per kernel variant: family, kernel, dtype, tile config, the shared memory it
+Prints one JSON line per kernel variant: family, kernel, arch, dtype, tile config, the shared memory it
 needs, its registers and spills per thread, whether it loads through asynchronous copies, and the
 triton version that compiled it (PYTHONPATH=.triton36 puts triton 3.6 before the venv's). Triton's
 own `n_regs` / `n_spills` are only filled in when a GPU loads the cubin, so they are read here with
 Triton's bundled cuobjdump; `spills` has Triton's meaning: the thread's local memory (where ptxas puts
 spilled registers) in 4-byte words. `async` is true when the SASS holds cp.async (LDGSTS) or TMA
-(UTMALDG) copies, which is how a loop's loads overlap its math on sm_90.
+(UTMALDG) copies, which is how a loop's loads overlap its math on sm_90 (sm_80 has cp.async only).
 """
 import importlib
 import json
@@ -29,7 +31,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FLOAT_SCALARS = ("scale", "value_range", "threshold", "mean0", "mean1", "mean2", "std0", "std1", "std2")
+FLOAT_SCALARS = ("scale", "coef", "inv_ts", "inv_tt", "inv_rows", "value_range", "threshold", "mean0", "mean1",
+                 "mean2", "std0", "std1", "std2")
 # the other non-constexpr scalars are i32 sizes and strides
 
 
@@ -84,6 +87,44 @@ def sim_xent_variants() -> Iterator[Variant]:
                               tuple(name for name in aligned if name in args))
 
 
+def proto_xent_variants() -> Iterator[Variant]:
+    """The 4 proto_xent kernels (the student-gradient one for teacher rows and for student rows) x
+    every GPU autotune config x (bf16, fp16, fp32 with ieee and with tf32 dots) x (the widest row in
+    one chunk, or 16 for ieee; D = 256 in chunks, the issue's shape), with a centre and 16 view slots
+    (DINO's 10 views), as the launches specialize them for contiguous inputs with 16-divisible sizes.
+    fp32 rows of 128 go in chunks of 64 (proto_xent._feature_chunks), so those variants compile the
+    chunked path."""
+    proto = kernels_module("proto_xent")
+    cases = [(dtype, dot, d) for dtype, dot in (("bf16", "tf32"), ("fp16", "tf32"), ("fp32", "ieee"), ("fp32", "tf32"))
+             for d in ((16, 256) if dot == "ieee" else (128, 256))]
+    operands = ("x_ptr", "y_ptr", "ws_ptr", "wt_ptr", "a_ptr", "wl_ptr", "dw_ptr")
+    unit_strides = ("sxd", "syd", "swd", "std", "sad", "sld", "sod", "sdd")
+    aligned = (*operands, "center_ptr", "lse_t_ptr", "lse_s_ptr", "loss_ptr", "lse_ptr", "share_ptr",
+               "out_ptr", "B", "K", "D", "sxv", "sxb", "syv", "syb", "swk", "stk", "sav", "sab", "slk", "sov", "sob",
+               "sdk")
+    kernels = [(proto._teacher_kernel, {}), (proto._forward_kernel, {"VIEWS": 16}),
+               (proto._grad_rows_kernel, {"TEACHER": True}), (proto._grad_rows_kernel, {"TEACHER": False}),
+               (proto._grad_w_kernel, {})]
+    for kernel, extra in kernels:
+        args = kernel.fn.arg_names
+        for config in proto._configs(quick=False):
+            for dtype, dot, d in cases:
+                pointers = dict.fromkeys(operands, dtype)
+                student_rows = extra.get("TEACHER") is False
+                if student_rows:
+                    pointers["out_ptr"] = dtype  # the student gradient; teacher rows store fp32 shares
+                chunks = proto._feature_chunks(d, TORCH_DTYPES[dtype], dot)
+                # as launched: the centre is read by every kernel but the student rows' gradient
+                flags = {"HAS_CENTER": not student_rows, "PRECISION": dot, **extra, **chunks, **config.kwargs,
+                         **{name: 1 for name in unit_strides if name in args}}
+                role = {True: " teacher rows", False: " student rows"}.get(extra.get("TEACHER"), "")
+                options = {"num_warps": config.num_warps, "num_stages": config.num_stages, "maxnreg": config.maxnreg}
+                yield Variant(kernel.fn, pointers, flags, options,
+                              {"dtype": dtype if dtype != "fp32" else f"fp32/{dot}",
+                               "config": f"{config}{role} D={d} BLOCK_D={chunks['BLOCK_D']}"},
+                              tuple(name for name in aligned if name in args))
+
+
 def ridge_variants() -> Iterator[Variant]:
     """The three ridge kernels (forward, adjoint solve, dZ) with the launch constants ridge.tiles()
     gives every system size m = 16..64 and target count c (fp32 and bf16, both forms); fp16 and a bf16
@@ -128,7 +169,8 @@ def augment_variants() -> Iterator[Variant]:
                       {"num_warps": 4}, {"dtype": x, "config": "split"})
 
 
-FAMILIES = {"sim_xent": sim_xent_variants, "ridge": ridge_variants, "augment": augment_variants}
+FAMILIES = {"sim_xent": sim_xent_variants, "proto_xent": proto_xent_variants, "ridge": ridge_variants,
+            "augment": augment_variants}
 
 
 def signature(fn, pointers: dict, constexprs: dict) -> dict:
@@ -163,27 +205,31 @@ def async_copies(cubin: bytes) -> bool:
     return bool(re.search(r"\b(LDGSTS|UTMALDG)\b", cuobjdump(cubin, "-sass")))
 
 
-def compile_variant(family: str, variant: Variant) -> dict:
+def compile_variant(family: str, variant: Variant, arch: int = 90) -> dict:
     fn = variant.kernel
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in variant.aligned}
     source = ASTSource(fn, signature(fn, variant.pointers, variant.constexprs), variant.constexprs, attrs)
     try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=variant.options)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=variant.options)
     except Exception:
-        print(f"failed to compile {family} {fn.__name__} {variant.label}", file=sys.stderr)
+        print(f"failed to compile {family} {fn.__name__} {variant.label} for sm_{arch}", file=sys.stderr)
         raise
-    return {"family": family, "kernel": fn.__name__, **variant.label, "shared": compiled.metadata.shared,
+    return {"family": family, "kernel": fn.__name__, "arch": f"sm_{arch}", **variant.label,
+            "shared": compiled.metadata.shared,
             **resource_usage(compiled.asm["cubin"]), "async": async_copies(compiled.asm["cubin"]),
             "cubin": len(compiled.asm["cubin"]), "triton": triton.__version__}
 
 
-def main(families: list) -> None:
+def main(argv: list) -> None:
     assert not os.environ.get("TRITON_INTERPRET"), "unset TRITON_INTERPRET: this compiles for the GPU"
-    unknown = set(families) - set(FAMILIES)
+    arch = 90
+    if argv[:1] == ["--arch"]:
+        arch, argv = int(argv[1]), argv[2:]
+    unknown = set(argv) - set(FAMILIES)
     assert not unknown, f"unknown kernel families {sorted(unknown)}; known: {sorted(FAMILIES)}"
-    for family in families or FAMILIES:
+    for family in argv or FAMILIES:
         for variant in FAMILIES[family]():
-            print(json.dumps(compile_variant(family, variant)), flush=True)
+            print(json.dumps(compile_variant(family, variant, arch)), flush=True)
 
 
 if __name__ == "__main__":
