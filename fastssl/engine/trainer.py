@@ -43,6 +43,7 @@ from fastssl.loaders.progress import ProgressBar
 from fastssl.loaders.stages import LOADER_WAIT, StageClock
 from fastssl.methods import MethodContext, build_method
 from fastssl.models import build_model
+from fastssl.models.backbones import check_view_sizes
 from fastssl.optim import build_optimizer
 from fastssl.optim.schedule import build_scheduler, retarget
 from fastssl.task.builder import TaskBatch, TaskBuilder
@@ -215,6 +216,8 @@ class Trainer:
         # model.init's weights on a fresh start only: a resumed run's come from its checkpoint
         self.model = build_model(cfg.model, methods.per_view_bn(cfg), cfg.data.image_size, self.module, init=not resume
                                  ).to(self.device)
+        if cfg.augment.crops is not None:
+            check_view_sizes(self.model.encoder, cfg.model.arch, [group.size for group in cfg.augment.crops])
         if cfg.model.sync_bn and self.dist.world > 1:
             self.model = sync_batch_norm(self.model, self.device)
         # Under DDP the encoder's gradients are averaged over ranks (see engine/distributed.py).

@@ -7,6 +7,7 @@ constructors (torchvision.models, timm.create_model) and a straight run for the 
 """
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -135,9 +136,9 @@ def test_users_module_trains_resumes_and_exports_through_the_api(tmp_path, crash
     assert main(["export", str(tmp_path / "straight")]) == 2
 
 
-@pytest.mark.parametrize("method", ["byol", "moco", "simsiam", "protonet", "r2d2", "svm"])
+@pytest.mark.parametrize("method", ["byol", "moco", "mocov3", "dino", "swav", "simsiam", "protonet", "r2d2", "svm"])
 def test_every_method_trains_a_vit(method, tmp_path):
-    """The momentum networks (BYOL, MoCo) copy whatever family built the online network."""
+    """The momentum networks (BYOL, MoCo, MoCo v3, DINO's teacher) copy whatever family built the online network."""
     run = fastssl.train(out=tmp_path / "run", settings={**TINY, **SMALL_VIT, "method.name": method, "train.ckpt_every": 0,
                                                         "train.max_steps": 2, "train.log_every": 1})
     losses = [r["loss"] for r in run.metrics if "loss" in r]
@@ -168,3 +169,27 @@ def test_the_api_and_the_cli_write_identical_checkpoints(tmp_path):
     assert main(["train", "--out", str(tmp_path / "cli"), *cli_sets]) == 0
     _assert_equal_weights(_weights(api_run.dir), _weights(tmp_path / "cli"))
     assert (api_run.dir / "config.yaml").read_text() == (tmp_path / "cli" / "config.yaml").read_text()
+
+
+MULTI_CROP = {"loader.views": 4, "task.n_query": 3, "method.name": "dino", "method.dino.prototypes": 64,
+              "augment.crops": [{"views": 2, "size": 32}, {"views": 2, "size": 16}]}
+
+
+def test_a_vit_takes_multi_crop_views_with_timm_s_dynamic_image_size(tmp_path):
+    """DINO's usual network: a ViT built for 32 px refuses 16 px local views before training, naming the
+    kwarg that fixes it; with it, every step's encoder sees both sizes and the losses are finite."""
+    with pytest.raises(fastssl.ConfigError, match="does not take 16x16 images .*dynamic_img_size: true"):
+        fastssl.train(out=tmp_path / "fixed", settings={**TINY, **SMALL_VIT, **MULTI_CROP, "train.max_steps": 1})
+    kwargs = {**SMALL_VIT["model.kwargs"], "dynamic_img_size": True}
+    settings = {**TINY, **SMALL_VIT, **MULTI_CROP, "train.max_steps": 2, "train.ckpt_every": 0, "train.log_every": 1,
+                "model.kwargs": kwargs}
+    trainer = Trainer(build_config(settings=settings), tmp_path / "dynamic")
+    sides = []   # the online encoder's inputs in training (the kNN monitor's are in eval mode)
+
+    def record(module, args) -> None:
+        if module.training:
+            sides.append(args[0].shape[-1])
+    trainer.model.encoder.patch_embed.register_forward_pre_hook(record)
+    trainer.fit()
+    losses = [r["loss"] for r in fastssl.load(tmp_path / "dynamic").metrics if "loss" in r]
+    assert sides == [32, 16, 32, 16] and len(losses) == 2 and all(map(math.isfinite, losses))

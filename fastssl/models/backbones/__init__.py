@@ -84,19 +84,32 @@ def probe_width(encoder: nn.Module, arch: str, image_size: int | None) -> int:
     statistics change); ConfigError where it does not give one vector per image."""
     if hasattr(encoder, "feature_dim"):
         return encoder.feature_dim
-    side = image_size or 224
+    out = _probe(encoder, arch, image_size or 224, "check data.image_size and model.kwargs")
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != PROBE_BATCH:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model.arch={shown(arch)}: must map (B, 3, H, W) images to (B, D) features, gave {shape}")
+    return int(out.shape[1])
+
+
+def check_view_sizes(encoder: nn.Module, arch: str, sizes: list[int]) -> None:
+    """Multi-crop: the encoder takes every view size (augment.crops), checked by a probe forward at each
+    before any image is read; a ViT built for one size needs timm's dynamic_img_size."""
+    for side in sorted(set(sizes)):
+        _probe(encoder, arch, side, f"augment.crops gives {side} px views; a ViT takes them with model.kwargs "
+               "dynamic_img_size: true")
+
+
+def _probe(encoder: nn.Module, arch: str, side: int, hint: str):
     was_training = encoder.training
     with torch.no_grad():
         try:
             out = encoder.eval()(torch.zeros(PROBE_BATCH, 3, side, side))
         except (RuntimeError, AssertionError, ValueError) as e:
             raise ConfigError(f"model.arch={shown(arch)}: does not take {side}x{side} images "
-                              f"({' '.join(str(e).split())[:200]}); check data.image_size and model.kwargs") from None
-    encoder.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != PROBE_BATCH:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model.arch={shown(arch)}: must map (B, 3, H, W) images to (B, D) features, gave {shape}")
-    return int(out.shape[1])
+                              f"({' '.join(str(e).split())[:200]}); {hint}") from None
+        finally:
+            encoder.train(was_training)
+    return out
 
 
 def load_init(encoder: nn.Module, path: Path, removed: tuple[str, ...]) -> None:
