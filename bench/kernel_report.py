@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from .harness import Row, device_slug, write_csv
 from fastssl.loaders import atomic
 
@@ -62,6 +64,30 @@ def method_notes(rows: list[Row], reps: int, warmup: int) -> list[str]:
                   "these times show only that every path runs; they mean nothing as absolute numbers or as "
                   "speedups. Peak memory and TFLOP/s need CUDA; saved for backward is measured on every device.**"]
     return notes
+
+
+def floors(device: str) -> dict[str, float]:
+    """Peak dense TFLOP/s a Triton kernel is shown against (H100/H200 SXM; none known for other devices).
+
+    bf16: tensor cores, as measured (GPU.md; 989 on the datasheet). fp32: the kernels follow torch's
+    TF32 switch; off (torch's default) it is IEEE FMA on CUDA cores, 67 on the datasheet; on, TF32
+    tensor cores, 495 on the datasheet.
+    """
+    if "H100" not in device and "H200" not in device:
+        return {}
+    return {"bf16": 800.0, "fp32": 495.0 if torch.backends.cuda.matmul.allow_tf32 else 67.0}
+
+
+def flops_notes(rows: list[Row], counted: str) -> list[str]:
+    """On a GPU, what the TFLOP/s column counts (`counted`) and the floor it is shown against."""
+    if rows[0].device.startswith("CPU"):
+        return []
+    floor = floors(rows[0].device)
+    return ["", f"TFLOP/s count algorithmic FLOPs: {counted}; % of floor against "
+            + (", ".join(f"{dt} {tf:g} TFLOP/s" for dt, tf in floor.items()) if floor
+               else "no floor (none known for this device)")
+            + ". fp32 matmuls: " + ("TF32 allowed" if torch.backends.cuda.matmul.allow_tf32 else
+                                    "IEEE fp32 on every provider (TF32 off, torch's default)") + "."]
 
 
 def write_all(rows: list[Row], out_dir: Path, kernel: str, title: str, notes: list[str], subject: str,

@@ -22,7 +22,6 @@ from fastssl.kernels.reference import proto_xent_reference
 from . import kernel_bench, kernel_report
 from .harness import Row, context
 from .kernel_timing import buffer_count
-from .sim_xent_bench import floors
 
 STUDENT_TEMP, TEACHER_TEMP = 0.1, 0.04
 PROVIDERS = ("triton", "eager", "compile")
@@ -139,12 +138,8 @@ def _notes(rows: list[Row], reps: int, warmup: int) -> list[str]:
              "inputs and their gradients (the Triton backward adds the fp32 (Vt, B, D) teacher share of the "
              "student gradient)."]
     notes += ["", *kernel_report.method_notes(rows, reps, warmup)]
-    if not rows[0].device.startswith("CPU"):
-        floor = floors(rows[0].device)
-        notes += ["", "TFLOP/s count algorithmic FLOPs: 2 (Vs + Vt) B K D forward, 4 Vs B K D backward (the "
-                  "recomputed logits not counted), their sum both; % of floor against "
-                  + (", ".join(f"{dt} {tf:g} TFLOP/s" for dt, tf in floor.items()) if floor
-                     else "no floor (none known for this device)") + "."]
+    notes += kernel_report.flops_notes(rows, "2 (Vs + Vt) B K D forward, 4 Vs B K D backward (the recomputed "
+                                       "logits not counted), their sum both")
     return notes
 
 
@@ -152,4 +147,4 @@ def write_all(rows: list[Row], out_dir: Path, reps: int, warmup: int) -> list[Pa
     """kernels_proto_xent_<device>.{csv,md,png}."""
     title = "proto_xent: fused Triton kernels vs eager reference vs torch.compile"
     return kernel_report.write_all(rows, out_dir, "proto_xent", title, _notes(rows, reps, warmup), "triton",
-                                   floors(rows[0].device))
+                                   kernel_report.floors(rows[0].device))

@@ -42,18 +42,6 @@ def parse_sizes(spec: str) -> list[tuple[int, int]]:
                                      "with an even 2N >= 2 and D >= 1, e.g. 8192x128,16384x256")
 
 
-def floors(device: str) -> dict[str, float]:
-    """Peak dense TFLOP/s the Triton kernel is shown against (H100/H200 SXM; none known for other devices).
-
-    bf16: tensor cores, as measured (GPU.md; 989 on the datasheet). fp32: the kernel follows torch's
-    TF32 switch; off (torch's default) it is IEEE FMA on CUDA cores, 67 on the datasheet; on, TF32
-    tensor cores, 495 on the datasheet.
-    """
-    if "H100" not in device and "H200" not in device:
-        return {}
-    return {"bf16": 800.0, "fp32": 495.0 if torch.backends.cuda.matmul.allow_tf32 else 67.0}
-
-
 def loss_fn(provider: str, ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """NT-Xent of z by one provider. Call once per (shape, dtype): "compile" starts from a clean cache."""
     def reference(z):
@@ -136,14 +124,8 @@ def _notes(rows: list[Row], reps: int, warmup: int) -> list[str]:
              "keeps from forward to backward, inputs included: O((M + P) D) for the Triton kernel, O(M P) for "
              "the references."]
     notes += ["", *kernel_report.method_notes(rows, reps, warmup)]
-    if not rows[0].device.startswith("CPU"):
-        floor = floors(rows[0].device)
-        notes += ["", "TFLOP/s count algorithmic FLOPs with M = P = 2N: 2 M P D forward, 4 M P D backward "
-                  "(the backward's recomputed logits not counted), 6 M P D both; % of floor against "
-                  + (", ".join(f"{dt} {tf:g} TFLOP/s" for dt, tf in floor.items()) if floor
-                     else "no floor (none known for this device)")
-                  + ". fp32 matmuls: " + ("TF32 allowed" if torch.backends.cuda.matmul.allow_tf32 else
-                                          "IEEE fp32 on every provider (TF32 off, torch's default)") + "."]
+    notes += kernel_report.flops_notes(rows, "with M = P = 2N: 2 M P D forward, 4 M P D backward (the backward's "
+                                       "recomputed logits not counted), 6 M P D both")
     return notes
 
 
@@ -151,4 +133,4 @@ def write_all(rows: list[Row], out_dir: Path, reps: int, warmup: int) -> list[Pa
     """kernels_sim_xent_<device>.{csv,md,png}."""
     title = "sim_xent: fused Triton kernel vs eager reference vs torch.compile"
     return kernel_report.write_all(rows, out_dir, "sim_xent", title, _notes(rows, reps, warmup), "triton",
-                                   floors(rows[0].device))
+                                   kernel_report.floors(rows[0].device))
