@@ -175,8 +175,8 @@ class ModelConfig:
     projector_out_bn: bool = False   # BN on the projection z too (SimCLR v2; lightly's SimCLR head)
     channels_last: bool = True
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (CUDA only)
-    per_view_bn: bool | None = None  # BatchNorm statistics of each view apart (one forward per view, as BYOL's,
-                                     # MoCo's and lightly's loops do); false: one forward per crop size;
+    per_view_bn: bool | None = None  # BatchNorm statistics of each view apart (one forward per view, as the
+                                     # momentum methods' and lightly's loops do); false: one forward per crop size;
                                      # null: the method's original code's choice (Method.per_view_bn)
     zero_init_residual: bool = True  # last BN gamma of every residual branch starts at 0 (Goyal et al.);
                                      # false: torchvision's init (gamma 1)

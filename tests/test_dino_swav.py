@@ -208,7 +208,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name, extra", [("dino", ["method.dino.prototypes=32"]),
-                                         ("swav", ["method.swav.prototypes=32", "method.swav.queue_length=32",
+                                         ("swav", ["method.swav.prototypes=32", "method.swav.queue_length=16",
                                                    "method.swav.queue_start_epoch=0"])])
 def test_multicrop_run_trains_resumes_bitwise_and_exports(name, extra, tmp_path, crash_after_first_checkpoint):
     """Two epochs of 4 steps with 2 x 32 px + 6 x 16 px views: the frozen layer's first epoch, then training;
@@ -218,7 +218,7 @@ def test_multicrop_run_trains_resumes_bitwise_and_exports(name, extra, tmp_path,
     from fastssl.engine.trainer import Trainer
     from fastssl.export.exporter import export
     cfg = load_config([ROOT / "configs" / "heads" / f"{name}.yaml", ROOT / "configs" / "tricks" / "multicrop.yaml"], [
-        "data.num_train=64", "data.num_test=32", "loader.batch_size=16", "train.epochs=2", "train.ckpt_every=3",
+        "data.num_train=32", "data.num_test=16", "loader.batch_size=8", "train.epochs=2", "train.ckpt_every=3",
         "train.precision=fp32", "knn.k=5", "knn.every_epochs=0", "model.projector_hidden=32",
         "model.projector_out=16", *extra])
     sizes = []
@@ -235,7 +235,7 @@ def test_multicrop_run_trains_resumes_bitwise_and_exports(name, extra, tmp_path,
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), key
     if name == "swav":
-        assert int(a["method"]["queue_rows"]) == 32
+        assert int(a["method"]["queue_rows"]) == 16
     else:
         assert not torch.equal(a["method"]["center"], torch.zeros(32))
     for network in (("online", "target") if name == "dino" else ("online",)):

@@ -36,7 +36,7 @@ class MethodContext:
     total_steps: int = 1                            # the run's length, for schedules over it
     steps_per_epoch: int = 1                        # for schedules the literature states in epochs
     global_views: int = 2                           # views at full resolution (multi-crop's first group)
-    seed: int = 0                                   # train.seed: a method's per-step draws (MoCo's BN shuffle)
+    seed: int = 0                                   # train.seed: a method's per-step draws (a BN shuffle)
     compile: bool = False                           # torch.compile the method's own networks too
 
 
@@ -64,7 +64,7 @@ class Method(nn.Module):
     # knowing the method.
     momentum_network: ClassVar[str | None] = None
     # Whether the method's original code runs the network once per view (BatchNorm statistics per view):
-    # what model.per_view_bn null resolves to. False: one forward per crop size (SimCLR's, DINO's, SwAV's).
+    # what model.per_view_bn null resolves to. False: one forward per crop size.
     per_view_bn: ClassVar[bool] = False
 
     @classmethod
