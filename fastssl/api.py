@@ -80,9 +80,12 @@ def build_config(data: PathLike | None = None, model: str | nn.Module | None = N
 
 def train(out: PathLike | None = None, data: PathLike | None = None, model: str | nn.Module | None = None,
           method: str | None = None, settings: dict[str, Any] | None = None,
-          config: PathLike | Sequence[PathLike] | None = None, resume: bool = False) -> Run:
+          config: PathLike | Sequence[PathLike] | None = None, resume: bool = False,
+          accept_data_change: bool = False) -> Run:
     """Train a run into `out` (None: a new runs/<date-time>) and return it; `resume=True` continues the run
-    in `out` from its checkpoint with its saved config (pass `model` again for a user's nn.Module)."""
+    in `out` from its checkpoint with its saved config (pass `model` again for a user's nn.Module), on the
+    training data it was trained on unless `accept_data_change`. Raises Preempted (fastssl.engine.preemption)
+    after saving when SIGTERM or SIGUSR1 stops it."""
     module = None if model is None or isinstance(model, str) else model
     if resume:
         if out is None or data is not None or method is not None or settings or config \
@@ -92,7 +95,8 @@ def train(out: PathLike | None = None, data: PathLike | None = None, model: str 
         cfg = saved_config(out, "resume")
     else:
         cfg = build_config(data, model, method, settings, config)
-    return train_config(cfg, Path(out) if out is not None else None, resume, module)
+    return train_config(cfg, Path(out) if out is not None else None, resume, module,
+                        accept_data_change=accept_data_change)
 
 
 def saved_config(run_dir: PathLike, what: str) -> config_mod.Config:
@@ -104,12 +108,12 @@ def saved_config(run_dir: PathLike, what: str) -> config_mod.Config:
 
 
 def train_config(cfg: config_mod.Config, out: Path | None, resume: bool = False, module: nn.Module | None = None,
-                 announce=None) -> Run:
-    """Train `cfg` into `out`; `announce(line)` hears the run directory once it is claimed."""
+                 announce=None, accept_data_change: bool = False) -> Run:
+    """Train `cfg` into `out`; `announce(line)` hears the run directory once it is claimed (on rank 0)."""
     from fastssl.engine.trainer import Trainer   # after validation: a bad config fails in milliseconds
 
-    trainer = Trainer(cfg, out, resume=resume, module=module)
-    if announce is not None:
+    trainer = Trainer(cfg, out, resume=resume, module=module, accept_data_change=accept_data_change)
+    if announce is not None and trainer.dist.is_main:
         announce(f"run directory: {trainer.out_dir}")
     result = trainer.fit()
     return Run(trainer.out_dir, cfg, None if result.knn_off else result.knn_top1, module,

@@ -15,7 +15,7 @@ from fastssl.checkpoint import CheckpointError
 # May differ between the checkpoint and the run that continues or evaluates it.
 SAFE_TO_CHANGE = ("train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every", "train.on_nonfinite",
                   "train.ckpt_every_epochs",
-                  "train.max_skipped_steps", "train.device", "train.compile", "train.cudnn_benchmark",
+                  "train.max_skipped_steps", "train.auto_resume", "train.device", "train.compile", "train.cudnn_benchmark",
                   "train.deterministic", "loader.workers", "loader.prefetch", "loader.hw_decoder_load",
                   "data.path", "knn.", "log.")
 VALUE_WIDTH = 60

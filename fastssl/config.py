@@ -258,6 +258,8 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     on_nonfinite: OnNonfinite = "stop"  # a NaN/inf loss: stop (nothing non-finite is saved), or skip_step
     max_skipped_steps: int = 10      # skip_step: stop once this many steps were skipped
+    auto_resume: bool = False        # a run folder (--out) that holds a checkpoint is continued from it, as
+                                     # with --resume; restarted torchrun workers do so anyway (clusters, SLURM)
 
 
 @dataclass

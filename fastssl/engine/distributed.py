@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from fastssl.config import ConfigError
@@ -100,6 +101,19 @@ class Dist:
         dist.broadcast_object_list(box, 0)
         return box[0]
 
+    def gather_objects(self, value) -> list:
+        """Every rank's picklable `value`, in rank order (what each rank found, to compare)."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        """Wait until every rank is here (the others, until rank 0 has written a checkpoint)."""
+        if self.world > 1:
+            dist.barrier()
+
     def gather_images(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image values (b, ...) of every rank -> (W*b, ...), no gradient (task rotations)."""
         if self.world == 1:
@@ -128,5 +142,24 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        if restarts:
+            dist.init_process_group(backend, store=_attempt_store(rank, world, restarts), rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend)
     return Dist(rank, world, local_rank), device
+
+
+def _attempt_store(rank: int, world: int, restarts: int) -> dist.Store:
+    """The rendezvous store of a torchrun restart, its keys under the attempt's own prefix.
+
+    torchrun's agent serves its workers one store for the whole job (TORCHELASTIC_USE_AGENT_STORE), and
+    the process group's keys carry no attempt: the restarted workers read the dead workers' addresses
+    and gloo's full-mesh connect retried closed ports until it failed or hung (torch 2.14, about one
+    restart in three in tests/engine/test_torchrun.py).
+    """
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent, timeout=default_pg_timeout)
+    return dist.PrefixStore(f"fastssl/attempt_{restarts}", store)

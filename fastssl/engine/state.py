@@ -15,8 +15,9 @@ import torch
 
 from fastssl.checkpoint import CheckpointError, capture_rng, load_state, restore_rng
 
-NOT_COMPONENTS = ("config", "format")   # stored beside the components: the run config (read before they
-                                        # exist, fastssl/compat.py) and the file format tag (checkpoint.py)
+NOT_COMPONENTS = ("config", "format", "data")   # stored beside the components: the run config (read before
+                                                # they exist, fastssl/compat.py), the file format tag
+                                                # (checkpoint.py) and the training data's fingerprint
 
 
 class Stateful(Protocol):

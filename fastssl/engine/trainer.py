@@ -26,10 +26,11 @@ from fastssl import config as config_mod
 from fastssl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastssl.engine.distributed import setup as setup_distributed
 from fastssl.engine.distributed import sync_batch_norm
-from fastssl.engine import rundir
+from fastssl.engine import resumption, rundir
 from fastssl.engine.knn import knn_top1
 from fastssl.engine.metrics import MetricsLog, read_metrics
 from fastssl.engine.nonfinite import NonFiniteGuard
+from fastssl.engine.preemption import Preempted, PreemptionWatch
 from fastssl.engine.plots import plot_curves
 from fastssl.engine.precision import (autocast, grad_scaler, loss_operand_dtype, resolve_device, resolve_precision,
                                      view_dtype)
@@ -38,6 +39,7 @@ from fastssl.engine.tensorboard import TensorBoardSink, require as require_tenso
 from fastssl.loaders import atomic
 from fastssl.loaders.datasets import build_dataset
 from fastssl.loaders.datasets.base import Shard
+from fastssl.loaders.datasets.fingerprint import fingerprint
 from fastssl.loaders.factory import build_eval_batches, build_train_loader
 from fastssl.loaders.progress import ProgressBar
 from fastssl.loaders.stages import LOADER_WAIT, StageClock
@@ -128,10 +130,14 @@ class Trainer:
     so a rejected run leaves no folder behind, and is held until `fit` ends or `close` is called."""
 
     def __init__(self, cfg: config_mod.Config, out_dir: Path | None = None, resume: bool = False,
-                 module: nn.Module | None = None):
+                 module: nn.Module | None = None, accept_data_change: bool = False):
         self.cfg = cfg
         self.module = module   # the user's network, for model.arch=module (fastssl.train)
+        self.accept_data_change = accept_data_change   # resume on training data that differ from the checkpoint's
         methods.check(cfg, config_mod.world_size())   # the method's own rules, before anything is read
+        if cfg.train.auto_resume and out_dir is None:
+            raise config_mod.ConfigError("train.auto_resume=true: needs the run folder it continues (--out DIR); a "
+                                         "new runs/<date-time> never holds a checkpoint")
         if cfg.log.tensorboard:
             require_tensorboard()   # a missing package fails here, not at the first log
         self.dist, self.device = setup_distributed(resolve_device(cfg.train.device))
@@ -174,6 +180,9 @@ class Trainer:
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
         checkpoint = self.out_dir / CHECKPOINT
+        # rank 0's verdict on every rank: ranks that saw the folder differently would continue different runs
+        self.resumed_by = None if resume else self.dist.share(resumption.by_itself(checkpoint, cfg.train.auto_resume))
+        resume = resume or self.resumed_by is not None
         # Both checks come before any data is read: a wrong --out or a torn checkpoint fails at once.
         if resume and not checkpoint.exists():
             raise CheckpointError(f"--resume {self.out_dir}: holds no {CHECKPOINT} yet, the run stopped before its "
@@ -197,6 +206,11 @@ class Trainer:
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.deterministic
 
         train_set = build_dataset(cfg.data, "train")
+        # the same data on every rank and, on a resume, the checkpoint's data (engine/resumption.py)
+        self.data_fingerprint = fingerprint(train_set)
+        self.config_changes += resumption.check_data(
+            self.dist.gather_objects(self.data_fingerprint), restored.get("data") if restored else None,
+            str(checkpoint) if restored is not None else None, self.accept_data_change, cfg.data.path)
         settings = cfg.load_settings()
         self.loader = build_train_loader(settings, train_set, self.device, self.dist.rank, self.dist.world,
                                          out_dtype=view_dtype(cfg.loader.dtype, self.precision))
@@ -255,9 +269,20 @@ class Trainer:
             self.state.restore(restored, str(checkpoint))
             self.config_changes += self._resumed_differently(restored["run"].get("world"), warmup)
             self.saved_step = self.run.step
+            self.resume_note = f"resuming from {checkpoint} at step {self.run.step}" + (
+                f" ({self.resumed_by})" if self.resumed_by else "")
+            self._keep_config()
             self.metrics = MetricsLog(self._metrics_path(), keep_lines=self.run.metrics_lines)
         else:
+            self.resume_note = None
             self._start_run_dir()
+
+    def _keep_config(self) -> None:
+        """config.yaml holds the config the run goes on with: a resume by itself may change safe fields
+        (rank 0 writes; an unchanged file is left alone, so resuming a finished run writes nothing)."""
+        path, text = self.out_dir / "config.yaml", config_mod.dump_yaml(self.cfg)
+        if self.dist.is_main and (not path.is_file() or path.read_text() != text):
+            atomic.write_text(path, text)
 
     def _resumed_differently(self, saved_world: int | None, warmup: int) -> list[str]:
         """What a resume changes beyond the config's fields, put right where it can be and reported: a new
@@ -301,8 +326,20 @@ class Trainer:
         self.guard.check_weights([self.model, self.method, self.auxiliaries], self.run.step, self._last_good())
         self.run.metrics_lines = self.metrics.lines
         if self.dist.is_main:
-            save_checkpoint(self.out_dir / CHECKPOINT, {**self.state.capture(), "config": config_mod.to_dict(self.cfg)})
+            data = {} if self.data_fingerprint is None else {"data": self.data_fingerprint}
+            save_checkpoint(self.out_dir / CHECKPOINT, {**self.state.capture(), "config": config_mod.to_dict(self.cfg),
+                                                        **data})
         self.saved_step = self.run.step
+
+    def _preempted(self) -> None:
+        """Every rank stops after the same step (engine/preemption.py): rank 0 saves (unless this step's
+        checkpoint was just written), the others wait for it, and all raise Preempted."""
+        if self.saved_step != self.run.step:
+            self.save()
+        self.dist.barrier()
+        raise Preempted(f"preempted by {self.preemption.received or 'a signal to another rank'}: saved "
+                        f"{self.out_dir / CHECKPOINT} at step {self.run.step}; continue with fastssl train --resume "
+                        f"{self.out_dir} (or the same command with train.auto_resume=true)")
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -458,8 +495,10 @@ class Trainer:
         return timings, wall, peaks
 
     def fit(self) -> RunResult:
+        """Train to the end; Preempted (after a checkpoint) when SIGTERM or SIGUSR1 asks the run to stop."""
         try:
-            return self._fit()
+            with PreemptionWatch(self.dist.world, self.device) as self.preemption:
+                return self._fit()
         finally:
             self.metrics.close()   # detaches TensorBoard's sink, also when the run stops on an error
             self.close()
@@ -467,6 +506,8 @@ class Trainer:
     def _fit(self) -> RunResult:
         with ProgressBar("train", self.total_steps, unit="steps", initial=self.run.step, every_s=0,
                          enabled=self.dist.is_main) as progress:
+            if self.resume_note:
+                progress.message(self.resume_note)
             for change in self.config_changes:
                 progress.message(f"resuming with a changed config: {change}")
             if self.run.finished and self.run.step >= self.total_steps:
@@ -511,6 +552,8 @@ class Trainer:
                     self.save()
                 if self.run.step >= self.total_steps:
                     break
+                if self.preemption.stop():   # every rank votes after every step but the last
+                    self._preempted()
         return epoch
 
     def _result(self, final: float) -> RunResult:

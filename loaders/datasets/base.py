@@ -7,6 +7,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from .fingerprint import Fingerprint, pixels_fingerprint
+
 
 class DataError(ValueError):
     """Bad input data: the message names the file or folder and the rule it broke."""
@@ -21,7 +23,8 @@ class ImageDataset(Protocol):
     drop an index mid-epoch. `to_array(size)` returns every image as one uint8 (N, size, size, 3)
     array, for backends that keep the whole split on the device. An unlabelled dataset (data.dataset=
     images) has labels all 0, no classes and `labelled = False`: readers that score labels ask
-    `getattr(dataset, "labelled", True)`.
+    `getattr(dataset, "labelled", True)`. `fingerprint()`, where a dataset has it, says what the split
+    is in a few hundred bytes (fingerprint.py), so that a resumed run refuses other data.
     """
 
     labels: np.ndarray
@@ -57,6 +60,10 @@ class ArrayDataset:
 
     def load_usable(self, index: int) -> tuple[Image.Image, int]:
         return self.load_pil(index), index   # pixels in memory are always usable
+
+    def fingerprint(self) -> Fingerprint:
+        """The pixels and labels (fingerprint.py): what a resumed run must read again."""
+        return pixels_fingerprint(self.images, self.labels, self.classes)
 
     def to_array(self, size: int) -> np.ndarray:
         if self.images.shape[1:3] == (size, size):

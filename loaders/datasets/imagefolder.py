@@ -26,6 +26,7 @@ from ..progress import ProgressBar
 from .base import DataError
 from .files import (DECODE_ERRORS, EXTENSIONS, capped, class_dirs, decode, decode_many, folders_and_broken_links,
                     reason, to_rgb)
+from .fingerprint import Fingerprint, files_fingerprint
 from .index import BAD, DECODED, FolderIndex, load_index
 
 __all__ = ["DECODE_ERRORS", "EXTENSIONS", "ImageFolderDataset", "IndexedImages", "decode", "split_roots", "to_rgb"]
@@ -176,6 +177,11 @@ class IndexedImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def fingerprint(self) -> Fingerprint:
+        """The served files' names and sizes, as the index lists them (fingerprint.py): no file is read."""
+        return files_fingerprint(self.paths.files, self.index.listing.nbytes[self.positions], self.labels,
+                                 self.classes if self.labelled else None)
 
     def load_pil(self, index: int) -> Image.Image:
         path = self.paths[index]

@@ -159,3 +159,32 @@ def test_sync_bn_converts_every_batch_norm_and_refuses_the_cpu():
     synced = sync_batch_norm(model, torch.device("cuda"))   # conversion itself needs no GPU
     assert [n for n, m in synced.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)] == norms
     assert len(norms) > 10 and all(torch.equal(before[k], v) for k, v in synced.state_dict().items())
+
+
+def _attempt_worker(rank: int, port: int, attempt: int, out: str) -> None:
+    """One worker of torchrun attempt `attempt`: the agent's store at MASTER_PORT, as torchrun sets it."""
+    import time
+
+    from fastssl.engine.distributed import setup
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True",
+                      TORCHELASTIC_RESTART_COUNT=str(attempt))
+    if attempt and rank == 1:
+        time.sleep(2)   # rank 0 of the restart looks up rank 1 before rank 1 has registered again
+    ddp, _ = setup(torch.device("cpu"))
+    total = ddp.sum(torch.ones(()))
+    torch.save({"sum": total}, f"{out}/attempt{attempt}-rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_restarted_workers_meet_in_their_own_attempt_not_at_the_dead_workers_addresses(tmp_path, gloo_port):
+    """torchrun's agent keeps one store across restarts; the restarted workers used to read the dead
+    workers' gloo addresses from it and fail (or hang) connecting to closed ports."""
+    agent = dist.TCPStore("127.0.0.1", gloo_port, 2, is_master=True, wait_for_workers=False)
+    for attempt in (0, 1):
+        mp.spawn(_attempt_worker, args=(gloo_port, attempt, str(tmp_path)), nprocs=WORLD)
+    sums = [float(torch.load(tmp_path / f"attempt{a}-rank{r}.pt", weights_only=True)["sum"])
+            for a in (0, 1) for r in range(WORLD)]
+    assert sums == [2.0] * 4
+    del agent

@@ -200,12 +200,18 @@ def test_resuming_a_finished_run_prints_its_result_and_changes_nothing(tmp_path,
 
 
 def test_only_the_main_rank_prints_the_result(tmp_path, monkeypatch, capsys):
-    """Under torchrun every rank runs `fastssl train`; the result line is rank 0's alone."""
+    """Under torchrun every rank runs `fastssl train`; the run folder and the result lines are rank 0's alone
+    (every rank named the folder, four times in a two-node log)."""
+    from fastssl.engine.distributed import Dist
+
+    def init(self, cfg, out, resume=False, module=None, accept_data_change=False):
+        self.out_dir, self.dist = out, Dist(rank=0 if is_main else 1, world=2)
     for is_main, lines in ((False, 0), (True, 1)):
-        monkeypatch.setattr(Trainer, "__init__", lambda self, cfg, out, resume=False, module=None: setattr(self, "out_dir", out))
+        monkeypatch.setattr(Trainer, "__init__", init)
         monkeypatch.setattr(Trainer, "fit", lambda self: RunResult(0.5, 0.1, 3, tmp_path, is_main=is_main))
         assert main(["train", "--out", str(tmp_path / "r")]) == 0
-        assert capsys.readouterr().out.count("knn_top1=") == lines
+        printed = capsys.readouterr()
+        assert printed.out.count("knn_top1=") == printed.err.count("run directory: ") == lines
 
 
 def test_python_and_numpy_generators_are_seeded_by_the_run(tmp_path):
