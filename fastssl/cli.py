@@ -59,10 +59,59 @@ def _cmd_train(args) -> int:
         out = Path(args.out) if args.out else None    # None: a new runs/<date-time>, made unique
     # The trainer makes and locks the folder once the rules that need torch have passed: a refused run
     # leaves no folder, and a folder in use by another process is refused before any data is read.
-    run = api.train_config(cfg, out, resume=bool(args.resume), announce=lambda line: print(line, file=sys.stderr))
+    from fastssl.engine.preemption import EXIT_PREEMPTED, Preempted
+
+    try:
+        run = api.train_config(cfg, out, resume=bool(args.resume), announce=lambda line: print(line, file=sys.stderr),
+                               accept_data_change=args.accept_data_change)
+    except Preempted as e:   # saved: the launcher requeues on this exit code (fastssl launch slurm)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"fastssl train: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     if run.summary:   # under torchrun: one result line, rank 0's
         print(run.summary)
     return 0
+
+
+def _cmd_launch_slurm(args) -> int:
+    from fastssl.launch import slurm
+
+    cfg = config_mod.load_config(args.config, args.set)   # checked again at the job's world size
+    job = slurm.SlurmJob(out=Path(args.out).resolve(), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                         cpus_per_task=args.cpus_per_task, time=args.time, warn_s=args.warn_seconds,
+                         max_restarts=args.max_restarts, partition=args.partition, account=args.account,
+                         index_dir=Path(args.index_dir).resolve() if args.index_dir else None,
+                         sbatch=tuple(args.sbatch))
+    script = slurm.write(job, cfg, shlex.join(["fastssl", *args.argv]))
+    print(f"wrote {script} ({job.nodes} node(s) x {job.gpus_per_node} GPU(s)); submit it with:\n  sbatch {script}")
+    return 0
+
+
+def _launch_parser(verbs) -> None:
+    launch = verbs.add_parser("launch", help="write the job file that runs `fastssl train` on a cluster scheduler",
+                              description="Job files for cluster schedulers.")
+    targets = launch.add_subparsers(dest="scheduler", required=True, metavar="SCHEDULER")
+    slurm = targets.add_parser("slurm", help="an sbatch script: one torchrun agent per node, requeued and resumed "
+                               "when SLURM warns of the job's end", description="Write RUN/slurm.sbatch and "
+                               "RUN/slurm.yaml (the resolved config) for `sbatch`.")
+    slurm.add_argument("-c", "--config", action="append", help="YAML run config, repeatable (as fastssl train)")
+    slurm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config value")
+    slurm.add_argument("--out", required=True, help="the run folder, on storage every node sees (the job resumes "
+                       "from it after a requeue)")
+    slurm.add_argument("--nodes", type=int, default=1)
+    slurm.add_argument("--gpus-per-node", type=int, default=8, help="processes per node, one per GPU")
+    slurm.add_argument("--cpus-per-task", type=int, default=64, help="CPU cores per node (the data loaders')")
+    slurm.add_argument("--time", default="24:00:00", help="SLURM's time limit, [days-]hours:minutes:seconds")
+    slurm.add_argument("--warn-seconds", type=int, default=120, help="SIGUSR1 this long before the end: the "
+                       "time to finish a step and save (default: %(default)s)")
+    slurm.add_argument("--max-restarts", type=int, default=3, help="torchrun restarts after a worker fails")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--index-dir", help="FASTSSL_INDEX_DIR for the job: where the dataset index is built "
+                       "once, on shared storage (default: the users' cache folder)")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="one more sbatch option, e.g. --sbatch=--constraint=h100 (repeatable)")
+    slurm.set_defaults(func=_cmd_launch_slurm)
 
 
 def _backends(value: str, need_baseline: bool = True) -> list[str]:
@@ -449,7 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override one config value, e.g. --set optim.lr=0.5 (repeatable)")
     train.add_argument("--out", help="run directory (default: runs/<date-time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--accept-data-change", action="store_true", help="resume although the training data "
+                       "differ from the checkpoint's (the difference is printed; without this it is an error)")
     train.set_defaults(func=_cmd_train)
+    _launch_parser(verbs)
     bench = verbs.add_parser("bench", help="benchmarks, each side by side with its baseline in one process",
                              description="Benchmarks: results as CSV, Markdown and PNG.")
     suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")

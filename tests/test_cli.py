@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_help_lists_exactly_the_working_verbs():
     verbs = build_parser()._subparsers._group_actions[0].choices
-    assert sorted(verbs) == ["bench", "data", "env", "eval", "export", "features", "profile", "train"]
+    assert sorted(verbs) == ["bench", "data", "env", "eval", "export", "features", "launch", "profile", "train"]
     out = subprocess.run([sys.executable, "-m", "fastssl", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    assert all(verb in out for verb in ("train", "bench", "data", "env", "profile"))
+    assert all(verb in out for verb in ("train", "bench", "data", "env", "profile", "launch"))
 
 
 def test_env_reports_the_installed_versions(capsys):
