@@ -73,6 +73,29 @@ def _timed(fn, barrier) -> float:
     return time.perf_counter() - start
 
 
+def join_group(rank: int, world: int, port: int) -> None:
+    """This worker as rank `rank` of a gloo group on this machine, on one thread (as one rank per core)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def run_ranks(worker, world: int, *args) -> dict:
+    """worker(rank, world, port, *args, out) in `world` processes, each saving {key: [samples]} to
+    out/rank<r>.pt; the samples of every rank pooled per key."""
+    import torch.multiprocessing as mp
+
+    pooled: dict = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        mp.spawn(worker, args=(world, _free_port(), *args, scratch), nprocs=world)
+        for rank in range(world):
+            for key, values in torch.load(Path(scratch) / f"rank{rank}.pt").items():
+                pooled.setdefault(key, []).extend(values)
+    return pooled
+
+
 def _worker(rank: int, world: int, port: int, todo: list[tuple[str, int]], reps: int, warmup: int,
             out: str) -> None:
     import torch.distributed as dist
@@ -80,9 +103,7 @@ def _worker(rank: int, world: int, port: int, todo: list[tuple[str, int]], reps:
     from fastssl.engine.distributed import Dist
     from fastssl.task.layout import RankRows, TaskLayout
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_group(rank, world, port)
     ddp, rows, layout = Dist(rank, world, rank), RankRows(rank, world), TaskLayout(N_SUPP, N_QUERY)
     views = N_SUPP + N_QUERY
     samples: dict[tuple[str, str, int], list[float]] = {}
@@ -112,23 +133,22 @@ def _worker(rank: int, world: int, port: int, todo: list[tuple[str, int]], reps:
     dist.destroy_process_group()
 
 
+def process_context() -> dict[str, str]:
+    """Row fields for W one-thread worker processes (each sets its thread count itself, not the caller's)."""
+    where = context(torch.device("cpu"))
+    where["device"] = f"CPU {platform.machine()} x1 threads per process (W processes on {os.cpu_count()} cores)"
+    return where
+
+
 def measure(worlds: list[int], heads: list[str], batches: list[int], reps: int, warmup: int,
             progress=print) -> list[Row]:
     """Rows of per-rank forward+backward time (ms), every rank's repetitions pooled."""
-    import torch.multiprocessing as mp
-
-    where = context(torch.device("cpu"))   # each worker runs one thread (it sets it itself, not the caller's)
-    where["device"] = f"CPU {platform.machine()} x1 threads per process (W processes on {os.cpu_count()} cores)"
+    where = process_context()
     todo = cases(heads, batches)
     rows = []
     for world in worlds:
-        with tempfile.TemporaryDirectory() as scratch:
-            tick = time.perf_counter()
-            mp.spawn(_worker, args=(world, _free_port(), todo, reps, warmup, scratch), nprocs=world)
-            pooled: dict[tuple[str, str, int], list[float]] = {}
-            for rank in range(world):
-                for key, values in torch.load(Path(scratch) / f"rank{rank}.pt").items():
-                    pooled.setdefault(key, []).extend(values)
+        tick = time.perf_counter()
+        pooled = run_ranks(_worker, world, todo, reps, warmup)
         progress(f"W={world}: {len(todo)} cases in {time.perf_counter() - tick:.0f} s")
         for (head, provider, batch), values in pooled.items():
             shape = f"W={world} B={batch}" if provider == GATHER else f"{head} W={world} B={batch}"
