@@ -44,7 +44,8 @@ def _sets(overrides):
 def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
     """A shortened `fastssl train`: kNN top-1 must clear its random-init value by a margin."""
     # The reference loss, as a CPU user gets it; the interpreted kernel is checked step by step below.
-    overrides = ["train.epochs=6", "knn.every_epochs=0", "method.loss_impl=reference", "augment.impl=reference"]
+    # 4 epochs: +10.4 points when last measured (0.219 against 0.116), the suite's time kept for other tests.
+    overrides = ["train.epochs=4", "knn.every_epochs=0", "method.loss_impl=reference", "augment.impl=reference"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -52,18 +53,19 @@ def test_quickstart_short_learns_on_embedded_shapes(tmp_path, capsys):
     assert (knn[0], knn[-1]) == (pytest.approx(start, abs=1e-4), pytest.approx(final, abs=1e-4))
     assert final >= start + 0.08, f"kNN top-1 {final:.3f} not 8 points above random init {start:.3f}"
     steps = [r for r in records if "loss" in r]
-    assert steps[-1]["step"] == 6 * (6000 // 128) and steps[-1]["loss"] < steps[0]["loss"]
+    assert steps[-1]["step"] == 4 * (6000 // 128) and steps[-1]["loss"] < steps[0]["loss"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
-    assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 6
+    assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 4
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["git_commit"]
 
 
 @pytest.mark.slow
 def test_r2d2_head_learns_and_trains_its_scale_and_lambda(tmp_path, capsys):
-    """The ridge head end to end on the embedded data (4 epochs): kNN clears random init, and the
-    head's own parameters, which live in the optimizer and the checkpoint, have moved."""
-    overrides = ["method.name=r2d2", "method.r2d2.ridge_lambda=1.0", "train.epochs=4", "knn.every_epochs=0",
+    """The ridge head end to end on the embedded data (3 epochs: +7.1 points, scale 21, lambda 0.027 when
+    last measured): kNN clears random init, and the head's own parameters, which live in the optimizer
+    and the checkpoint, have moved."""
+    overrides = ["method.name=r2d2", "method.r2d2.ridge_lambda=1.0", "train.epochs=3", "knn.every_epochs=0",
                  "method.loss_impl=reference", "augment.impl=reference"]
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(overrides)]) == 0
     final, start = _final_line(capsys)
@@ -73,12 +75,13 @@ def test_r2d2_head_learns_and_trains_its_scale_and_lambda(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ckpt_every", [5, 16], ids=["mid-epoch", "epoch-end"])
+@pytest.mark.parametrize("ckpt_every", [16], ids=["epoch-end"])
 def test_resume_after_sigkill_is_exact(tmp_path, ckpt_every):
     """Uninterrupted run == run killed by SIGKILL after a checkpoint and resumed: weights and losses.
 
-    16 steps per epoch: checkpoints every 5 steps land mid-epoch, every 16 on the step that ends an
-    epoch, right where the end-of-epoch kNN evaluation happens.
+    16 steps per epoch: checkpoints every 16 land on the step that ends an epoch, right where the
+    end-of-epoch kNN evaluation happens. Kills mid-epoch: tests/engine/test_faults.py (a checkpoint every
+    step, kills at random moments) and tests/engine/test_preemption.py (a stop at step 3 of 4).
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
