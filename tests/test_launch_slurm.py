@@ -41,6 +41,8 @@ def test_the_script_asks_for_nodes_a_warning_and_requeueing_and_runs_one_agent_p
                                             "--set", "train.auto_resume=true"]
     assert f"export FASTSSL_INDEX_DIR={tmp_path / 'index'}" in script
     assert re.search(r"^trap warn USR1 TERM$", script, re.M) and 'scontrol requeue "$SLURM_JOB_ID"' in script
+    # a warning that came before the step started is passed on once it has
+    assert script.index('step=$!\n[ "$warned" -eq 1 ] && kill -TERM "$step"') > script.index("trap warn")
     assert subprocess.run(["bash", "-n", str(out / SCRIPT)]).returncode == 0      # bash parses it
 
 

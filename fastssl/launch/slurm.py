@@ -119,6 +119,7 @@ def render(job: SlurmJob, config_path: Path, command: str) -> str:
         "srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\",
         "    " + " \\\n    ".join(" ".join(train[i:i + 4]) for i in range(0, len(train), 4)) + " &",
         "step=$!",
+        '[ "$warned" -eq 1 ] && kill -TERM "$step"   # warned before the step had started',
         '# `wait` returns early when a trapped signal arrives: wait until the step has really ended.',
         'while kill -0 "$step" 2>/dev/null; do wait "$step"; done',
         'wait "$step"',
