@@ -83,7 +83,11 @@ def _cmd_launch_slurm(args) -> int:
                          index_dir=Path(args.index_dir).resolve() if args.index_dir else None,
                          sbatch=tuple(args.sbatch))
     script = slurm.write(job, cfg, shlex.join(["fastssl", *args.argv]))
-    print(f"wrote {script} ({job.nodes} node(s) x {job.gpus_per_node} GPU(s)); submit it with:\n  sbatch {script}")
+    print(f"wrote {script} ({job.nodes} node(s) x {job.gpus_per_node} GPU(s))")
+    if not args.submit:
+        print(f"submit it with:\n  sbatch {script}")
+        return 0
+    print(slurm.submit(script))
     return 0
 
 
@@ -111,6 +115,7 @@ def _launch_parser(verbs) -> None:
                        "once, on shared storage (default: the users' cache folder)")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                        help="one more sbatch option, e.g. --sbatch=--constraint=h100 (repeatable)")
+    slurm.add_argument("--submit", action="store_true", help="submit the script with sbatch once written")
     slurm.set_defaults(func=_cmd_launch_slurm)
 
 

@@ -64,3 +64,23 @@ def test_the_run_folder_is_required(capsys):
     with pytest.raises(SystemExit):
         main(["launch", "slurm", "--nodes", "2"])
     assert "--out" in capsys.readouterr().err
+
+
+def test_submit_hands_the_script_to_sbatch_and_names_a_missing_or_refusing_one(tmp_path, capsys, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f'#!/bin/bash\necho "$@" > {tmp_path / "submitted"}\necho "Submitted batch job 4242"\n')
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    out = tmp_path / "run"
+    assert main(["launch", "slurm", "--out", str(out), "--gpus-per-node", "2", "--submit"]) == 0
+    assert (tmp_path / "submitted").read_text() == f"{out / SCRIPT}\n"
+    assert capsys.readouterr().out.splitlines()[-1] == "Submitted batch job 4242"
+    sbatch.write_text('#!/bin/bash\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n')
+    assert main(["launch", "slurm", "--out", str(out), "--gpus-per-node", "2", "--submit"]) == 2
+    assert "--submit: sbatch refused" in capsys.readouterr().err
+    sbatch.unlink()
+    assert main(["launch", "slurm", "--out", str(out), "--gpus-per-node", "2", "--submit"]) == 2
+    assert f"--submit: sbatch is not on PATH (is this a SLURM login node?); {out / SCRIPT} is written" in \
+        capsys.readouterr().err

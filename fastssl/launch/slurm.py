@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -148,3 +150,15 @@ def write(job: SlurmJob, cfg: config_mod.Config, command: str) -> Path:
     atomic.write_text(script, render(job, config_path, command))
     script.chmod(0o755)
     return script
+
+
+def submit(script: Path) -> str:
+    """`sbatch SCRIPT`'s answer (the job id); ConfigError where sbatch is missing or refuses the job."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError(f"--submit: sbatch is not on PATH (is this a SLURM login node?); {script} is written, "
+                          f"submit it from one with: sbatch {script}")
+    done = subprocess.run(["sbatch", str(script)], capture_output=True, text=True)
+    if done.returncode:
+        raise ConfigError(f"--submit: sbatch refused {script} (exit {done.returncode}): "
+                          f"{(done.stderr or done.stdout).strip()}")
+    return done.stdout.strip()
