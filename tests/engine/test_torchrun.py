@@ -7,7 +7,6 @@ and the metrics without their timings.
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ TIMEOUT = 240
 
 def _sets(overrides: list[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -110,7 +103,7 @@ def _images(root: Path) -> Path:
     return root
 
 
-def test_two_nodes_of_two_equal_one_node_of_four(tmp_path):
+def test_two_nodes_of_two_equal_one_node_of_four(tmp_path, gloo_port):
     """Two agents, each in its own working folder, meet at a c10d rendezvous as two nodes: the run equals
     the same job on one node of four processes; rank 0 alone writes the shared run folder; the dataset
     index is built once, by one process under its lock, in the shared index folder."""
@@ -121,7 +114,7 @@ def test_two_nodes_of_two_equal_one_node_of_four(tmp_path):
          FASTSSL_INDEX_DIR=str(tmp_path / "index-one-node"))
 
     shared, index = tmp_path / "shared" / "run", tmp_path / "shared" / "index"
-    port = _free_port()
+    port = gloo_port   # a free port for the rendezvous
     agents = []
     for node in ("node-a", "node-b"):
         (tmp_path / node).mkdir()
